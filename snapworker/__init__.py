@@ -1,0 +1,61 @@
+"""snapworker: batches Huawei Cloud Workspace snapshot requests from RabbitMQ into rate-limited API calls.
+
+The public API is what ``__all__`` lists; everything else may change between versions.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from snapworker.errors import (
+    ApiAuthError,
+    ApiClientError,
+    ApiError,
+    ApiResponseTimeout,
+    ApiServerError,
+    ApiStatusError,
+    ApiThrottled,
+    ApiTransportError,
+    BrokerError,
+    ConfigError,
+    InvalidMessage,
+    SnapworkerError,
+    UnroutableResult,
+)
+from snapworker.models import (
+    INVALID_REQUEST_CODE,
+    DiskSnapshotInfo,
+    JobEntry,
+    ResultError,
+    SnapshotRequest,
+    SnapshotResult,
+)
+from snapworker.settings import Settings, load_settings
+
+try:
+    __version__ = version("snapworker")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "INVALID_REQUEST_CODE",
+    "ApiAuthError",
+    "ApiClientError",
+    "ApiError",
+    "ApiResponseTimeout",
+    "ApiServerError",
+    "ApiStatusError",
+    "ApiThrottled",
+    "ApiTransportError",
+    "BrokerError",
+    "ConfigError",
+    "DiskSnapshotInfo",
+    "InvalidMessage",
+    "JobEntry",
+    "ResultError",
+    "Settings",
+    "SnapshotRequest",
+    "SnapshotResult",
+    "SnapworkerError",
+    "UnroutableResult",
+    "__version__",
+    "load_settings",
+]

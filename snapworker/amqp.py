@@ -1,0 +1,315 @@
+"""The RabbitMQ edge: topology, one consuming and one publishing connection, deliveries, and settling them.
+
+aio-pika and aiormq are imported here and nowhere else in the runtime; their errors become BrokerError.
+
+Why not aio-pika's robust channel restoration: a restored consumer can silently fail to come back (aio-pika
+#334, #588, #669), and deliveries of the dead channel must never be acked on the new one. So one
+:class:`AmqpSession` lives exactly as long as its connections: when anything breaks, the session reports it
+through :attr:`AmqpSession.lost`, the worker forgets what it held (the broker redelivers it) and opens a new
+session. Every delivery knows its session and refuses to settle on another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
+
+from snapworker.errors import BrokerError, ConfigError, UnroutableResult
+from snapworker.intake import Envelope
+from snapworker.settings import Settings, redact_url
+
+__all__ = ["AmqpSession", "Delivery", "Settle"]
+
+log = logging.getLogger("snapworker.amqp")
+
+Settle = Literal["ack", "dead-letter", "requeue"]
+
+
+@dataclass(eq=False, slots=True)
+class Delivery:
+    """One request message held by the worker, until it is settled exactly once."""
+
+    envelope: Envelope
+    reply_to: str | None
+    redelivered: bool
+    _message: AbstractIncomingMessage = field(repr=False)
+    session: AmqpSession = field(repr=False)
+    settled: bool = False
+
+    @property
+    def tag(self) -> int:
+        return self._message.delivery_tag or 0
+
+
+class AmqpSession:
+    """A pair of broker connections, the declared topology and (after :meth:`consume`) one consumer."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        consume_conn: AbstractConnection,
+        publish_conn: AbstractConnection,
+        consume_channel: AbstractChannel,
+        publish_channel: AbstractChannel,
+        request_queue: AbstractQueue,
+    ):
+        self._settings = settings
+        self._consume_conn = consume_conn
+        self._publish_conn = publish_conn
+        self._consume_channel = consume_channel
+        self._publish_channel = publish_channel
+        self._queue = request_queue
+        self._consumer_tag: str | None = None
+        self._underlay: aiormq.Channel | None = None
+        # deliveries in delivery-tag order, for multiple acks; settled ones leave from the front
+        self._held: deque[Delivery] = deque()
+        self._subscriptions: list[AbstractChannel] = []
+        self._to_ack: list[Delivery] = []
+        self._to_nack: list[tuple[Delivery, bool]] = []
+        self._settler: asyncio.Task[None] | None = None
+        self.lost = asyncio.Event()
+        self.lost_reason = ""
+        for conn in (consume_conn, publish_conn):
+            conn.close_callbacks.add(self._on_close)
+        for channel in (consume_channel, publish_channel):
+            channel.close_callbacks.add(self._on_close)
+
+    # -- lifecycle
+    @classmethod
+    async def open(cls, settings: Settings) -> AmqpSession:
+        """Connect twice (publisher flow control must not block consumer acks) and declare the topology."""
+        url = settings.amqp_url.get_secret_value()
+        opened: list[AbstractConnection] = []
+        try:
+            for name in ("consume", "publish"):
+                opened.append(
+                    await aio_pika.connect(
+                        url, heartbeat=settings.heartbeat_s, client_properties={"connection_name": f"snapworker-{name}"}
+                    )
+                )
+            consume_conn, publish_conn = opened
+            consume_channel = await consume_conn.channel(publisher_confirms=False)
+            await consume_channel.set_qos(prefetch_count=settings.prefetch)
+            publish_channel = await publish_conn.channel(publisher_confirms=True, on_return_raises=True)
+            await declare_topology(publish_channel, settings)
+            request_queue = await consume_channel.get_queue(settings.request_queue, ensure=False)
+        except BaseException as exc:
+            for conn in opened:
+                await conn.close()
+            if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
+                raise ConfigError(
+                    f"queue {settings.request_queue!r} exists with other arguments than QUEUE_TYPE="
+                    f"{settings.queue_type} and dead-lettering to {settings.dead_letter_queue!r} ({exc}); "
+                    f"delete it or change the settings"
+                ) from exc
+            if isinstance(exc, (TimeoutError, aiormq.exceptions.AMQPError, OSError)):
+                raise BrokerError(f"cannot reach RabbitMQ at {redact_url(url)}: {exc!r}") from exc
+            raise
+        return cls(settings, consume_conn, publish_conn, consume_channel, publish_channel, request_queue)
+
+    async def close(self) -> None:
+        for conn in (self._consume_conn, self._publish_conn):
+            conn.close_callbacks.discard(self._on_close)
+            try:
+                await conn.close()
+            except Exception as exc:  # closing a dead connection must not hide the reason it died
+                log.debug("closing a broker connection failed: %r", exc)
+
+    def _on_close(self, _sender: object, exc: BaseException | None = None) -> None:
+        if not self.lost.is_set():
+            self.lost_reason = repr(exc) if exc else "closed"
+            self.lost.set()
+
+    # -- consuming
+    async def consume(self, on_delivery: Callable[[Delivery], Awaitable[None]]) -> None:
+        """Start delivering request messages to ``on_delivery`` in delivery order."""
+
+        async def callback(message: AbstractIncomingMessage) -> None:
+            props = message
+            delivery = Delivery(
+                envelope=Envelope(
+                    body=message.body,
+                    content_type=props.content_type,
+                    message_id=props.message_id,
+                    correlation_id=props.correlation_id,
+                ),
+                reply_to=props.reply_to or None,
+                redelivered=bool(message.redelivered),
+                _message=message,
+                session=self,
+            )
+            self._held.append(delivery)
+            await on_delivery(delivery)
+
+        try:
+            self._consumer_tag = await self._queue.consume(callback)
+            self._underlay = cast(aiormq.Channel, await self._consume_channel.get_underlay_channel())
+        except aiormq.exceptions.AMQPError as exc:
+            raise BrokerError(f"cannot consume from {self._settings.request_queue!r}: {exc!r}") from exc
+
+    async def stop_consuming(self) -> None:
+        """Ask the broker to stop delivering. What was delivered stays held until settled."""
+        if self._consumer_tag is None or self.lost.is_set():
+            return
+        tag, self._consumer_tag = self._consumer_tag, None
+        try:
+            await self._queue.cancel(tag)
+        except aiormq.exceptions.AMQPError as exc:
+            raise BrokerError(f"cannot cancel the consumer: {exc!r}") from exc
+
+    def consumer_attached(self) -> bool:
+        """Whether our consumer is still registered on an open channel.
+
+        The broker cancels a consumer on its own (queue deleted, node failover) with a basic.cancel that
+        aiormq handles by forgetting the consumer: the connection stays up but nothing arrives. That is the
+        "connected but not consuming" state a worker must notice.
+        """
+        underlay = self._underlay
+        return (
+            self._consumer_tag is not None
+            and underlay is not None
+            and not underlay.is_closed
+            and self._consumer_tag in underlay.consumers
+        )
+
+    async def consumer_count(self) -> int:
+        """Consumers the broker sees on the request queue: 0 while we think we consume means we do not."""
+        try:
+            result = await self._publish_channel.declare_queue(self._settings.request_queue, passive=True)
+        except aiormq.exceptions.AMQPError as exc:
+            raise BrokerError(f"cannot inspect {self._settings.request_queue!r}: {exc!r}") from exc
+        return int(result.declaration_result.consumer_count or 0)
+
+    def held(self) -> list[Delivery]:
+        """Deliveries of this session not yet settled."""
+        return [d for d in self._held if not d.settled]
+
+    @property
+    def consuming(self) -> bool:
+        return self._consumer_tag is not None and not self.lost.is_set()
+
+    async def subscribe(self, queue: str, on_body: Callable[[bytes, Mapping[str, Any]], None]) -> None:
+        """Read every message of ``queue`` (auto-ack) into ``on_body(body, headers)``: for tools and the demo."""
+        channel = await self._publish_conn.channel()
+        self._subscriptions.append(channel)
+        source = await channel.declare_queue(queue, durable=True)
+
+        async def callback(message: AbstractIncomingMessage) -> None:
+            on_body(message.body, dict(message.headers or {}))
+
+        await source.consume(callback, no_ack=True)
+
+    async def delete_queues(self, names: list[str]) -> None:
+        """Delete queues (the demo and tests clean up after themselves), ending subscriptions first."""
+        for subscription in self._subscriptions:
+            await subscription.close()
+        self._subscriptions.clear()
+        channel = await self._publish_conn.channel()
+        for name in names:
+            await channel.queue_delete(name)
+        await channel.close()
+
+    # -- settling
+    def settle(self, deliveries: list[Delivery], how: Settle) -> None:
+        """Decide to ack, dead-letter or requeue deliveries of this session, each once; the frames follow.
+
+        One settler task sends the frames in the order decided. When the oldest unsettled deliveries are acked,
+        a single ``basic.ack multiple=true`` covers them all (cheaper for the broker and the wire); the others
+        are acked one by one at once, so a slow batch never holds back finished requests. Deliveries of an
+        older session are skipped: the broker has requeued them already.
+        """
+        for delivery in deliveries:
+            if delivery.settled or delivery.session is not self:
+                continue
+            delivery.settled = True
+            if how == "ack":
+                self._to_ack.append(delivery)
+            else:
+                self._to_nack.append((delivery, how == "requeue"))
+        if self._settler is None and not self.lost.is_set():
+            self._settler = asyncio.create_task(self._send_settlements())
+
+    async def settlements_sent(self) -> None:
+        """Wait until every settlement decided so far is on the wire."""
+        while self._settler is not None and not self.lost.is_set():
+            await asyncio.shield(self._settler)
+
+    async def _send_settlements(self) -> None:
+        try:
+            while (self._to_ack or self._to_nack) and not self.lost.is_set():
+                # Decide synchronously (no await) on a snapshot, then send in that order. Settlements decided
+                # while we send wait for the next round, so a multiple ack never covers a tag that is still
+                # to be nacked or acked alone.
+                acks, nacks = self._to_ack, self._to_nack
+                self._to_ack, self._to_nack = [], []
+                prefix_end = 0
+                while self._held and self._held[0].settled:
+                    prefix_end = self._held.popleft().tag
+                in_prefix = [d for d in acks if d.tag <= prefix_end]
+                for delivery, requeue in nacks:
+                    await delivery._message.nack(requeue=requeue)
+                if in_prefix:
+                    await max(in_prefix, key=lambda d: d.tag)._message.ack(multiple=True)
+                for delivery in acks:
+                    if delivery.tag > prefix_end:
+                        await delivery._message.ack()
+        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+            # The channel is gone: the broker redelivers what was not settled; this session is over.
+            self._on_close(self, exc)
+        finally:
+            self._settler = None
+
+    # -- publishing
+    async def publish(
+        self,
+        body: bytes,
+        queue: str,
+        *,
+        correlation_id: str | None,
+        headers: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+        message_id: str | None = None,
+        reply_to: str | None = None,
+    ) -> None:
+        """Publish one persistent JSON message to ``queue`` and wait for the broker's confirm.
+
+        Raises UnroutableResult when no such queue exists (mandatory flag, returned message) and BrokerError
+        when the broker refuses it or the connection fails. Many calls may wait for confirms at once.
+        """
+        message = aio_pika.Message(
+            body,
+            content_type=content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            correlation_id=correlation_id,
+            message_id=message_id,
+            reply_to=reply_to,
+            headers=dict(headers or {}),
+        )
+        try:
+            await self._publish_channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
+        except aiormq.exceptions.PublishError as exc:
+            raise UnroutableResult(f"no queue {queue!r} to take the message") from exc
+        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
+            self._on_close(self, exc)
+            raise BrokerError(f"publishing to {queue!r} failed: {exc!r}") from exc
+
+
+async def declare_topology(channel: AbstractChannel, settings: Settings) -> None:
+    """Declare every queue snapworker uses, durable; the request queue dead-letters to the dead-letter queue."""
+    arguments: dict[str, Any] = {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": settings.dead_letter_queue,
+    }
+    if settings.queue_type == "quorum":
+        arguments |= {"x-queue-type": "quorum", "x-delivery-limit": settings.delivery_limit}
+    for name in (settings.result_queue, settings.error_queue, settings.dead_letter_queue):
+        await channel.declare_queue(name, durable=True)
+    await channel.declare_queue(settings.request_queue, durable=True, arguments=arguments)

@@ -1,0 +1,1 @@
+"""The Huawei Cloud Workspace edge: HTTP client, request signing, rate limiting, and a local simulator."""

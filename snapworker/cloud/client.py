@@ -1,0 +1,298 @@
+"""The Workspace API client: batch-create and job queries over one aiohttp session, retried and rate limited.
+
+aiohttp stops here: its exceptions become :mod:`snapworker.errors` classes (``raise ... from exc``) and its
+responses become parsed values. Authentication is an IAM token (``X-Auth-Token``) or an AK/SK signature made
+afresh for every try (new ``X-Sdk-Date``) over the exact body bytes sent.
+
+Retries (rules in :class:`~snapworker.cloud.retry.RetryPolicy`): a try starts when the rate limiter grants
+it; waiting for the limiter is never a try. The time budget starts when the first try is granted, so queueing
+behind other calls before the first try does not eat it; later limiter waits are wall time and do count, but a
+retry once decided is not abandoned because the limiter is slow. A POST whose response timed out is retried
+only with RETRY_ON_RESPONSE_TIMEOUT; a success then has ``possible_duplicate=True`` and a final failure has
+``maybe_created=True``. Job queries (GET) are not rate limited here (reads have their own, higher limit) and
+always retry timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import aiohttp
+import backoff
+from yarl import URL
+
+from snapworker.cloud.limiter import Grant, RateLimiter
+from snapworker.cloud.responses import error_from_response, parse_created_job, parse_job
+from snapworker.cloud.retry import RetryPolicy
+from snapworker.cloud.signing import sdk_date_now, sign_request
+from snapworker.core.batch import MergeKey
+from snapworker.errors import ApiError, ApiResponseTimeout, ApiThrottled, ApiTransportError
+from snapworker.settings import Settings
+
+__all__ = ["ClientObserver", "CreatedJob", "WorkspaceClient", "batch_create_body"]
+
+log = logging.getLogger("snapworker.cloud")
+
+MAX_DESKTOPS_PER_CALL = 100
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedJob:
+    """A job batch-create made. ``possible_duplicate``: a retry after a response timeout succeeded, so an
+    earlier try may have created a job for the same desktops too."""
+
+    job_id: str
+    api_request_id: str | None
+    possible_duplicate: bool
+
+
+class ClientObserver(Protocol):
+    """Metrics hook. ``status_class`` is ``"2xx"``, ``"4xx"``, ``"5xx"``, ``"timeout"`` or ``"transport"``."""
+
+    def on_call(self, status_class: str, seconds: float) -> None: ...
+    def on_retry(self) -> None: ...
+    def on_throttle(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def batch_create_body(key: MergeKey, desktop_ids: Sequence[str]) -> bytes:
+    """The exact JSON bytes of a batch-create call; fields (and snapshot info fields) that are None left out."""
+    if not 1 <= len(desktop_ids) <= MAX_DESKTOPS_PER_CALL:
+        raise ValueError(f"batch-create takes 1 to {MAX_DESKTOPS_PER_CALL} desktops, got {len(desktop_ids)}")
+    body: dict[str, Any] = {"desktop_ids": list(desktop_ids)}
+    if key.disk_type is not None:
+        body["disk_type"] = key.disk_type
+    for name, info in (
+        ("system_disk_snapshot", key.system_disk_snapshot),
+        ("data_disk_snapshot", key.data_disk_snapshot),
+    ):
+        fields = info.model_dump(exclude_none=True) if info is not None else {}
+        if fields:  # an info with nothing set says nothing: leave it out
+            body[name] = fields
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class WorkspaceClient:
+    """One credential's connection to the Workspace API. Use as ``async with WorkspaceClient(settings) as c:``.
+
+    ``limiter`` defaults to one built from ``settings``; share one limiter between clients of one credential.
+    A given ``session`` is used as is and not closed; otherwise the client makes (and closes) its own.
+    ``clock``/``sleep``/``jitter``/``sdk_date`` are for tests.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        limiter: RateLimiter | None = None,
+        session: aiohttp.ClientSession | None = None,
+        observer: ClientObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        jitter: Callable[[float], float] = backoff.full_jitter,
+        sdk_date: Callable[[], str] = sdk_date_now,
+    ) -> None:
+        self._settings = settings
+        self._base_url = settings.api_url.rstrip("/")
+        self._limiter = limiter if limiter is not None else RateLimiter.from_settings(settings)
+        self._session = session
+        self._owns_session = session is None
+        self._observer = observer
+        self._policy = RetryPolicy.from_settings(settings)
+        self._clock, self._sleep, self._jitter, self._sdk_date = clock, sleep, jitter, sdk_date
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self._limiter
+
+    # -- lifecycle
+    async def __aenter__(self) -> WorkspaceClient:
+        self._get_session()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None and not self._session.closed:
+            await self._session.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Made lazily: aiohttp binds a session to the running event loop.
+        if self._session is None:
+            s = self._settings
+            connector = aiohttp.TCPConnector(
+                # batch-create calls are capped at MAX_CONCURRENCY by the limiter; the rest is for job queries.
+                limit=2 * s.max_concurrency,
+                ssl=True,  # verify certificates and host names
+            )
+            timeout = aiohttp.ClientTimeout(
+                # connect bounds connecting (ConnectionTimeoutError: nothing was sent); sock_read bounds the
+                # wait for the answer; total bounds the whole try.
+                total=s.connect_timeout_s + s.read_timeout_s,
+                connect=s.connect_timeout_s,
+                sock_connect=s.connect_timeout_s,
+                sock_read=s.read_timeout_s,
+            )
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        return self._session
+
+    # -- API
+    async def batch_create(self, key: MergeKey, desktop_ids: Sequence[str]) -> CreatedJob:
+        """Create snapshots of ``desktop_ids`` (1..100) with ``key``'s settings; retried as the module says.
+
+        Raises an :class:`~snapworker.errors.ApiError` subclass when no job was created (as far as we know).
+        """
+        body = batch_create_body(key, desktop_ids)
+        path = f"/v2/{quote(key.project_id, safe='')}/snapshots/batch-create"
+        response, possible_duplicate = await self._call(
+            "POST", path, key.project_id, body, idempotent=False, limited=True
+        )
+        job_id = parse_created_job(response.status, response.headers, response.body)
+        return CreatedJob(job_id, response.headers.get("X-Request-Id"), possible_duplicate)
+
+    async def get_job(self, project_id: str, job_id: str) -> dict[str, Any]:
+        """The job document of ``GET /v2/{project_id}/workspace-jobs/{job_id}`` as sent by the API."""
+        path = f"/v2/{quote(project_id, safe='')}/workspace-jobs/{quote(job_id, safe='')}"
+        response, _ = await self._call("GET", path, project_id, b"", idempotent=True, limited=False)
+        return parse_job(response.status, response.headers, response.body)
+
+    # -- retries
+    async def _call(
+        self, method: str, path: str, project_id: str, body: bytes, *, idempotent: bool, limited: bool
+    ) -> tuple[_Response, bool]:
+        """One call with its retries: the 2xx response, and whether an earlier try's response timed out."""
+        url = self._base_url + path
+        delays = self._policy.backoff_delays()
+        started: float | None = None
+        attempt = 0
+        timed_out_before = False
+        while True:
+            async with self._slot(project_id, limited) as grant:
+                if started is None:
+                    started = self._clock()
+                attempt += 1
+                try:
+                    return await self._try_once(method, url, project_id, body), timed_out_before
+                except ApiThrottled as exc:
+                    if grant is not None:
+                        self._limiter.on_throttle(exc.retry_after_s, sent_at=grant.granted_at)
+                    if self._observer is not None:
+                        self._observer.on_throttle()
+                    error: ApiError = exc
+                except ApiError as exc:
+                    error = exc
+            # Outside the slot: while this call backs off, its place goes to another.
+            if timed_out_before and not idempotent:
+                error.maybe_created = True  # an earlier try may have created the job
+            delay = self._policy.next_delay(
+                error,
+                attempt=attempt,
+                elapsed_s=self._clock() - started,
+                backoff_s=self._jitter(next(delays)),
+                idempotent=idempotent,
+            )
+            if delay is None:
+                raise error
+            timed_out_before = timed_out_before or isinstance(error, ApiResponseTimeout)
+            log.warning(
+                "retrying %s %s in %.2f s: project_id=%s status=%s error_code=%s attempt=%d api_request_id=%s",
+                method,
+                path,
+                delay,
+                project_id,
+                error.http_status,
+                error.error_code,
+                attempt,
+                error.api_request_id,
+                extra={
+                    "project_id": project_id,
+                    "http_status": error.http_status,
+                    "error_code": error.error_code,
+                    "attempt": attempt,
+                    "api_request_id": error.api_request_id,
+                    "retry_in_s": delay,
+                },
+            )
+            if self._observer is not None:
+                self._observer.on_retry()
+            await self._sleep(delay)
+
+    def _slot(self, project_id: str, limited: bool) -> AbstractAsyncContextManager[Grant | None]:
+        return self._limiter.slot(project_id) if limited else _no_slot()
+
+    # -- one try
+    async def _try_once(self, method: str, url: str, project_id: str, body: bytes) -> _Response:
+        """Send once; the 2xx response, or raise the typed error."""
+        headers = self._headers(method, url, project_id, body)
+        started = self._clock()
+        try:
+            async with self._get_session().request(
+                method,
+                URL(url, encoded=True),  # send the path exactly as signed
+                data=body or None,
+                headers=headers,
+                allow_redirects=False,  # a redirect would resend a signed POST elsewhere
+            ) as resp:
+                data = await resp.read()
+                status, reason, resp_headers = resp.status, resp.reason, resp.headers
+        except aiohttp.ConnectionTimeoutError as exc:  # before TimeoutError: it is one, but nothing was sent
+            self._observe("transport", started)
+            raise ApiTransportError(f"connecting to the Workspace API timed out: {exc}") from exc
+        except TimeoutError as exc:
+            self._observe("timeout", started)
+            raise ApiResponseTimeout(
+                f"no response from the Workspace API within {self._settings.read_timeout_s:g} s "
+                f"({method} {URL(url).path}); the request was sent"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            self._observe("transport", started)
+            raise ApiTransportError(f"cannot reach the Workspace API: {type(exc).__name__}: {exc}") from exc
+        self._observe(f"{status // 100}xx", started)
+        if not 200 <= status < 300:
+            raise error_from_response(status, reason, resp_headers, data)
+        return _Response(status, resp_headers, data)
+
+    def _headers(self, method: str, url: str, project_id: str, body: bytes) -> dict[str, str]:
+        s = self._settings
+        headers = {"Content-Type": "application/json"}
+        if s.access_key is not None and s.secret_key is not None:
+            headers["X-Project-Id"] = project_id
+            headers |= sign_request(
+                method,
+                url,
+                headers,
+                body,
+                access_key=s.access_key.get_secret_value(),
+                secret_key=s.secret_key.get_secret_value(),
+                sdk_date=self._sdk_date(),  # every try signed afresh: the gateway refuses a stale date
+            )
+        elif s.auth_token is not None:
+            headers["X-Auth-Token"] = s.auth_token.get_secret_value()
+        return headers
+
+    def _observe(self, status_class: str, started: float) -> None:
+        if self._observer is not None:
+            self._observer.on_call(status_class, self._clock() - started)
+
+
+@asynccontextmanager
+async def _no_slot() -> AsyncIterator[None]:
+    yield None

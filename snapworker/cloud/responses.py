@@ -1,0 +1,180 @@
+"""Reading the Workspace API's answers: success bodies, Huawei's error bodies, Retry-After; pure functions.
+
+Every non-2xx answer becomes one of the :mod:`snapworker.errors` classes, even when the body is an HTML
+gateway page or empty: the caller never has to look at a raw response.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from snapworker.errors import (
+    ApiAuthError,
+    ApiClientError,
+    ApiServerError,
+    ApiStatusError,
+    ApiThrottled,
+)
+
+__all__ = [
+    "BAD_RESPONSE_CODE",
+    "RETRYABLE_5XX",
+    "THROTTLE_CODE",
+    "body_snippet",
+    "error_from_response",
+    "parse_created_job",
+    "parse_json_object",
+    "parse_retry_after",
+]
+
+#: The API gateway's flow-control error code; a throttle whatever the HTTP status.
+THROTTLE_CODE = "APIG.0308"
+#: 5xx statuses worth retrying; others (501 Not Implemented, 505, ...) will not change.
+RETRYABLE_5XX = frozenset({500, 502, 503, 504})
+#: A 2xx answer whose body we cannot read. The call may have created a job: not retryable, maybe_created.
+BAD_RESPONSE_CODE = "SNAPWORKER.BAD_RESPONSE"
+
+_SNIPPET_CHARS = 200
+_SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delta-seconds or an HTTP date; None if absent or unreadable.
+
+    A date in the past means 0. ``now`` (aware) is for tests; it defaults to the current UTC time.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        # nan/inf are not delta-seconds; a negative delay means "now".
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; parsedate gives naive for "-0000"
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+def body_snippet(body: bytes, limit: int = _SNIPPET_CHARS) -> str:
+    """A short readable excerpt of a body for an error message: tags, scripts and extra spaces removed."""
+    text = body[: limit * 20].decode("utf-8", errors="replace")
+    text = _SPACE.sub(" ", _TAG.sub(" ", _SCRIPT_OR_STYLE.sub(" ", text))).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_json_object(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None if it is not one."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _huawei_fields(data: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(error_code, error_msg, error_detail) from Huawei's body, flat or IAM-style ``{"error": {...}}``."""
+    code, msg, detail = _text(data.get("error_code")), _text(data.get("error_msg")), _text(data.get("error_detail"))
+    nested = data.get("error")
+    if code is None and isinstance(nested, Mapping):
+        code, msg = _text(nested.get("code")), msg or _text(nested.get("message"))
+    return code, msg, detail
+
+
+def error_from_response(
+    status: int,
+    reason: str | None,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: datetime | None = None,
+) -> ApiStatusError:
+    """The typed error for a non-2xx answer (``headers`` case-insensitive, as aiohttp gives them).
+
+    Classification: 429 or APIG.0308 (any status) -> ApiThrottled; 401/403 -> ApiAuthError; other 4xx ->
+    ApiClientError; 5xx -> ApiServerError (retryable only for 500/502/503/504); anything else
+    (an unfollowed 3xx) -> ApiStatusError, not retryable.
+    """
+    data = parse_json_object(body)
+    code, msg, detail = _huawei_fields(data) if data is not None else (None, None, None)
+    request_id = headers.get("X-Request-Id") or (_text(data.get("request_id")) if data is not None else None)
+    if code is None:
+        code = f"HTTP.{status}"
+    if msg is None:
+        # Not Huawei's body (a gateway page, a proxy's text) or no body: say what we got, briefly.
+        head = f"HTTP {status} {reason or ''}".rstrip()
+        snippet = body_snippet(body)
+        msg = f"{head}: {snippet}" if snippet else f"{head} (empty body)"
+
+    cls: type[ApiStatusError]
+    if status == 429 or code == THROTTLE_CODE:
+        cls = ApiThrottled
+    elif status in (401, 403):
+        cls = ApiAuthError
+    elif 400 <= status < 500:
+        cls = ApiClientError
+    elif status >= 500:
+        cls = ApiServerError
+    else:
+        cls = ApiStatusError
+    error = cls(
+        msg,
+        http_status=status,
+        error_code=code,
+        error_detail=detail,
+        api_request_id=request_id,
+        retry_after_s=parse_retry_after(headers.get("Retry-After"), now=now),
+    )
+    if cls is ApiServerError and status not in RETRYABLE_5XX:
+        error.retryable = False
+    return error
+
+
+def _bad_response(status: int, headers: Mapping[str, str], body: bytes, what: str) -> ApiStatusError:
+    error = ApiStatusError(
+        f"HTTP {status} with {what}: {body_snippet(body) or '(empty body)'}",
+        http_status=status,
+        error_code=BAD_RESPONSE_CODE,
+        api_request_id=headers.get("X-Request-Id"),
+    )
+    error.maybe_created = True  # the API said yes to something; we cannot tell what
+    return error
+
+
+def parse_created_job(status: int, headers: Mapping[str, str], body: bytes) -> str:
+    """The ``job_id`` of a 2xx batch-create answer; ApiStatusError(SNAPWORKER.BAD_RESPONSE) if it has none."""
+    data = parse_json_object(body)
+    job_id = data.get("job_id") if data is not None else None
+    if not isinstance(job_id, str) or not job_id:
+        raise _bad_response(status, headers, body, "no job_id")
+    return job_id
+
+
+def parse_job(status: int, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """A 2xx job query's JSON object; ApiStatusError(SNAPWORKER.BAD_RESPONSE) if the body is not one."""
+    data = parse_json_object(body)
+    if data is None:
+        error = _bad_response(status, headers, body, "a body that is not a JSON object")
+        error.maybe_created = False  # a GET creates nothing
+        raise error
+    return data

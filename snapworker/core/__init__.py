@@ -1,0 +1,15 @@
+"""The sans-I/O batching core: data and ``now`` in, data out. No asyncio, no clock, no network imports."""
+
+from snapworker.core.batch import Batch, FlushReason, MergeKey, Outcome, OutcomeEntry
+from snapworker.core.engine import BatchingCore, Finished, RequestMeta
+
+__all__ = [
+    "Batch",
+    "BatchingCore",
+    "Finished",
+    "FlushReason",
+    "MergeKey",
+    "Outcome",
+    "OutcomeEntry",
+    "RequestMeta",
+]

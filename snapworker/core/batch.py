@@ -1,0 +1,47 @@
+"""The values the batching core trades in: merge keys, batches, and per-desktop outcomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+from snapworker.models import DiskSnapshotInfo, JobEntry, ResultError, SnapshotRequest
+
+__all__ = ["Batch", "FlushReason", "MergeKey", "Outcome", "OutcomeEntry"]
+
+FlushReason = Literal["full", "linger", "shutdown"]
+
+#: What became of some desktops of a batch: a created job or an error. A batch's outcome is a sequence of
+#: entries whose desktop_ids together cover the batch exactly once.
+OutcomeEntry: TypeAlias = JobEntry | ResultError
+Outcome: TypeAlias = tuple[OutcomeEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MergeKey:
+    """Requests with equal keys may share a batch-create call: same project, same snapshot settings."""
+
+    project_id: str
+    disk_type: str | None
+    system_disk_snapshot: DiskSnapshotInfo | None
+    data_disk_snapshot: DiskSnapshotInfo | None
+
+    @classmethod
+    def of(cls, request: SnapshotRequest) -> MergeKey:
+        return cls(request.project_id, request.disk_type, request.system_disk_snapshot, request.data_disk_snapshot)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One batch-create call to make: at most MAX_BATCH distinct desktops of one merge key.
+
+    ``segments`` split ``desktop_ids`` along request boundaries (the desktops each request brought to this
+    batch, in order), so a rejected batch can be retried request by request to find the culprit.
+    """
+
+    id: int
+    key: MergeKey
+    desktop_ids: tuple[str, ...]
+    segments: tuple[tuple[str, ...], ...]
+    opened_at: float
+    reason: FlushReason

@@ -1,0 +1,99 @@
+"""The ledger: which requests wait on which desktops, and each request's result once all are settled."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from snapworker.core.batch import OutcomeEntry
+from snapworker.models import JobEntry, ResultError, ResultStatus, SnapshotResult
+
+__all__ = ["Ledger", "RequestMeta"]
+
+Ticket = Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMeta:
+    """What a result echoes back about its request."""
+
+    request_id: str
+    correlation_id: str | None
+    project_id: str
+
+
+@dataclass(slots=True)
+class _Open:
+    meta: RequestMeta
+    desktop_ids: tuple[str, ...]
+    settled: dict[str, OutcomeEntry] = field(default_factory=dict)
+
+
+class Ledger:
+    """Collects per-desktop outcomes per request and yields each request's result exactly once.
+
+    A request is finished when every one of its distinct desktops has an outcome. Several requests may wait on
+    the same desktop (it is sent once and they share the outcome).
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[Ticket, _Open] = {}
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def __contains__(self, ticket: Ticket) -> bool:
+        return ticket in self._open
+
+    def open(self, ticket: Ticket, meta: RequestMeta, desktop_ids: tuple[str, ...]) -> None:
+        if ticket in self._open:
+            raise ValueError(f"ticket {ticket!r} is already open")
+        self._open[ticket] = _Open(meta, desktop_ids)
+
+    def unsettled(self, ticket: Ticket) -> list[str]:
+        """The request's desktops still without an outcome."""
+        request = self._open[ticket]
+        return [d for d in request.desktop_ids if d not in request.settled]
+
+    def forget(self, ticket: Ticket) -> None:
+        """Drop a request without a result (its message will be redelivered)."""
+        del self._open[ticket]
+
+    def settle(self, ticket: Ticket, desktop_id: str, entry: OutcomeEntry, now: datetime) -> SnapshotResult | None:
+        """Record one desktop's outcome; return the request's result when this was its last desktop."""
+        request = self._open.get(ticket)
+        if request is None:
+            return None
+        request.settled.setdefault(desktop_id, entry)
+        if len(request.settled) < len(request.desktop_ids):
+            return None
+        del self._open[ticket]
+        return _result(request, now)
+
+
+def _result(request: _Open, now: datetime) -> SnapshotResult:
+    # Group the request's desktops by the outcome entry that settled them (entries are shared objects),
+    # keeping the request's own order of desktops.
+    groups: dict[int, tuple[OutcomeEntry, list[str]]] = {}
+    for desktop_id in request.desktop_ids:
+        entry = request.settled[desktop_id]
+        groups.setdefault(id(entry), (entry, []))[1].append(desktop_id)
+    jobs: list[JobEntry] = []
+    errors: list[ResultError] = []
+    for entry, desktops in groups.values():
+        narrowed = entry.model_copy(update={"desktop_ids": tuple(desktops)})
+        if isinstance(narrowed, JobEntry):
+            jobs.append(narrowed)
+        else:
+            errors.append(narrowed)
+    status: ResultStatus = "accepted" if not errors else ("partial" if jobs else "failed")
+    return SnapshotResult(
+        request_id=request.meta.request_id,
+        correlation_id=request.meta.correlation_id,
+        project_id=request.meta.project_id,
+        status=status,
+        finished_at=now.astimezone(UTC),
+        jobs=tuple(jobs),
+        errors=tuple(errors),
+    )

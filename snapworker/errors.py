@@ -1,0 +1,141 @@
+"""snapworker's exceptions: one tree, so callers can catch as broadly or as narrowly as they need.
+
+Third-party errors (aiohttp, aio-pika, pydantic) are translated at the edge that meets them
+(``raise ApiTransportError(...) from exc``); nothing outside an adapter module sees them.
+
+::
+
+    SnapworkerError
+    ├── ConfigError                 settings that cannot work, found at start-up
+    ├── InvalidMessage              a queue message that is not a valid SnapshotRequest
+    ├── ApiError                    the Workspace API did not create a job
+    │   ├── ApiTransportError       no HTTP response (connection refused, reset, DNS, TLS)
+    │   │   └── ApiResponseTimeout  the request was sent but no answer came: a job may exist anyway
+    │   └── ApiStatusError          an HTTP error response, with Huawei's error body parsed
+    │       ├── ApiThrottled        429, or APIG.0308 in any status
+    │       ├── ApiServerError      5xx
+    │       └── ApiClientError      other 4xx: permanent
+    │           └── ApiAuthError    401 / 403
+    └── BrokerError                 RabbitMQ refused or lost something
+        └── UnroutableResult        a result was returned by the broker (no such queue)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApiAuthError",
+    "ApiClientError",
+    "ApiError",
+    "ApiResponseTimeout",
+    "ApiServerError",
+    "ApiStatusError",
+    "ApiThrottled",
+    "ApiTransportError",
+    "BrokerError",
+    "ConfigError",
+    "InvalidMessage",
+    "SnapworkerError",
+    "UnroutableResult",
+]
+
+
+class SnapworkerError(Exception):
+    """Base of every exception snapworker raises on purpose."""
+
+
+class ConfigError(SnapworkerError):
+    """The settings cannot work; the message says which setting and why."""
+
+
+class InvalidMessage(SnapworkerError):
+    """A queue message is not a valid request. ``problems`` are readable validation messages."""
+
+    def __init__(
+        self, problems: list[str], *, project_id: str | None = None, desktop_ids: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+        self.project_id = project_id
+        self.desktop_ids = desktop_ids
+
+
+class ApiError(SnapworkerError):
+    """A batch-create call did not create a job.
+
+    ``retryable`` says whether the same call may succeed later; ``maybe_created`` whether the cloud may have
+    created the job although we saw no success (the response was lost).
+    """
+
+    retryable: bool = False
+    maybe_created: bool = False
+    http_status: int | None = None
+    error_code: str = "SNAPWORKER.API_ERROR"
+    error_detail: str | None = None
+    api_request_id: str | None = None
+
+    @property
+    def error_msg(self) -> str:
+        return str(self)
+
+
+class ApiTransportError(ApiError):
+    """No HTTP response at all: the request may not have reached the API."""
+
+    retryable = True
+    error_code = "SNAPWORKER.TRANSPORT"
+
+
+class ApiResponseTimeout(ApiTransportError):
+    """The request was sent but the response did not arrive in time."""
+
+    maybe_created = True
+    error_code = "SNAPWORKER.RESPONSE_TIMEOUT"
+
+
+class ApiStatusError(ApiError):
+    """The API answered with an error status. Huawei's error body fields are kept as sent."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int,
+        error_code: str,
+        error_detail: str | None = None,
+        api_request_id: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.error_code = error_code
+        self.error_detail = error_detail
+        self.api_request_id = api_request_id
+        self.retry_after_s = retry_after_s
+
+
+class ApiThrottled(ApiStatusError):
+    """The API gateway's flow control said no (429 / APIG.0308). Retry after ``retry_after_s``."""
+
+    retryable = True
+
+
+class ApiServerError(ApiStatusError):
+    """A 5xx answer; usually passes."""
+
+    retryable = True
+
+
+class ApiClientError(ApiStatusError):
+    """A 4xx answer other than throttling: the same call will fail again."""
+
+
+class ApiAuthError(ApiClientError):
+    """401 or 403: the credentials are wrong, expired or not allowed."""
+
+
+class BrokerError(SnapworkerError):
+    """RabbitMQ refused or lost something."""
+
+
+class UnroutableResult(BrokerError):
+    """The broker returned a published result: the queue it was addressed to does not exist."""

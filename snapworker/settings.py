@@ -1,0 +1,143 @@
+"""Settings: the only place snapworker reads the environment.
+
+Every field can be set as ``SNAPWORKER_<NAME>`` (for example ``SNAPWORKER_MAX_BATCH=50``) or passed to
+``Settings(...)`` in code. Values that cannot work together are refused at start-up with a message that names them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from snapworker.errors import ConfigError
+
+__all__ = ["Settings", "load_settings", "redact_url"]
+
+# RabbitMQ's default delivery acknowledgement timeout (consumer_timeout): a message held longer is redelivered.
+RABBITMQ_ACK_TIMEOUT_S = 1800.0
+
+
+class Settings(BaseSettings):
+    """Everything a worker needs to know, with production defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="SNAPWORKER_", frozen=True, extra="forbid", case_sensitive=False)
+
+    # -- RabbitMQ
+    amqp_url: SecretStr = Field(
+        default=SecretStr("amqp://guest:guest@localhost:5672/"),
+        description="Broker URL (password kept secret).",
+    )
+    request_queue: str = Field(default="snapworker.requests", min_length=1, max_length=255)
+    result_queue: str = Field(default="snapworker.results", min_length=1, max_length=255)
+    error_queue: str = Field(default="snapworker.errors", min_length=1, max_length=255)
+    dead_letter_queue: str = Field(default="snapworker.dead-letter", min_length=1, max_length=255)
+    queue_type: Literal["classic", "quorum"] = Field(default="classic", description="Type of the request queue.")
+    delivery_limit: int = Field(default=20, ge=1, description="Quorum queues: redeliveries before dead-lettering.")
+    prefetch: int = Field(default=1000, ge=1, le=65535, description="Unacked requests one worker may hold.")
+    max_message_bytes: int = Field(default=256 * 1024, ge=1024, description="Larger request bodies are invalid.")
+    heartbeat_s: int = Field(default=15, ge=0, le=600)
+    consumer_check_s: float = Field(default=10.0, gt=0, description="How often to check the consumer is attached.")
+
+    # -- batching
+    max_batch: int = Field(default=100, ge=1, le=100, description="Desktops per batch-create call (API max 100).")
+    linger_ms: int = Field(default=250, ge=0, le=600_000, description="Longest wait for a batch to fill.")
+
+    # -- Workspace API
+    region: str = Field(default="cn-north-4", pattern=r"^[a-z0-9-]+$")
+    api_url: str = Field(default="", description="Defaults to https://workspace.{REGION}.myhuaweicloud.com.")
+    auth_token: SecretStr | None = Field(default=None, description="IAM token sent as X-Auth-Token.")
+    access_key: SecretStr | None = Field(default=None, description="AK for SDK-HMAC-SHA256 signing.")
+    secret_key: SecretStr | None = Field(default=None, description="SK for SDK-HMAC-SHA256 signing.")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    rate_limit: float = Field(default=1.5, gt=0, description="API calls per second, per credential.")
+    rate_burst: int = Field(default=5, ge=1, description="Calls allowed at once above the steady rate.")
+    max_concurrency: int = Field(default=8, ge=1, le=256, description="API calls in flight.")
+    retry_max_time_s: float = Field(default=300.0, gt=0, description="Retry budget of one batch, in seconds.")
+    retry_max_tries: int = Field(default=8, ge=1, description="Tries of one batch, the first included.")
+    retry_on_response_timeout: bool = Field(
+        default=False,
+        description="Retry a POST whose response timed out. It may duplicate snapshots; without it the "
+        "desktops fail with maybe_created=true.",
+    )
+    isolate_max_extra_calls: int = Field(
+        default=16,
+        ge=0,
+        description="Extra calls allowed to find the bad request in a rejected merged batch.",
+    )
+
+    # -- process
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    ack_timeout_s: float = Field(
+        default=RABBITMQ_ACK_TIMEOUT_S,
+        gt=0,
+        description="The broker's consumer_timeout, to check budgets against.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["console", "json"] = "console"
+    metrics_port: int | None = Field(default=None, ge=1, le=65535, description="Prometheus and health; off if unset.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not self.api_url:
+            # frozen model: set the derived default through object.__setattr__ once, at construction
+            object.__setattr__(self, "api_url", f"https://workspace.{self.region}.myhuaweicloud.com")
+        scheme = urlsplit(self.api_url).scheme
+        if scheme not in ("http", "https"):
+            raise ValueError(f"API_URL must be an http(s) URL, got {self.api_url!r}")
+        if urlsplit(self.amqp_url.get_secret_value()).scheme not in ("amqp", "amqps"):
+            raise ValueError("AMQP_URL must start with amqp:// or amqps://")
+        if self.prefetch < self.max_batch:
+            raise ValueError(
+                f"PREFETCH ({self.prefetch}) is below MAX_BATCH ({self.max_batch}): no batch could ever fill. "
+                f"Set PREFETCH to at least MAX_BATCH times the number of projects you batch at once."
+            )
+        if (self.access_key is None) != (self.secret_key is None):
+            raise ValueError("ACCESS_KEY and SECRET_KEY go together: set both or neither")
+        held_s = self.linger_ms / 1000 + self.retry_max_time_s + self.read_timeout_s
+        if held_s >= self.ack_timeout_s:
+            raise ValueError(
+                f"LINGER_MS + RETRY_MAX_TIME_S + READ_TIMEOUT_S ({held_s:.0f} s) must stay under the broker's "
+                f"acknowledgement timeout ACK_TIMEOUT_S ({self.ack_timeout_s:.0f} s), or RabbitMQ closes the "
+                f"channel and redelivers every held request"
+            )
+        if len({self.request_queue, self.result_queue, self.error_queue, self.dead_letter_queue}) != 4:
+            raise ValueError("REQUEST_QUEUE, RESULT_QUEUE, ERROR_QUEUE and DEAD_LETTER_QUEUE must differ")
+        return self
+
+    @property
+    def linger_s(self) -> float:
+        return self.linger_ms / 1000
+
+    @property
+    def auth_mode(self) -> Literal["token", "aksk", "none"]:
+        if self.access_key is not None:
+            return "aksk"
+        return "token" if self.auth_token is not None else "none"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment plus ``overrides``; raise ConfigError with readable messages."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]).upper()
+            prefix = f"SNAPWORKER_{where}: " if where else ""
+            problems.append(prefix + err["msg"].removeprefix("Value error, "))
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from exc
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))

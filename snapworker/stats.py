@@ -1,0 +1,40 @@
+"""Counters of what a worker did, for the demo summary, the benchmark and the metrics endpoint."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from snapworker.core import Batch, FlushReason
+from snapworker.models import SnapshotResult
+
+__all__ = ["WorkerStats"]
+
+
+@dataclass
+class WorkerStats:
+    """Plain counters; reading them never blocks and costs nothing."""
+
+    requests_by_status: Counter[str] = field(default_factory=Counter)
+    desktops_by_status: Counter[str] = field(default_factory=Counter)
+    batches_by_reason: Counter[FlushReason] = field(default_factory=Counter)
+    batch_sizes: Counter[int] = field(default_factory=Counter)
+    results_published: int = 0
+    dead_lettered: int = 0
+
+    def count_batch(self, batch: Batch) -> None:
+        self.batches_by_reason[batch.reason] += 1
+        self.batch_sizes[len(batch.desktop_ids)] += 1
+
+    def count_result(self, result: SnapshotResult) -> None:
+        self.requests_by_status[result.status] += 1
+        desktops = sum(len(j.desktop_ids) for j in result.jobs) + sum(len(e.desktop_ids) for e in result.errors)
+        self.desktops_by_status[result.status] += desktops
+
+    @property
+    def batches_sent(self) -> int:
+        return sum(self.batch_sizes.values())
+
+    @property
+    def desktops_sent(self) -> int:
+        return sum(size * n for size, n in self.batch_sizes.items())

@@ -1,0 +1,277 @@
+"""The worker: wiring only. Deliveries -> batching core -> API -> results -> acks, over broker sessions.
+
+The parts each live elsewhere: reading messages (intake), batching (core), calling the API (sending, cloud),
+the broker (amqp), counters (stats). This module decides *when*: it feeds the core, arms one timer at the core's
+next deadline, sends what the core hands out, publishes each finished result, and settles its message only
+after the broker confirmed the result. Delivery is at least once: see README.md, "Delivery guarantee".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+from snapworker.amqp import AmqpSession, Delivery, Settle
+from snapworker.core import Batch, BatchingCore
+from snapworker.errors import BrokerError, UnroutableResult
+from snapworker.intake import Rejected, read_request
+from snapworker.models import ResultError, SnapshotResult
+from snapworker.sending import BatchSender, SnapshotApi
+from snapworker.settings import Settings, redact_url
+from snapworker.stats import WorkerStats
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("snapworker.worker")
+
+_RECONNECT_MAX_S = 30.0
+
+
+class Worker:
+    """A snapshot worker, embeddable in any asyncio application.
+
+    ``await worker.run()`` consumes until ``await worker.close()`` (or SIGTERM via the CLI) and then drains:
+    open batches are sent at once, in-flight calls and result publishing get ``SHUTDOWN_TIMEOUT_S``, and what is
+    still unfinished is requeued. ``api`` replaces the Workspace client (tests, simulations).
+    """
+
+    def __init__(self, settings: Settings, *, api: SnapshotApi | None = None) -> None:
+        self.settings = settings
+        self.stats = WorkerStats()
+        self._api = api
+        self._core = BatchingCore(settings.max_batch, settings.linger_s)
+        self._sender: BatchSender | None = None
+        self._session: AmqpSession | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self.consuming = asyncio.Event()
+
+    # -- public lifecycle
+    async def run(self) -> None:
+        """Serve until closed. Reconnects to the broker with backoff whenever the session is lost."""
+        self._stopped.clear()
+        owned_api = None
+        if self._api is None:
+            from snapworker.cloud.client import WorkspaceClient
+
+            self._api = owned_api = WorkspaceClient(self.settings)
+        self._sender = BatchSender(self._api, max_extra_calls=self.settings.isolate_max_extra_calls)
+        log.info(
+            "snapworker starting: broker %s, API %s (auth: %s), request queue %r",
+            redact_url(self.settings.amqp_url.get_secret_value()),
+            self.settings.api_url,
+            self.settings.auth_mode,
+            self.settings.request_queue,
+        )
+        try:
+            await self._serve_sessions()
+        finally:
+            if owned_api is not None:
+                await owned_api.close()
+            self._stopped.set()
+
+    async def close(self) -> None:
+        """Stop consuming, drain within SHUTDOWN_TIMEOUT_S, requeue the rest; returns when ``run`` has ended."""
+        self._stopping.set()
+        if self._sender is not None:
+            await self._stopped.wait()
+
+    # -- sessions
+    async def _serve_sessions(self) -> None:
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                session = await AmqpSession.open(self.settings)
+            except BrokerError as exc:
+                log.warning("broker unavailable (%s); retrying in %.1f s", exc, delay)
+                await self._sleep_unless_stopping(delay)
+                delay = min(delay * 2, _RECONNECT_MAX_S)
+                continue
+            delay = 0.5
+            self._session = session
+            try:
+                await self._serve(session)
+            finally:
+                self.consuming.clear()
+                self._forget_session(session)
+                await session.close()
+
+    async def _serve(self, session: AmqpSession) -> None:
+        await session.consume(self._on_delivery)
+        self.consuming.set()
+        log.info(
+            "consuming %r (prefetch %d, batches of up to %d, linger %d ms); results to %r, errors to %r, "
+            "dead letters to %r",
+            self.settings.request_queue,
+            self.settings.prefetch,
+            self.settings.max_batch,
+            self.settings.linger_ms,
+            self.settings.result_queue,
+            self.settings.error_queue,
+            self.settings.dead_letter_queue,
+        )
+        watchdog = asyncio.create_task(self._watch_consumer(session))
+        stop = asyncio.create_task(self._stopping.wait())
+        lost = asyncio.create_task(session.lost.wait())
+        try:
+            await asyncio.wait({stop, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watchdog, stop, lost):
+                task.cancel()
+        if session.lost.is_set():
+            log.warning(
+                "broker session lost (%s): held requests return to the queue; reconnecting", session.lost_reason
+            )
+            return
+        await self._drain(session)
+
+    async def _watch_consumer(self, session: AmqpSession) -> None:
+        while True:
+            await asyncio.sleep(self.settings.consumer_check_s)
+            if not session.consumer_attached():
+                log.error("connected but not consuming: the broker cancelled our consumer; starting a new session")
+                session.lost_reason = "consumer cancelled by the broker"
+                session.lost.set()
+                return
+
+    async def _drain(self, session: AmqpSession) -> None:
+        """Graceful stop: no new deliveries, flush every open batch, wait, requeue what is left."""
+        await session.stop_consuming()
+        self.consuming.clear()
+        self._cancel_timer()
+        self._send_all(self._core.flush_all())
+        pending = {t for t in self._tasks if not t.done()}
+        if pending:
+            log.info(
+                "draining: %d batches and results in flight, up to %.0f s",
+                len(pending),
+                self.settings.shutdown_timeout_s,
+            )
+            _, late = await asyncio.wait(pending, timeout=self.settings.shutdown_timeout_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        leftovers = session.held()
+        if leftovers:
+            log.warning("shutdown timeout: requeueing %d unfinished requests", len(leftovers))
+            session.settle(leftovers, "requeue")
+        await session.settlements_sent()
+        log.info("drained")
+
+    def _forget_session(self, session: AmqpSession) -> None:
+        # The broker requeues every unsettled delivery of a closed channel; forget them here so that nothing
+        # of theirs is ever settled on another channel. Batches already sent keep going: a redelivered request
+        # for one of their desktops waits for that same call instead of sending it again.
+        self._core.drop(session.held())
+        if self._session is session:
+            self._session = None
+
+    # -- deliveries
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        if self._stopping.is_set():
+            return  # delivered while stopping: the drain requeues it
+        read = read_request(delivery.envelope, max_bytes=self.settings.max_message_bytes, now=datetime.now(UTC))
+        if isinstance(read, Rejected):
+            self.stats.count_result(read.result)
+            self._spawn(self._publish(delivery, read.result, settle="dead-letter"))
+            return
+        had_deadline = self._core.next_deadline() is not None
+        loop = asyncio.get_running_loop()
+        batches = self._core.submit(delivery, read.request, read.request_id, read.correlation_id, loop.time())
+        self._send_all(batches)
+        if not had_deadline:
+            self._arm_timer()
+
+    # -- deadlines: one timer at the core's next deadline, never polling
+    def _arm_timer(self) -> None:
+        self._cancel_timer()
+        deadline = self._core.next_deadline()
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_deadline)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        self._send_all(self._core.due(asyncio.get_running_loop().time()))
+        self._arm_timer()
+
+    # -- sending and results
+    def _send_all(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            self.stats.count_batch(batch)
+            self._spawn(self._send(batch))
+
+    async def _send(self, batch: Batch) -> None:
+        assert self._sender is not None
+        try:
+            outcome = await self._sender.send(batch)
+        except Exception as exc:  # a bug must not leave requests without a result
+            log.exception("sending batch %d failed unexpectedly", batch.id)
+            outcome = (
+                ResultError(
+                    desktop_ids=batch.desktop_ids,
+                    http_status=None,
+                    error_code="SNAPWORKER.INTERNAL",
+                    error_msg=f"internal error: {exc!r}"[:2000],
+                    retryable=True,
+                ),
+            )
+        for finished in self._core.complete(batch.id, outcome, datetime.now(UTC)):
+            assert isinstance(finished.ticket, Delivery)
+            self.stats.count_result(finished.result)
+            self._spawn(self._publish(finished.ticket, finished.result, settle="ack"))
+
+    async def _publish(self, delivery: Delivery, result: SnapshotResult, *, settle: Settle) -> None:
+        """Publish the result (confirmed), then settle its message. Skipped if the session is gone."""
+        session = delivery.session
+        if session.lost.is_set():
+            return
+        body = result.model_dump_json().encode()
+        queue = delivery.reply_to or (
+            self.settings.result_queue if result.status == "accepted" else self.settings.error_queue
+        )
+        headers: dict[str, str] = {"x-snapworker-status": result.status}
+        try:
+            try:
+                await session.publish(body, queue, correlation_id=result.correlation_id, headers=headers)
+            except UnroutableResult:
+                if queue == self.settings.error_queue:
+                    raise
+                log.warning(
+                    "reply_to queue %r does not exist: result %s goes to %r",
+                    queue,
+                    result.request_id,
+                    self.settings.error_queue,
+                )
+                headers["x-snapworker-undeliverable-reply-to"] = queue
+                await session.publish(
+                    body, self.settings.error_queue, correlation_id=result.correlation_id, headers=headers
+                )
+        except BrokerError as exc:
+            # Not confirmed: leave the message unsettled; it returns to the queue with its channel.
+            log.error("result %s not published (%s); its request will be redelivered", result.request_id, exc)
+            return
+        self.stats.results_published += 1
+        if settle == "dead-letter":
+            self.stats.dead_lettered += 1
+        session.settle([delivery], settle)
+
+    # -- helpers
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)

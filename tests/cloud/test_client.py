@@ -1,0 +1,536 @@
+"""WorkspaceClient over real loopback HTTP: the simulator, or a scripted server for answers it cannot give.
+
+Backoff sleeps are injected (recorded, never slept); the clock moves by what was "slept".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+
+from snapworker.cloud.client import CreatedJob, WorkspaceClient, batch_create_body
+from snapworker.cloud.limiter import RateLimiter
+from snapworker.cloud.signing import verify_signature
+from snapworker.cloud.simulator import Simulator
+from snapworker.core.batch import MergeKey
+from snapworker.errors import (
+    ApiAuthError,
+    ApiClientError,
+    ApiResponseTimeout,
+    ApiServerError,
+    ApiThrottled,
+    ApiTransportError,
+)
+from snapworker.models import DiskSnapshotInfo
+from snapworker.settings import Settings
+from tests.conftest import SIM_TOKEN
+
+PROJECT = "0123456789abcdef0123456789abcdef"
+KEY = MergeKey(PROJECT, "SYSTEM_DISK", DiskSnapshotInfo(name="nightly"), None)
+AK, SK = "AKTESTAK000000000000", "SKtestsecret00000000000000000000000000000"
+
+
+class FakeTime:
+    """Client sleeps are recorded and move the clock at once; the limiter's own sleeps only move it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+    async def limiter_sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def settings_for(url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "api_url": url,
+        "auth_token": SecretStr(SIM_TOKEN),
+        "rate_limit": 1000.0,
+        "rate_burst": 100,
+        "connect_timeout_s": 1.0,
+        "read_timeout_s": 2.0,
+        "retry_max_tries": 5,
+        "retry_max_time_s": 300.0,
+    } | overrides
+    return Settings(**values)
+
+
+def make_client(settings: Settings, time: FakeTime, **kwargs: Any) -> WorkspaceClient:
+    """A client on fake time whose backoff is not jittered (the recorded sleeps are exact)."""
+    limiter = RateLimiter.from_settings(settings, clock=time.clock, sleep=time.limiter_sleep)
+    return WorkspaceClient(settings, limiter=limiter, clock=time.clock, sleep=time.sleep, jitter=lambda v: v, **kwargs)
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+class ScriptedServer:
+    """Answers each request with the next scripted reply (the last one repeats) and records the requests."""
+
+    def __init__(self, *replies: Reply) -> None:
+        self.replies = list(replies)
+        self.requests: list[tuple[web.Request, bytes]] = []
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append((request, body))
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[ScriptedServer]:
+    server = ScriptedServer(Reply(200, b'{"job_id": "job-1"}'))
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", server.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    server.url = f"http://{host}:{port}"
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+
+
+def job_json(job_id: str = "job-1") -> bytes:
+    return f'{{"job_id": "{job_id}"}}'.encode()
+
+
+# -- body and URL
+
+
+def test_the_body_leaves_out_none_fields() -> None:
+    key = MergeKey(PROJECT, None, DiskSnapshotInfo(name="n", description=None), None)
+    assert batch_create_body(key, ["d1", "d2"]) == b'{"desktop_ids":["d1","d2"],"system_disk_snapshot":{"name":"n"}}'
+
+
+def test_the_body_keeps_every_field_that_is_set() -> None:
+    key = MergeKey(PROJECT, "ALL", DiskSnapshotInfo(name="s", description="x"), DiskSnapshotInfo(name="d"))
+    assert batch_create_body(key, ["d1"]) == (
+        b'{"desktop_ids":["d1"],"disk_type":"ALL","system_disk_snapshot":{"name":"s","description":"x"},'
+        b'"data_disk_snapshot":{"name":"d"}}'
+    )
+
+
+@pytest.mark.parametrize("count", [0, 101])
+def test_the_body_refuses_zero_or_more_than_100_desktops(count: int) -> None:
+    with pytest.raises(ValueError, match="1 to 100"):
+        batch_create_body(KEY, [f"d{i}" for i in range(count)])
+
+
+async def test_batch_create_returns_the_created_job(simulator: Simulator) -> None:
+    async with make_client(settings_for(simulator.url), FakeTime()) as client:
+        job = await client.batch_create(KEY, ["d-0001", "d-0002"])
+    assert isinstance(job, CreatedJob)
+    assert simulator.job_desktops(job.job_id) == ("d-0001", "d-0002")
+    assert job.api_request_id is not None
+    assert job.possible_duplicate is False
+
+
+async def test_batch_create_posts_json_to_the_project_url(scripted: ScriptedServer) -> None:
+    async with make_client(settings_for(scripted.url), FakeTime()) as client:
+        await client.batch_create(KEY, ["d-1"])
+    request, body = scripted.requests[0]
+    assert (request.method, request.raw_path) == ("POST", f"/v2/{PROJECT}/snapshots/batch-create")
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["X-Auth-Token"] == SIM_TOKEN
+    assert body == batch_create_body(KEY, ["d-1"])
+
+
+# -- authentication
+
+
+async def test_a_wrong_token_is_an_auth_error_and_not_retried(simulator: Simulator) -> None:
+    time = FakeTime()
+    async with make_client(settings_for(simulator.url, auth_token=SecretStr("wrong")), time) as client:
+        with pytest.raises(ApiAuthError) as caught:
+            await client.batch_create(KEY, ["d-1"])
+    assert (caught.value.http_status, caught.value.error_code) == (401, "APIG.0301")
+    assert simulator.stats()["calls_total"] == 1
+    assert time.sleeps == []
+
+
+async def test_an_aksk_signed_call_is_accepted(simulator: Simulator) -> None:
+    simulator.config.credentials = {AK: SK}
+    settings = settings_for(simulator.url, auth_token=None, access_key=SecretStr(AK), secret_key=SecretStr(SK))
+    async with make_client(settings, FakeTime()) as client:
+        job = await client.batch_create(KEY, ["d-1"])
+    assert simulator.job_desktops(job.job_id) == ("d-1",)
+
+
+async def test_a_wrong_secret_key_is_an_auth_error(simulator: Simulator) -> None:
+    simulator.config.credentials = {AK: SK}
+    settings = settings_for(
+        simulator.url, auth_token=None, access_key=SecretStr(AK), secret_key=SecretStr("not-the-sk")
+    )
+    async with make_client(settings, FakeTime()) as client:
+        with pytest.raises(ApiAuthError, match="signature"):
+            await client.batch_create(KEY, ["d-1"])
+
+
+async def test_every_try_is_signed_afresh(scripted: ScriptedServer) -> None:
+    scripted.replies = [Reply(503), Reply(200, job_json())]
+    dates = iter(["20240101T120000Z", "20240101T120001Z"])
+    settings = settings_for(scripted.url, auth_token=None, access_key=SecretStr(AK), secret_key=SecretStr(SK))
+    async with make_client(settings, FakeTime(), sdk_date=lambda: next(dates)) as client:
+        await client.batch_create(KEY, ["d-1"])
+    seen = [request.headers["X-Sdk-Date"] for request, _ in scripted.requests]
+    assert seen == ["20240101T120000Z", "20240101T120001Z"]
+    for request, body in scripted.requests:
+        assert request.headers["X-Project-Id"] == PROJECT
+        assert "X-Auth-Token" not in request.headers
+        verify_signature(
+            "POST",
+            request.raw_path,
+            request.headers,
+            body,
+            secret_key_for={AK: SK}.get,
+            now=datetime(2024, 1, 1, 12, tzinfo=UTC),
+        )
+
+
+# -- permanent errors
+
+
+async def test_a_400_is_permanent_and_not_retried(simulator: Simulator) -> None:
+    time = FakeTime()
+    async with make_client(settings_for(simulator.url), time) as client:
+        with pytest.raises(ApiClientError) as caught:
+            await client.batch_create(KEY, ["x" * 37])  # the API takes IDs of at most 36 characters
+    error = caught.value
+    assert (error.http_status, error.error_code, error.error_detail) == (400, "WKS.0001", "desktop_ids")
+    assert error.api_request_id is not None
+    assert not error.retryable
+    assert simulator.stats()["calls_total"] == 1
+    assert time.sleeps == []
+
+
+async def test_a_403_is_an_auth_error(scripted: ScriptedServer) -> None:
+    body = b'{"error_code": "WKS.00010099", "error_msg": "service disabled", "encoded_authorization_message": "x"}'
+    scripted.replies = [Reply(403, body, {"X-Request-Id": "rid-403"})]
+    async with make_client(settings_for(scripted.url), FakeTime()) as client:
+        with pytest.raises(ApiAuthError) as caught:
+            await client.batch_create(KEY, ["d-1"])
+    assert (caught.value.error_code, str(caught.value), caught.value.api_request_id) == (
+        "WKS.00010099",
+        "service disabled",
+        "rid-403",
+    )
+    assert len(scripted.requests) == 1
+
+
+async def test_an_unknown_desktop_is_a_404_client_error(simulator: Simulator) -> None:
+    simulator.config.unknown_desktops = frozenset({"gone"})
+    async with make_client(settings_for(simulator.url), FakeTime()) as client:
+        with pytest.raises(ApiClientError) as caught:
+            await client.batch_create(KEY, ["d-1", "gone"])
+    assert (caught.value.http_status, caught.value.error_code, caught.value.error_detail) == (404, "WKS.0202", "gone")
+    assert simulator.stats()["calls_total"] == 1
+
+
+async def test_a_busy_desktop_is_a_409_client_error(simulator: Simulator) -> None:
+    simulator.config.busy_desktops = frozenset({"busy"})
+    async with make_client(settings_for(simulator.url), FakeTime()) as client:
+        with pytest.raises(ApiClientError) as caught:
+            await client.batch_create(KEY, ["busy"])
+    assert caught.value.http_status == 409
+    assert simulator.stats()["calls_total"] == 1
+
+
+# -- retried errors
+
+
+async def test_a_429_is_retried_then_succeeds(simulator: Simulator) -> None:
+    simulator.config.rate_per_minute = 1
+    time = FakeTime()
+
+    async def sleep_then_lift_the_limit(seconds: float) -> None:
+        await time.sleep(seconds)
+        simulator.config.rate_per_minute = None
+
+    settings = settings_for(simulator.url)
+    limiter = RateLimiter.from_settings(settings, clock=time.clock, sleep=time.limiter_sleep)
+    client = WorkspaceClient(settings, limiter=limiter, clock=time.clock, sleep=sleep_then_lift_the_limit)
+    async with client:
+        await client.batch_create(KEY, ["d-1"])
+        job = await client.batch_create(KEY, ["d-2"])
+    assert simulator.job_desktops(job.job_id) == ("d-2",)
+    assert simulator.stats()["calls_by_status"] == {"200": 2, "429": 1}
+    assert len(time.sleeps) == 1
+    assert limiter.throttles_total == 1
+    assert limiter.rate == settings.rate_limit / 2
+
+
+async def test_retry_after_seconds_is_honoured(simulator: Simulator) -> None:
+    simulator.config.rate_per_minute = 1
+    simulator.config.send_retry_after = True
+    time = FakeTime()
+    async with make_client(settings_for(simulator.url, retry_max_tries=2), time) as client:
+        await client.batch_create(KEY, ["d-1"])
+        with pytest.raises(ApiThrottled) as caught:
+            await client.batch_create(KEY, ["d-2"])
+    assert caught.value.retry_after_s == 60.0
+    assert time.sleeps == [60.0]
+
+
+async def test_retry_after_as_an_http_date_is_honoured(scripted: ScriptedServer) -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    scripted.replies = [Reply(429, headers={"Retry-After": when}), Reply(200, job_json())]
+    time = FakeTime()
+    async with make_client(settings_for(scripted.url), time) as client:
+        await client.batch_create(KEY, ["d-1"])
+    assert len(time.sleeps) == 1
+    assert 27.0 <= time.sleeps[0] <= 30.0
+
+
+async def test_a_retry_after_beyond_the_budget_gives_up_at_once(scripted: ScriptedServer) -> None:
+    scripted.replies = [Reply(429, headers={"Retry-After": "100"})]
+    time = FakeTime()
+    async with make_client(settings_for(scripted.url, retry_max_time_s=10.0), time) as client:
+        with pytest.raises(ApiThrottled):
+            await client.batch_create(KEY, ["d-1"])
+    assert time.sleeps == []
+    assert len(scripted.requests) == 1
+
+
+async def test_5xx_answers_are_retried_then_succeed(scripted: ScriptedServer) -> None:
+    scripted.replies = [
+        Reply(503),
+        Reply(500, b'{"error_code": "WKS.0005", "error_msg": "ECS"}'),
+        Reply(200, job_json()),
+    ]
+    time = FakeTime()
+    async with make_client(settings_for(scripted.url), time) as client:
+        job = await client.batch_create(KEY, ["d-1"])
+    assert job.job_id == "job-1"
+    assert time.sleeps == [0.5, 1.0]
+
+
+async def test_an_html_502_page_becomes_a_typed_server_error(simulator: Simulator) -> None:
+    simulator.config.html_error_ratio = 1.0
+    async with make_client(settings_for(simulator.url, retry_max_tries=1), FakeTime()) as client:
+        with pytest.raises(ApiServerError) as caught:
+            await client.batch_create(KEY, ["d-1"])
+    error = caught.value
+    assert (error.http_status, error.error_code, error.retryable) == (502, "HTTP.502", True)
+    assert str(error).startswith("HTTP 502 Bad Gateway: 502 Bad Gateway")
+    assert "<" not in str(error)
+
+
+async def test_an_empty_error_body_becomes_a_typed_error(scripted: ScriptedServer) -> None:
+    scripted.replies = [Reply(503)]
+    async with make_client(settings_for(scripted.url, retry_max_tries=1), FakeTime()) as client:
+        with pytest.raises(ApiServerError) as caught:
+            await client.batch_create(KEY, ["d-1"])
+    assert (caught.value.error_code, str(caught.value)) == ("HTTP.503", "HTTP 503 Service Unavailable (empty body)")
+
+
+async def test_backoff_stops_after_max_tries(scripted: ScriptedServer) -> None:
+    scripted.replies = [Reply(503)]
+    time = FakeTime()
+    async with make_client(settings_for(scripted.url, retry_max_tries=4), time) as client:
+        with pytest.raises(ApiServerError):
+            await client.batch_create(KEY, ["d-1"])
+    assert time.sleeps == [0.5, 1.0, 2.0]
+    assert len(scripted.requests) == 4
+
+
+async def test_backoff_stops_when_the_time_budget_is_spent(scripted: ScriptedServer) -> None:
+    scripted.replies = [Reply(503)]
+    time = FakeTime()
+    async with make_client(settings_for(scripted.url, retry_max_tries=20, retry_max_time_s=3.0), time) as client:
+        with pytest.raises(ApiServerError):
+            await client.batch_create(KEY, ["d-1"])
+    assert time.sleeps == [0.5, 1.0, 1.5]  # the third wait is cut to what the budget has left
+    assert len(scripted.requests) == 4
+
+
+async def test_backoff_is_jittered_by_default(scripted: ScriptedServer) -> None:
+    scripted.replies = [Reply(503)]
+    time = FakeTime()
+    settings = settings_for(scripted.url, retry_max_tries=6)
+    limiter = RateLimiter.from_settings(settings, clock=time.clock, sleep=time.limiter_sleep)
+    async with WorkspaceClient(settings, limiter=limiter, clock=time.clock, sleep=time.sleep) as client:
+        with pytest.raises(ApiServerError):
+            await client.batch_create(KEY, ["d-1"])
+    assert all(0.0 <= wait <= cap for wait, cap in zip(time.sleeps, [0.5, 1.0, 2.0, 4.0, 8.0], strict=True))
+    assert time.sleeps != [0.5, 1.0, 2.0, 4.0, 8.0]
+
+
+async def test_queueing_for_the_first_try_does_not_spend_the_time_budget(scripted: ScriptedServer) -> None:
+    scripted.replies = [Reply(503), Reply(200, job_json())]
+    time = FakeTime()
+    settings = settings_for(scripted.url, retry_max_time_s=5.0)
+    client = make_client(settings, time)
+    client.limiter.on_throttle(60.0)  # everyone waits a minute before the first try
+    async with client:
+        job = await client.batch_create(KEY, ["d-1"])
+    assert job.job_id == "job-1"
+    assert time.now >= 1060.0
+    assert time.sleeps == [0.5]
+
+
+# -- transport errors and timeouts
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_a_refused_connection_is_a_transport_error_and_retried() -> None:
+    time = FakeTime()
+    async with make_client(settings_for(f"http://127.0.0.1:{free_port()}", retry_max_tries=3), time) as client:
+        with pytest.raises(ApiTransportError) as caught:
+            await client.batch_create(KEY, ["d-1"])
+    assert type(caught.value) is ApiTransportError
+    assert not caught.value.maybe_created
+    assert isinstance(caught.value.__cause__, OSError)
+    assert time.sleeps == [0.5, 1.0]
+
+
+async def test_a_response_timeout_is_raised_at_once_by_default(simulator: Simulator) -> None:
+    simulator.config.latency_s = 0.4
+    time = FakeTime()
+    async with make_client(settings_for(simulator.url, read_timeout_s=0.1), time) as client:
+        with pytest.raises(ApiResponseTimeout) as caught:
+            await client.batch_create(KEY, ["d-1"])
+    assert caught.value.maybe_created
+    assert time.sleeps == []
+    assert simulator.stats()["calls_total"] == 1
+
+
+async def test_a_success_after_a_retried_response_timeout_is_a_possible_duplicate(simulator: Simulator) -> None:
+    simulator.config.latency_s = 0.4
+    time = FakeTime()
+
+    async def sleep_then_answer_fast(seconds: float) -> None:
+        await time.sleep(seconds)
+        simulator.config.latency_s = 0.0
+
+    settings = settings_for(simulator.url, read_timeout_s=0.1, retry_on_response_timeout=True)
+    async with WorkspaceClient(settings, clock=time.clock, sleep=sleep_then_answer_fast) as client:
+        job = await client.batch_create(KEY, ["d-1"])
+    assert job.possible_duplicate
+    assert simulator.stats()["jobs_created"] == 2  # the timed-out try did create one
+    assert len(time.sleeps) == 1
+
+
+async def test_a_failure_after_a_retried_response_timeout_may_have_created_the_job(simulator: Simulator) -> None:
+    simulator.config.latency_s = 0.4
+    time = FakeTime()
+
+    async def sleep_then_refuse(seconds: float) -> None:
+        await time.sleep(seconds)
+        simulator.config.latency_s = 0.0
+        simulator.config.busy_desktops = frozenset({"d-1"})
+
+    settings = settings_for(simulator.url, read_timeout_s=0.1, retry_on_response_timeout=True)
+    async with WorkspaceClient(settings, clock=time.clock, sleep=sleep_then_refuse) as client:
+        with pytest.raises(ApiClientError) as caught:
+            await client.batch_create(KEY, ["d-1"])
+    assert caught.value.http_status == 409
+    assert caught.value.maybe_created
+
+
+# -- jobs
+
+
+async def test_get_job_returns_the_job_document(simulator: Simulator) -> None:
+    async with make_client(settings_for(simulator.url), FakeTime()) as client:
+        created = await client.batch_create(KEY, ["d-1"])
+        job = await client.get_job(PROJECT, created.job_id)
+    assert job["id"] == created.job_id
+    assert [sub["entities"]["desktop_id"] for sub in job["sub_jobs"]] == ["d-1"]
+
+
+async def test_get_job_of_an_unknown_job_is_a_404_client_error(simulator: Simulator) -> None:
+    async with make_client(settings_for(simulator.url), FakeTime()) as client:
+        with pytest.raises(ApiClientError) as caught:
+            await client.get_job(PROJECT, "no-such-job")
+    assert (caught.value.http_status, caught.value.error_code) == (404, "WKS.0202")
+
+
+# -- rate limiting, logging, metrics
+
+
+async def test_peak_calls_in_any_second_stay_within_rate_plus_burst(simulator: Simulator) -> None:
+    settings = settings_for(simulator.url, rate_limit=20.0, rate_burst=5, max_concurrency=8)
+    async with WorkspaceClient(settings) as client:  # real time: ~1.5 s
+        await asyncio.gather(*(client.batch_create(KEY, [f"d-{i}"]) for i in range(35)))
+    stats = simulator.stats()
+    assert stats["jobs_created"] == 35
+    assert 20 <= stats["max_calls_in_one_second"] <= 25
+
+
+async def test_each_retry_is_logged_with_its_context_and_no_secret(
+    scripted: ScriptedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    scripted.replies = [Reply(503, b'{"error_code": "APIG.0201", "error_msg": "down"}', {"X-Request-Id": "rid-1"})]
+    caplog.set_level(logging.WARNING, logger="snapworker.cloud")
+    async with make_client(settings_for(scripted.url, retry_max_tries=3), FakeTime()) as client:
+        with pytest.raises(ApiServerError):
+            await client.batch_create(KEY, ["d-1"])
+    retries = [r for r in caplog.records if r.name == "snapworker.cloud"]
+    assert [(r.levelno, r.__dict__["attempt"]) for r in retries] == [(logging.WARNING, 1), (logging.WARNING, 2)]
+    message = retries[0].getMessage()
+    for part in (PROJECT, "status=503", "error_code=APIG.0201", "attempt=1", "api_request_id=rid-1"):
+        assert part in message
+    assert SIM_TOKEN not in caplog.text
+
+
+@dataclass
+class CountingObserver:
+    calls: list[str] = field(default_factory=list)
+    retries: int = 0
+    throttles: int = 0
+
+    def on_call(self, status_class: str, seconds: float) -> None:
+        assert seconds >= 0
+        self.calls.append(status_class)
+
+    def on_retry(self) -> None:
+        self.retries += 1
+
+    def on_throttle(self) -> None:
+        self.throttles += 1
+
+
+async def test_the_observer_sees_calls_retries_and_throttles(scripted: ScriptedServer) -> None:
+    scripted.replies = [Reply(429), Reply(502), Reply(200, job_json())]
+    observer = CountingObserver()
+    async with make_client(settings_for(scripted.url), FakeTime(), observer=observer) as client:
+        await client.batch_create(KEY, ["d-1"])
+    assert (observer.calls, observer.retries, observer.throttles) == (["4xx", "5xx", "2xx"], 2, 1)

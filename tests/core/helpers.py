@@ -1,0 +1,36 @@
+"""Small builders for core tests."""
+
+from __future__ import annotations
+
+from snapworker.core import Batch, Outcome
+from snapworker.models import DiskSnapshotInfo, JobEntry, ResultError, SnapshotRequest
+
+
+def request(
+    project: str = "p1", *desktops: str, disk_type: str | None = None, name: str | None = None
+) -> SnapshotRequest:
+    snapshot = DiskSnapshotInfo(name=name) if name is not None else None
+    return SnapshotRequest.model_validate(
+        {
+            "project_id": project,
+            "desktop_ids": list(desktops or ("d1",)),
+            "disk_type": disk_type,
+            "system_disk_snapshot": snapshot,
+        }
+    )
+
+
+def job_for(batch: Batch, job_id: str | None = None) -> Outcome:
+    return (JobEntry(job_id=job_id or f"job-{batch.id}", desktop_ids=batch.desktop_ids),)
+
+
+def error_for(batch: Batch, code: str = "WKS.0005", status: int = 500, retryable: bool = True) -> Outcome:
+    return (
+        ResultError(
+            desktop_ids=batch.desktop_ids,
+            http_status=status,
+            error_code=code,
+            error_msg="boom",
+            retryable=retryable,
+        ),
+    )

@@ -29,6 +29,7 @@ from snapworker.models import (
     SnapshotResult,
 )
 from snapworker.settings import Settings, load_settings
+from snapworker.worker import Worker
 
 try:
     __version__ = version("snapworker")
@@ -56,6 +57,7 @@ __all__ = [
     "SnapshotResult",
     "SnapworkerError",
     "UnroutableResult",
+    "Worker",
     "__version__",
     "load_settings",
 ]

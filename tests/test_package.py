@@ -83,3 +83,17 @@ def test_schema_command_writes_the_files(tmp_path: Path) -> None:
         capture_output=True,
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(SCHEMA_FILES)
+
+
+def test_readme_documents_every_setting() -> None:
+    from snapworker.settings import Settings
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [n for n in Settings.model_fields if f"SNAPWORKER_{n.upper()}" not in readme]
+    assert missing == []
+
+
+def test_ci_runs_the_test_command_the_readme_gives() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "bash .ci/test" in readme
+    assert "bash .ci/test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")

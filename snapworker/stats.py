@@ -31,6 +31,19 @@ class WorkerStats:
         desktops = sum(len(j.desktop_ids) for j in result.jobs) + sum(len(e.desktop_ids) for e in result.errors)
         self.desktops_by_status[result.status] += desktops
 
+    def as_dict(self) -> dict[str, object]:
+        """The counters as plain JSON-ready data."""
+        return {
+            "requests_by_status": dict(self.requests_by_status),
+            "desktops_by_status": dict(self.desktops_by_status),
+            "batches_by_reason": dict(self.batches_by_reason),
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+            "batches_sent": self.batches_sent,
+            "desktops_sent": self.desktops_sent,
+            "results_published": self.results_published,
+            "dead_lettered": self.dead_lettered,
+        }
+
     @property
     def batches_sent(self) -> int:
         return sum(self.batch_sizes.values())

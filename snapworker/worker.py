@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -74,6 +75,8 @@ class Worker:
         finally:
             if owned_api is not None:
                 await owned_api.close()
+            # one machine-readable line of totals, for operators and the benchmark
+            log.info("worker totals %s", json.dumps(self.stats.as_dict(), sort_keys=True))
             self._stopped.set()
 
     async def close(self) -> None:

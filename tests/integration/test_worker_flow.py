@@ -133,6 +133,7 @@ async def test_the_same_desktop_in_two_pending_requests_is_snapshotted_once(
 ) -> None:
     await probe.publish_many([{"project_id": "p1", "desktop_ids": ["d1"]}, {"project_id": "p1", "desktop_ids": ["d1"]}])
     results = await probe.wait_for(2)
-    assert [r.result.jobs[0].job_id for r in results][0] == [r.result.jobs[0].job_id for r in results][1]
+    first, second = (r.result.jobs[0].job_id for r in results)
+    assert first == second
     assert simulator.stats()["distinct_desktops"] == 1
     assert simulator.stats()["calls_total"] == 1

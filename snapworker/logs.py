@@ -20,7 +20,9 @@ __all__ = ["RedactingFilter", "configure_logging"]
 CONTEXT_FIELDS = ("request_id", "project_id", "job_id", "batch_id")
 _REDACTED = "***"
 # header-shaped secrets, whatever the value
-_HEADER_SECRETS = re.compile(r"(?i)(x-auth-token|authorization|x-subject-token)(['\"]?\s*[:=]\s*['\"]?)([^'\",}\s]+)")
+_HEADER_SECRETS = re.compile(r"(?i)(x-auth-token|x-subject-token)(['\"]?\s*[:=]\s*['\"]?)([^'\",}\s]+)")
+# an Authorization value has spaces in it (scheme, Access=, Signature=): redact to the end of the value
+_AUTHORIZATION = re.compile(r"(?i)(authorization)(['\"]?\s*[:=]\s*['\"]?)([^'\"\n}]+)")
 _URL_PASSWORD = re.compile(r"(amqps?://[^:/@\s]+:)([^@\s]+)(@)")
 
 
@@ -36,6 +38,7 @@ class RedactingFilter(logging.Filter):
             if secret in text:
                 text = text.replace(secret, _REDACTED)
         text = _HEADER_SECRETS.sub(lambda m: m.group(1) + m.group(2) + _REDACTED, text)
+        text = _AUTHORIZATION.sub(lambda m: m.group(1) + m.group(2) + _REDACTED, text)
         return _URL_PASSWORD.sub(lambda m: m.group(1) + _REDACTED + m.group(3), text)
 
     def filter(self, record: logging.LogRecord) -> bool:

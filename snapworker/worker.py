@@ -17,9 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from snapworker.amqp import AmqpSession, Delivery, Settle
+from snapworker.cloud.limiter import RateLimiter
 from snapworker.core import Batch, BatchingCore
 from snapworker.errors import BrokerError, UnroutableResult
+from snapworker.health import HealthServer
 from snapworker.intake import Rejected, read_request
+from snapworker.metrics import ApiMetrics, build_registry
 from snapworker.models import ResultError, SnapshotResult
 from snapworker.sending import BatchSender, SnapshotApi
 from snapworker.settings import Settings, redact_url
@@ -58,10 +61,17 @@ class Worker:
         """Serve until closed. Reconnects to the broker with backoff whenever the session is lost."""
         self._stopped.clear()
         owned_api = None
+        health: HealthServer | None = None
+        observer: ApiMetrics | None = None
+        if self.settings.metrics_port is not None:
+            registry, observer = build_registry(self)
+            health = HealthServer(registry, self.ready, host="0.0.0.0", port=self.settings.metrics_port)
+            await health.start()
+            log.info("metrics and health on port %d: /metrics /healthz /readyz", health.port)
         if self._api is None:
             from snapworker.cloud.client import WorkspaceClient
 
-            self._api = owned_api = WorkspaceClient(self.settings)
+            self._api = owned_api = WorkspaceClient(self.settings, observer=observer)
         self._sender = BatchSender(self._api, max_extra_calls=self.settings.isolate_max_extra_calls)
         log.info(
             "snapworker starting: broker %s, API %s (auth: %s), request queue %r",
@@ -75,9 +85,27 @@ class Worker:
         finally:
             if owned_api is not None:
                 await owned_api.close()
+            if health is not None:
+                await health.stop()
             # one machine-readable line of totals, for operators and the benchmark
             log.info("worker totals %s", json.dumps(self.stats.as_dict(), sort_keys=True))
             self._stopped.set()
+
+    @property
+    def core(self) -> BatchingCore:
+        """The batching core (read-only use: metrics)."""
+        return self._core
+
+    @property
+    def limiter(self) -> RateLimiter | None:
+        """The API client's rate limiter, when the worker uses the Workspace client."""
+        limiter = getattr(self._api, "limiter", None)
+        return limiter if isinstance(limiter, RateLimiter) else None
+
+    def ready(self) -> bool:
+        """Connected and consuming: the consumer is attached to an open channel."""
+        session = self._session
+        return self.consuming.is_set() and session is not None and session.consumer_attached()
 
     async def close(self) -> None:
         """Stop consuming, drain within SHUTDOWN_TIMEOUT_S, requeue the rest; returns when ``run`` has ended."""
@@ -229,6 +257,16 @@ class Worker:
                     retryable=True,
                 ),
             )
+        for entry in outcome:
+            job_id = getattr(entry, "job_id", None)
+            log.debug(
+                "batch %d (%s, %d desktops): %s",
+                batch.id,
+                batch.reason,
+                len(entry.desktop_ids),
+                f"job {job_id}" if job_id else f"error {getattr(entry, 'error_code', '?')}",
+                extra={"project_id": batch.key.project_id, "batch_id": batch.id, "job_id": job_id},
+            )
         for finished in self._core.complete(batch.id, outcome, datetime.now(UTC)):
             assert isinstance(finished.ticket, Delivery)
             self.stats.count_result(finished.result)
@@ -265,6 +303,16 @@ class Worker:
             log.error("result %s not published (%s); its request will be redelivered", result.request_id, exc)
             return
         self.stats.results_published += 1
+        log.debug(
+            "result %s published to %r",
+            result.status,
+            queue,
+            extra={
+                "request_id": result.request_id,
+                "project_id": result.project_id,
+                "job_id": ",".join(j.job_id for j in result.jobs) or None,
+            },
+        )
         if settle == "dead-letter":
             self.stats.dead_lettered += 1
         session.settle([delivery], settle)

@@ -1,0 +1,64 @@
+"""The metrics and health endpoint (aiohttp.web): ``/metrics``, ``/healthz`` and ``/readyz``.
+
+- ``/healthz``: the event loop answers (a blocked loop cannot serve this at all; the body shows its lag).
+- ``/readyz``: connected to the broker *and* the consumer attached; "connected but not consuming" is not ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+__all__ = ["HealthServer"]
+
+
+class HealthServer:
+    """Serves one worker's metrics and health on ``host:port``."""
+
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool], *, host: str, port: int) -> None:
+        self._registry = registry
+        self._ready = ready
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._app = app
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self._app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        if self._port == 0:  # tests ask for a free port: learn which one we got
+            self._port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        await asyncio.sleep(0)
+        lag_ms = (time.perf_counter() - started) * 1000
+        return web.json_response({"status": "ok", "loop_lag_ms": round(lag_ms, 3)})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        if self._ready():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not consuming"}, status=503)

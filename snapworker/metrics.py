@@ -1,0 +1,110 @@
+"""Prometheus metrics of a worker. Label sets are bounded: status, reason and status class, never IDs.
+
+Most figures already live in the worker (its counters, the core's buffers, the limiter), so a collector reads
+them at scrape time instead of every call site updating a second copy. Only what has no other home (API call
+latency, retries, throttles) is recorded as it happens, through the client's observer hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from snapworker.worker import Worker
+
+__all__ = ["ApiMetrics", "WorkerCollector", "build_registry"]
+
+_FILL_BUCKETS = (1, 5, 10, 25, 50, 75, 90, 99, 100)
+
+
+class ApiMetrics:
+    """The API client's observer: call latency by status class, retries, throttles."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.call_seconds = Histogram(
+            "snapworker_api_call_seconds",
+            "Duration of batch-create calls by outcome class (2xx, 4xx, 5xx, timeout, transport).",
+            ["status_class"],
+            registry=registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.retries = Counter("snapworker_api_retries", "Batch-create tries after the first.", registry=registry)
+        self.throttles = Counter(
+            "snapworker_api_throttles", "Throttle answers (429 / APIG.0308) from the API.", registry=registry
+        )
+
+    def on_call(self, status_class: str, seconds: float) -> None:
+        self.call_seconds.labels(status_class).observe(seconds)
+
+    def on_retry(self) -> None:
+        self.retries.inc()
+
+    def on_throttle(self) -> None:
+        self.throttles.inc()
+
+
+class WorkerCollector(Collector):
+    """Reads a worker's counters, buffers and limiter when scraped."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._worker.stats
+        requests = CounterMetricFamily("snapworker_requests", "Requests answered, by result status.", labels=["status"])
+        desktops = CounterMetricFamily("snapworker_desktops", "Desktops answered, by result status.", labels=["status"])
+        for status in ("accepted", "partial", "failed", "invalid"):
+            requests.add_metric([status], stats.requests_by_status[status])
+            desktops.add_metric([status], stats.desktops_by_status[status])
+        yield requests
+        yield desktops
+        batches = CounterMetricFamily("snapworker_batches", "Batches sent, by flush reason.", labels=["reason"])
+        for reason in ("full", "linger", "shutdown"):
+            batches.add_metric([reason], stats.batches_by_reason[reason])
+        yield batches
+        yield _fill_histogram(stats.batch_sizes)
+        yield CounterMetricFamily(
+            "snapworker_results_published", "Results confirmed by the broker.", value=stats.results_published
+        )
+        yield CounterMetricFamily(
+            "snapworker_dead_lettered", "Invalid messages sent to the dead-letter queue.", value=stats.dead_lettered
+        )
+        core = self._worker.core
+        yield GaugeMetricFamily(
+            "snapworker_desktops_buffered", "Desktops in open batches.", value=core.buffered_desktops
+        )
+        yield GaugeMetricFamily(
+            "snapworker_requests_open", "Requests held, awaiting results.", value=core.open_requests
+        )
+        yield GaugeMetricFamily("snapworker_batches_in_flight", "Batches being sent.", value=core.batches_in_flight)
+        yield GaugeMetricFamily("snapworker_consuming", "1 while the consumer is attached.", value=self._worker.ready())
+        limiter = self._worker.limiter
+        if limiter is not None:
+            yield GaugeMetricFamily("snapworker_limiter_rate", "API calls per second allowed now.", value=limiter.rate)
+            yield CounterMetricFamily(
+                "snapworker_limiter_wait_seconds",
+                "Seconds API calls spent waiting for the rate limiter, summed.",
+                value=limiter.wait_seconds_total,
+            )
+            yield GaugeMetricFamily("snapworker_limiter_queued", "Calls waiting for the limiter.", value=limiter.queued)
+
+
+def _fill_histogram(sizes: dict[int, int]) -> HistogramMetricFamily:
+    buckets: list[tuple[str, float]] = []
+    for bound in _FILL_BUCKETS:
+        buckets.append((str(bound), sum(n for size, n in sizes.items() if size <= bound)))
+    buckets.append(("+Inf", sum(sizes.values())))
+    total = sum(size * n for size, n in sizes.items())
+    return HistogramMetricFamily("snapworker_batch_fill", "Desktops per batch sent.", buckets=buckets, sum_value=total)
+
+
+def build_registry(worker: Worker) -> tuple[CollectorRegistry, ApiMetrics]:
+    """A registry with the worker's collector and the API metrics (pass the latter to the client)."""
+    registry = CollectorRegistry()
+    registry.register(WorkerCollector(worker))
+    return registry, ApiMetrics(registry)

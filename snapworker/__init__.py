@@ -5,6 +5,7 @@ The public API is what ``__all__`` lists; everything else may change between ver
 
 from importlib.metadata import PackageNotFoundError, version
 
+from snapworker.client import SnapshotClient
 from snapworker.errors import (
     ApiAuthError,
     ApiClientError,
@@ -17,6 +18,7 @@ from snapworker.errors import (
     BrokerError,
     ConfigError,
     InvalidMessage,
+    ResultTimeout,
     SnapworkerError,
     UnroutableResult,
 )
@@ -52,7 +54,9 @@ __all__ = [
     "InvalidMessage",
     "JobEntry",
     "ResultError",
+    "ResultTimeout",
     "Settings",
+    "SnapshotClient",
     "SnapshotRequest",
     "SnapshotResult",
     "SnapworkerError",

@@ -45,6 +45,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(settings)
 
 
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from snapworker import tools
+
+    return tools.publish(args)
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from snapworker import tools
+
+    return tools.results(args)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from snapworker import tools
+
+    return tools.check(args)
+
+
 _SETTINGS_HELP = """settings (environment):
   SNAPWORKER_AMQP_URL        broker URL (default amqp://guest:guest@localhost:5672/)
   SNAPWORKER_API_URL         Workspace endpoint (default https://workspace.{REGION}.myhuaweicloud.com)
@@ -90,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     demo.set_defaults(handler=_cmd_demo)
 
+    _add_tool_parsers(commands)
+
     from snapworker.cloud import simulator
 
     simulate = commands.add_parser(
@@ -101,6 +121,87 @@ def _parser() -> argparse.ArgumentParser:
     simulator.add_arguments(simulate)
     simulate.set_defaults(handler=_cmd_simulate)
     return parser
+
+
+_BROKER_HELP = """settings (environment):
+  SNAPWORKER_AMQP_URL        broker URL (default amqp://guest:guest@localhost:5672/)
+  SNAPWORKER_REQUEST_QUEUE   where requests go (default snapworker.requests)
+  SNAPWORKER_RESULT_QUEUE    accepted results without reply_to (default snapworker.results)
+  SNAPWORKER_ERROR_QUEUE     other results without reply_to (default snapworker.errors)
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    publish = commands.add_parser(
+        "publish",
+        help="queue snapshot requests: one from options, or many from a JSON Lines file",
+        description="Validate and queue snapshot requests; waits for the broker's confirms and prints how many\n"
+        "were confirmed. Invalid lines of a file are reported with their line number and not published.\n"
+        "Exit code 1 when anything was not published (with --wait: when the result is not accepted).",
+        epilog=_BROKER_HELP + "  SNAPWORKER_MAX_MESSAGE_BYTES  larger requests are refused before publishing\n"
+        "\nexamples:\n"
+        "  snapworker publish --project P1 --desktop d1 --desktop d2 --wait\n"
+        '  snapworker publish --file requests.jsonl   # lines like {"project_id": "P1", "desktop_ids": ["d1"]}\n'
+        "  producer | snapworker publish --file - --reply-to my-replies",
+        formatter_class=raw,
+    )
+    source = publish.add_mutually_exclusive_group(required=True)
+    source.add_argument("--project", metavar="P", help="project ID of the one request")
+    source.add_argument("--file", metavar="F.jsonl", help="JSON Lines file, one request a line; - for stdin")
+    publish.add_argument("--desktop", action="append", metavar="D", help="desktop ID (repeat for more)")
+    publish.add_argument("--disk-type", choices=["SYSTEM_DISK", "DATA_DISKS", "ALL"], help="disks to snapshot")
+    publish.add_argument("--reply-to", metavar="Q", help="queue for the results (default: result/error queue)")
+    publish.add_argument("--wait", action="store_true", help="wait for the result and print it (with --project)")
+    publish.add_argument(
+        "--timeout", type=float, metavar="S", help="with --wait: at most S s (default: the worker's worst case)"
+    )
+    publish.add_argument(
+        "--in-flight", type=_positive_int, default=256, metavar="N", help="messages awaiting confirms at once (256)"
+    )
+    publish.set_defaults(handler=_cmd_publish)
+
+    results = commands.add_parser(
+        "results",
+        help="print results from the result and error queues (consumes them)",
+        description="Print results as they arrive, a table row each (or --jsonl).\n"
+        "This CONSUMES: a printed result is acked and so removed from its queue. Use it on queues\n"
+        "no service relies on. Stops after --count results or --timeout seconds, else at Ctrl-C;\n"
+        "exit code 1 when --count results did not arrive in time.",
+        epilog=_BROKER_HELP + "\nexamples:\n  snapworker results --count 10 --timeout 60\n"
+        "  snapworker results --queue my-replies --jsonl",
+        formatter_class=raw,
+    )
+    results.add_argument("--queue", action="append", metavar="Q", help="queue to read, repeatable (default: both)")
+    results.add_argument("--count", type=_positive_int, metavar="N", help="stop after N results; takes no more")
+    results.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    results.add_argument("--jsonl", action="store_true", help="print each result as one JSON line")
+    results.set_defaults(handler=_cmd_results)
+
+    check = commands.add_parser(
+        "check",
+        help="check the settings, the broker and its queues, and the Workspace API credentials",
+        description="Load the settings, connect to RabbitMQ and look at the queues, and ask the Workspace API\n"
+        "for a job that does not exist (401: credentials wrong; 404: reachable and authenticated).\n"
+        "Prints what is wrong; exit code 1 on any problem. Creates nothing unless --declare.",
+        epilog="settings (environment):\n"
+        "  SNAPWORKER_AMQP_URL, SNAPWORKER_*_QUEUE   broker and queues (see snapworker results --help)\n"
+        "  SNAPWORKER_API_URL or SNAPWORKER_REGION   Workspace endpoint\n"
+        "  SNAPWORKER_AUTH_TOKEN                     IAM token, or SNAPWORKER_ACCESS_KEY + SNAPWORKER_SECRET_KEY\n"
+        "  SNAPWORKER_CONNECT_TIMEOUT_S, SNAPWORKER_READ_TIMEOUT_S   how long to wait for the API\n"
+        "\nexample: snapworker check --project 0a1b2c3d4e5f67890a1b2c3d4e5f6789",
+        formatter_class=raw,
+    )
+    check.add_argument("--project", metavar="P", help="project ID to test access with (default: a placeholder)")
+    check.add_argument("--declare", action="store_true", help="declare the queues first, as the worker does")
+    check.set_defaults(handler=_cmd_check)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,8 +54,8 @@ class DemoReport:
             ("calls per desktop", f"{self.api_calls / max(1, self.desktops_requested):.3f}"),
             ("batch fill (desktops per accepted call)", self._fill()),
             (
-                "batches flushed: full / linger / shutdown",
-                "/".join(str(self.flushes[r]) for r in ("full", "linger", "shutdown")),
+                "batches flushed: full / linger / pressure / shutdown",
+                "/".join(str(self.flushes[r]) for r in ("full", "linger", "pressure", "shutdown")),
             ),
             ("wall time", f"{self.seconds:.1f} s"),
         ]

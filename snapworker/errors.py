@@ -8,6 +8,7 @@ Third-party errors (aiohttp, aio-pika, pydantic) are translated at the edge that
     SnapworkerError
     ├── ConfigError                 settings that cannot work, found at start-up
     ├── InvalidMessage              a queue message that is not a valid SnapshotRequest
+    ├── ResultTimeout               SnapshotClient.create_snapshots got no result in time
     ├── ApiError                    the Workspace API did not create a job
     │   ├── ApiTransportError       no HTTP response (connection refused, reset, DNS, TLS)
     │   │   └── ApiResponseTimeout  the request was sent but no answer came: a job may exist anyway
@@ -34,6 +35,7 @@ __all__ = [
     "BrokerError",
     "ConfigError",
     "InvalidMessage",
+    "ResultTimeout",
     "SnapworkerError",
     "UnroutableResult",
 ]
@@ -57,6 +59,21 @@ class InvalidMessage(SnapworkerError):
         self.problems = problems
         self.project_id = project_id
         self.desktop_ids = desktop_ids
+
+
+class ResultTimeout(SnapworkerError):
+    """No result arrived in time for a request sent with ``SnapshotClient.create_snapshots``.
+
+    The request was (or may have been) queued and may still be done: snapshots may be created anyway.
+    """
+
+    def __init__(self, correlation_id: str, timeout_s: float) -> None:
+        super().__init__(
+            f"no result for correlation id {correlation_id!r} within {timeout_s:g} s; the request may still be "
+            f"processed and its snapshots created"
+        )
+        self.correlation_id = correlation_id
+        self.timeout_s = timeout_s
 
 
 class ApiError(SnapworkerError):

@@ -64,7 +64,7 @@ class WorkerCollector(Collector):
         yield requests
         yield desktops
         batches = CounterMetricFamily("snapworker_batches", "Batches sent, by flush reason.", labels=["reason"])
-        for reason in ("full", "linger", "shutdown"):
+        for reason in ("full", "linger", "pressure", "shutdown"):
             batches.add_metric([reason], stats.batches_by_reason[reason])
         yield batches
         yield _fill_histogram(stats.batch_sizes)

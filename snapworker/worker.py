@@ -58,7 +58,7 @@ class Worker:
 
     # -- public lifecycle
     async def run(self) -> None:
-        """Serve until closed. Reconnects to the broker with backoff whenever the session is lost."""
+        """Serve until closed. Reconnects with backoff whenever the session is lost or cannot consume."""
         self._stopped.clear()
         owned_api = None
         health: HealthServer | None = None
@@ -124,14 +124,22 @@ class Worker:
                 await self._sleep_unless_stopping(delay)
                 delay = min(delay * 2, _RECONNECT_MAX_S)
                 continue
-            delay = 0.5
             self._session = session
             try:
                 await self._serve(session)
+            except BrokerError as exc:
+                # Connected, but the broker refused the consumer (queue in exclusive use, deleted meanwhile) or
+                # the session broke on the way: like an unreachable broker, retry with backoff; never end run().
+                log.warning("broker session failed (%s); retrying in %.1f s", exc, delay)
+            else:
+                delay = 0.5
+                continue
             finally:
                 self.consuming.clear()
                 self._forget_session(session)
                 await session.close()
+            await self._sleep_unless_stopping(delay)
+            delay = min(delay * 2, _RECONNECT_MAX_S)
 
     async def _serve(self, session: AmqpSession) -> None:
         await session.consume(self._on_delivery)
@@ -172,7 +180,8 @@ class Worker:
                 return
 
     async def _drain(self, session: AmqpSession) -> None:
-        """Graceful stop: no new deliveries, flush every open batch, wait, requeue what is left."""
+        """Graceful stop: no new deliveries, flush every open batch, wait for the calls and the results they
+        publish, requeue what is left at SHUTDOWN_TIMEOUT_S."""
         await session.stop_consuming()
         self.consuming.clear()
         self._cancel_timer()
@@ -184,10 +193,16 @@ class Worker:
                 len(pending),
                 self.settings.shutdown_timeout_s,
             )
-            _, late = await asyncio.wait(pending, timeout=self.settings.shutdown_timeout_s)
-            for task in late:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.settings.shutdown_timeout_s
+            # Wait again for what the finished tasks spawned: a sent batch hands its results to new publish
+            # tasks, and requeueing their requests while they publish would answer them twice.
+            while pending and (remaining := deadline - loop.time()) > 0:
+                await asyncio.wait(pending, timeout=remaining)
+                pending = {t for t in self._tasks if not t.done()}
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
         leftovers = session.held()
         if leftovers:
             log.warning("shutdown timeout: requeueing %d unfinished requests", len(leftovers))
@@ -204,7 +219,7 @@ class Worker:
             self._session = None
 
     # -- deliveries
-    async def _on_delivery(self, delivery: Delivery) -> None:
+    def _on_delivery(self, delivery: Delivery) -> None:
         if self._stopping.is_set():
             return  # delivered while stopping: the drain requeues it
         read = read_request(delivery.envelope, max_bytes=self.settings.max_message_bytes, now=datetime.now(UTC))
@@ -215,6 +230,10 @@ class Worker:
         had_deadline = self._core.next_deadline() is not None
         loop = asyncio.get_running_loop()
         batches = self._core.submit(delivery, read.request, read.request_id, read.correlation_id, loop.time())
+        if not batches and self._core.open_requests >= self.settings.prefetch:
+            # The window is full: nothing more arrives until something is answered, so waiting for linger
+            # would only stall the pipeline.
+            batches = self._core.flush_largest()
         self._send_all(batches)
         if not had_deadline:
             self._arm_timer()

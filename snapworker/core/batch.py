@@ -9,7 +9,9 @@ from snapworker.models import DiskSnapshotInfo, JobEntry, ResultError, SnapshotR
 
 __all__ = ["Batch", "FlushReason", "MergeKey", "Outcome", "OutcomeEntry"]
 
-FlushReason = Literal["full", "linger", "shutdown"]
+#: Why a batch was closed: it was full, its linger ran out, the worker's prefetch window was full (nothing more
+#: can arrive until something is answered, so waiting is pointless), or shutdown.
+FlushReason = Literal["full", "linger", "pressure", "shutdown"]
 
 #: What became of some desktops of a batch: a created job or an error. A batch's outcome is a sequence of
 #: entries whose desktop_ids together cover the batch exactly once.

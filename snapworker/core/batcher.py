@@ -85,6 +85,13 @@ class Batcher:
             closed.append(self._close(key, "linger"))
         return closed
 
+    def flush_largest(self) -> list[Batch]:
+        """Close the open batch with the most desktops (none if nothing is open)."""
+        if not self._open:
+            return []
+        key = max(self._open, key=lambda k: len(self._open[k].desktops))
+        return [self._close(key, "pressure")]
+
     def flush_all(self) -> list[Batch]:
         """Close every open batch now (shutdown)."""
         return [self._close(key, "shutdown") for key in list(self._open)]

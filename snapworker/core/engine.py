@@ -98,6 +98,10 @@ class BatchingCore:
         """The batches whose linger has run out at ``now``."""
         return self._hand_out(self._batcher.due(now))
 
+    def flush_largest(self) -> list[Batch]:
+        """The fullest open batch, at once: call when no more requests can arrive (the prefetch window is full)."""
+        return self._hand_out(self._batcher.flush_largest())
+
     def flush_all(self) -> list[Batch]:
         """Every open batch, at once (shutdown)."""
         return self._hand_out(self._batcher.flush_all())

@@ -225,3 +225,13 @@ def test_a_ticket_cannot_be_opened_twice() -> None:
     c.submit("t1", request("p1", "a"), "r1", None, now=0.0)
     with pytest.raises(ValueError, match="already open"):
         c.submit("t1", request("p1", "b"), "r1", None, now=0.0)
+
+
+def test_flush_largest_sends_the_fullest_open_batch_first() -> None:
+    c = core()
+    c.submit("t1", request("p1", "a"), "r1", None, now=0.0)
+    c.submit("t2", request("p2", "b", "c"), "r2", None, now=0.0)
+    [batch] = c.flush_largest()
+    assert (batch.key.project_id, batch.reason) == ("p2", "pressure")
+    assert [b.key.project_id for b in c.flush_largest()] == ["p1"]
+    assert c.flush_largest() == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import pytest
@@ -77,3 +77,23 @@ async def worker(settings: Settings, probe: BrokerProbe) -> AsyncIterator[Worker
     finally:
         await w.close()
         await asyncio.wait_for(task, timeout=30)
+
+
+@pytest.fixture
+async def start_worker(settings: Settings, probe: BrokerProbe) -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
+    """Starts workers with settings overrides (``await start_worker(linger_ms=1000)``); closes them at the end."""
+    started: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    async def start(**overrides: object) -> Worker:
+        w = Worker(settings.model_copy(update=overrides))
+        task = asyncio.create_task(w.run())
+        started.append((w, task))
+        await asyncio.wait_for(w.consuming.wait(), timeout=10)
+        return w
+
+    try:
+        yield start
+    finally:
+        for w, task in started:
+            await w.close()
+            await asyncio.wait_for(task, timeout=30)

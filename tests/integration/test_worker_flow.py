@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 
 from snapworker.cloud.simulator import Simulator
@@ -32,12 +34,14 @@ async def test_a_request_gets_one_accepted_result_on_the_result_queue(
 
 
 async def test_single_desktop_requests_are_merged_into_one_call(
-    worker: Worker, probe: BrokerProbe, simulator: Simulator
+    start_worker: Callable[..., Awaitable[Worker]], probe: BrokerProbe, simulator: Simulator
 ) -> None:
+    # a linger far longer than publishing 60 messages takes, even on a busy machine
+    await start_worker(linger_ms=3000)
     await probe.publish_many([{"project_id": "p1", "desktop_ids": [f"d{i}"]} for i in range(60)])
     results = await probe.wait_for(60)
     assert {r.result.status for r in results} == {"accepted"}
-    assert simulator.stats()["calls_total"] <= 3
+    assert simulator.stats()["calls_total"] == 1
     assert len({r.result.jobs[0].job_id for r in results}) == simulator.stats()["jobs_created"]
 
 
@@ -102,8 +106,9 @@ async def test_the_worker_goes_on_after_an_invalid_message(worker: Worker, probe
 
 
 async def test_an_unknown_desktop_fails_only_its_own_request(
-    worker: Worker, probe: BrokerProbe, simulator: Simulator
+    start_worker: Callable[..., Awaitable[Worker]], probe: BrokerProbe, simulator: Simulator
 ) -> None:
+    await start_worker(linger_ms=1000)  # all 8 requests in one merged batch
     simulator.config.unknown_desktops = frozenset({"ghost"})
     bodies = [{"project_id": "p1", "desktop_ids": [f"d{i}"], "request_id": f"r{i}"} for i in range(7)]
     bodies.insert(3, {"project_id": "p1", "desktop_ids": ["ghost"], "request_id": "bad"})
@@ -113,8 +118,8 @@ async def test_an_unknown_desktop_fails_only_its_own_request(
     assert results["bad"].errors[0].http_status == 404
     assert results["bad"].errors[0].retryable is False
     assert {rid: r.status for rid, r in results.items() if rid != "bad"} == {f"r{i}": "accepted" for i in range(7)}
-    # 1 merged call + at most 2 per bisection level (log2 of 8 requests = 3 levels)
-    assert simulator.stats()["calls_total"] <= 1 + 2 * 3
+    # 1 merged call + 2 per bisection level (log2 of 8 requests = 3 levels)
+    assert simulator.stats()["calls_total"] == 1 + 2 * 3
 
 
 async def test_a_throttled_or_failing_api_is_not_bisected(
@@ -129,11 +134,26 @@ async def test_a_throttled_or_failing_api_is_not_bisected(
 
 
 async def test_the_same_desktop_in_two_pending_requests_is_snapshotted_once(
-    worker: Worker, probe: BrokerProbe, simulator: Simulator
+    start_worker: Callable[..., Awaitable[Worker]], probe: BrokerProbe, simulator: Simulator
 ) -> None:
+    await start_worker(linger_ms=1000)  # both requests arrive while the desktop is pending
     await probe.publish_many([{"project_id": "p1", "desktop_ids": ["d1"]}, {"project_id": "p1", "desktop_ids": ["d1"]}])
     results = await probe.wait_for(2)
     first, second = (r.result.jobs[0].job_id for r in results)
     assert first == second
     assert simulator.stats()["distinct_desktops"] == 1
     assert simulator.stats()["calls_total"] == 1
+
+
+async def test_a_full_prefetch_window_flushes_at_once_instead_of_waiting_for_linger(
+    start_worker: Callable[..., Awaitable[Worker]], probe: BrokerProbe
+) -> None:
+    # 5 requests of p0, then 10 of p1, one at a time so they arrive in this order
+    for i in range(15):
+        await probe.publish({"project_id": "p0" if i < 5 else "p1", "desktop_ids": [f"d{i}"]})
+    # 10 held (5 + 5) fill the window: p0's batch goes at once; its acks let p1's last 5 in, which fill p1's batch
+    worker = await start_worker(max_batch=10, prefetch=10, linger_ms=60_000)
+    results = await probe.wait_for(15, timeout=20)  # far below the 60 s linger
+    assert {r.result.status for r in results} == {"accepted"}
+    assert worker.stats.batches_by_reason["pressure"] == 1
+    assert worker.stats.batches_by_reason["full"] == 1

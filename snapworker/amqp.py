@@ -1,6 +1,7 @@
-"""The RabbitMQ edge: topology, one consuming and one publishing connection, deliveries, and settling them.
+"""The worker's RabbitMQ edge: topology, one consuming and one publishing connection, deliveries, settling.
 
-aio-pika and aiormq are imported here and nowhere else in the runtime; their errors become BrokerError.
+The worker meets aio-pika and aiormq here and nowhere else; their errors become BrokerError. (Publishers have
+their own edge in client.py.)
 
 Why not aio-pika's robust channel restoration: a restored consumer can silently fail to come back (aio-pika
 #334, #588, #669), and deliveries of the dead channel must never be acked on the new one. So one
@@ -20,7 +21,7 @@ from typing import Any, Literal, cast
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
@@ -57,14 +58,12 @@ class AmqpSession:
         publish_conn: AbstractConnection,
         consume_channel: AbstractChannel,
         publish_channel: AbstractChannel,
-        request_queue: AbstractQueue,
     ):
         self._settings = settings
         self._consume_conn = consume_conn
         self._publish_conn = publish_conn
         self._consume_channel = consume_channel
         self._publish_channel = publish_channel
-        self._queue = request_queue
         self._consumer_tag: str | None = None
         self._underlay: aiormq.Channel | None = None
         self._publish_underlay: aiormq.Channel | None = None
@@ -99,7 +98,6 @@ class AmqpSession:
             await consume_channel.set_qos(prefetch_count=settings.prefetch)
             publish_channel = await publish_conn.channel(publisher_confirms=True, on_return_raises=True)
             await declare_topology(publish_channel, settings)
-            request_queue = await consume_channel.get_queue(settings.request_queue, ensure=False)
         except BaseException as exc:
             for conn in opened:
                 await conn.close()
@@ -112,7 +110,7 @@ class AmqpSession:
             if isinstance(exc, (TimeoutError, aiormq.exceptions.AMQPError, OSError)):
                 raise BrokerError(f"cannot reach RabbitMQ at {redact_url(url)}: {exc!r}") from exc
             raise
-        return cls(settings, consume_conn, publish_conn, consume_channel, publish_channel, request_queue)
+        return cls(settings, consume_conn, publish_conn, consume_channel, publish_channel)
 
     async def close(self) -> None:
         for conn in (self._consume_conn, self._publish_conn):
@@ -187,14 +185,6 @@ class AmqpSession:
             and self._consumer_tag in underlay.consumers
         )
 
-    async def consumer_count(self) -> int:
-        """Consumers the broker sees on the request queue: 0 while we think we consume means we do not."""
-        try:
-            result = await self._publish_channel.declare_queue(self._settings.request_queue, passive=True)
-        except aiormq.exceptions.AMQPError as exc:
-            raise BrokerError(f"cannot inspect {self._settings.request_queue!r}: {exc!r}") from exc
-        return int(result.declaration_result.consumer_count or 0)
-
     def held(self) -> list[Delivery]:
         """Deliveries of this session not yet settled."""
         return [d for d in self._held if not d.settled]
@@ -245,9 +235,19 @@ class AmqpSession:
             self._settler = asyncio.create_task(self._send_settlements())
 
     async def settlements_sent(self) -> None:
-        """Wait until every settlement decided so far is on the wire."""
+        """Wait until every settlement decided so far has reached the broker (call it before :meth:`close`)."""
         while self._settler is not None and not self.lost.is_set():
             await asyncio.shield(self._settler)
+        # The settler only queues its frames (wait=False), and closing the connection drops what is still
+        # queued: the broker would redeliver requests already answered. One round trip on the same channel
+        # (a basic.qos that changes nothing) is answered only after every frame queued before it.
+        channel = self._underlay
+        if channel is None or channel.is_closed or self.lost.is_set():
+            return
+        try:
+            await channel.basic_qos(prefetch_count=self._settings.prefetch)
+        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+            self._on_close(self, exc)
 
     async def _send_settlements(self) -> None:
         try:

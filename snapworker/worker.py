@@ -230,9 +230,10 @@ class Worker:
         had_deadline = self._core.next_deadline() is not None
         loop = asyncio.get_running_loop()
         batches = self._core.submit(delivery, read.request, read.request_id, read.correlation_id, loop.time())
-        if not batches and self._core.open_requests >= self.settings.prefetch:
-            # The window is full: nothing more arrives until something is answered, so waiting for linger
-            # would only stall the pipeline.
+        if not batches and self._core.batches_in_flight == 0 and self._core.open_requests >= self.settings.prefetch:
+            # The window is full of requests waiting in open batches and nothing is in flight: nothing more can
+            # arrive until something is answered, so waiting for linger would only stall. (With batches in
+            # flight, their answers free the window; flushing early then would only cost calls.)
             batches = self._core.flush_largest()
         self._send_all(batches)
         if not had_deadline:

@@ -1,0 +1,197 @@
+"""Backlog scenarios: throughput (worker and both baselines, same run), backlog economy, CPU, and memory.
+
+A backlog is published (pipelined confirms) to a fresh request queue *before* the measured process starts; the
+clock runs from its spawn to the moment the result and error queues hold one message per request.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.broker import Broker, Message, Queues
+from bench.infra import Drive, SimProcess, drive, parse_settings_line, parse_totals, verify_drained
+from bench.procs import CpuWatch, Measured, find_pid, snapworker_env
+from bench.report import minimum_calls
+
+__all__ = ["SYSTEMS", "Context", "Sizes", "backlog", "measure_backlog", "rotated"]
+
+SYSTEMS = ("worker", "noapi", "perapi")
+PUBLISH_IN_FLIGHT = 1000
+
+
+@dataclass(frozen=True)
+class Sizes:
+    throughput: int = 20_000
+    projects: int = 50
+    memory: int = 200_000
+    steady_rate: float = 20.0
+    steady_seconds: float = 15.0
+    steady_projects: int = 5
+    rate_requests: int = 1_500
+    rate_projects: int = 10
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(throughput=5_000, memory=20_000, steady_seconds=8.0, rate_requests=600)
+
+
+@dataclass
+class Context:
+    """What every scenario shares: the broker, the simulator, where logs go, the worker's base settings."""
+
+    amqp_url: str
+    broker: Broker
+    sim: SimProcess
+    log_dir: Path
+    sizes: Sizes
+    worker_settings: dict[str, str]
+    #: settings a bulk backlog is run with (throughput, memory): a linger long enough for batches to fill
+    backlog_settings: dict[str, str] = field(default_factory=dict)
+    worker_settings_seen: dict[str, str] = field(default_factory=dict)
+
+    def cpu_watch(self) -> CpuWatch:
+        return CpuWatch({"broker": find_pid("beam.smp"), "simulator": self.sim.proc.pid})
+
+    def spawn(self, system: str, queues: Queues, log_name: str, overrides: Mapping[str, str]) -> Measured:
+        log = self.log_dir / f"{log_name}.log"
+        settings = {**self.worker_settings, **overrides}
+        if system == "worker":
+            env = {
+                "amqp_url": self.amqp_url,
+                "api_url": self.sim.url,
+                "auth_token": self.sim.token,
+                "log_level": "INFO",
+                **queues.settings(),
+                **settings,
+            }
+            return Measured("worker", ["-m", "snapworker", "run"], log, env=snapworker_env(env))
+        argv = ["-m", "bench.baselines", system, "--amqp-url", self.amqp_url, "--prefetch", settings["prefetch"]]
+        argv += ["--request-queue", queues.request, "--result-queue", queues.result, "--error-queue", queues.error]
+        if system == "perapi":
+            argv += ["--api-url", self.sim.url, "--token", self.sim.token, "--concurrency", settings["max_concurrency"]]
+        return Measured(system, argv, log, env=snapworker_env({}))
+
+
+def backlog(n: int, projects: int, tag: str) -> Iterator[Message]:
+    """``n`` single-desktop requests, round-robin over ``projects`` projects, every desktop distinct."""
+    for i in range(n):
+        body = f'{{"project_id":"p{i % projects:03d}-{tag}","desktop_ids":["d-{tag}-{i:07d}"]}}'
+        yield body.encode(), str(i)
+
+
+def backlog_minimum_calls(n: int, projects: int, max_batch: int = 100) -> int:
+    return minimum_calls(((i % projects, str(i)) for i in range(n)), max_batch)
+
+
+def rotated(items: tuple[str, ...], by: int) -> list[str]:
+    k = by % len(items)
+    return [*items[k:], *items[:k]]
+
+
+async def measure_backlog(
+    ctx: Context,
+    system: str,
+    *,
+    n: int,
+    projects: int,
+    log_name: str,
+    overrides: Mapping[str, str] | None = None,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """Publish a backlog to fresh queues, run ``system`` on it until every result is in; everything measured."""
+    overrides = dict(overrides or {})
+    queues = Queues.fresh(system)
+    await ctx.broker.declare(queues)
+    try:
+        started = time.perf_counter()
+        tag = uuid.uuid4().hex[:6]
+        await ctx.broker.publish_many(
+            queues.request, backlog(n, projects, tag), in_flight=PUBLISH_IN_FLIGHT, timeout_s=max(120.0, n / 200)
+        )
+        publish_s = time.perf_counter() - started
+        await ctx.sim.reset()
+        watch = ctx.cpu_watch()
+        watch.start()
+        proc = ctx.spawn(system, queues, log_name, overrides)
+        run = Drive(system=system, expected=n)
+        try:
+            run = await drive(proc, ctx.broker, queues, n, timeout_s, watch)
+            if run.outcome == "ok":
+                run.request_queue_after = await verify_drained(queues.request)
+        finally:
+            run.exit_code = await proc.stop()
+        log = proc.log_text()
+        run.totals = parse_totals(log, "worker totals " if system == "worker" else "baseline totals ")
+        if system == "worker" and not ctx.worker_settings_seen:
+            ctx.worker_settings_seen = parse_settings_line(log)
+        sim = await ctx.sim.stats()
+        run.sim = {k: sim.get(k) for k in ("calls_total", "calls_by_status", "max_calls_in_one_second", "batch_sizes")}
+    finally:
+        await ctx.broker.delete(queues)
+    max_batch = int(overrides.get("max_batch", ctx.worker_settings.get("max_batch", "100")))
+    data = run.to_json()
+    data["publish_s"] = round(publish_s, 2)
+    data["settings_overrides"] = overrides
+    data["calls_minimum"] = backlog_minimum_calls(n, projects, max_batch)
+    calls = int(run.sim.get("calls_total") or 0) if run.sim else 0
+    data["economy"] = data["calls_minimum"] / calls if calls else None
+    return data
+
+
+async def throughput(ctx: Context, run_index: int, systems: tuple[str, ...]) -> dict[str, Any]:
+    """One run: each system on its own identical backlog, back to back, in an order rotated per run."""
+    n, projects = ctx.sizes.throughput, ctx.sizes.projects
+    out: dict[str, Any] = {"order": rotated(systems, run_index)}
+    for system in out["order"]:
+        out[system] = await measure_backlog(
+            ctx,
+            system,
+            n=n,
+            projects=projects,
+            log_name=f"throughput-r{run_index}-{system}",
+            timeout_s=60 + n / 100,
+            overrides=ctx.backlog_settings if system == "worker" else None,
+        )
+    return out
+
+
+async def memory(ctx: Context, run_index: int) -> dict[str, Any]:
+    """The worker drains a large backlog; VmRSS sampled about 10 times a second, VmHWM read at the end."""
+    n = ctx.sizes.memory
+    data = await measure_backlog(
+        ctx,
+        "worker",
+        n=n,
+        projects=ctx.sizes.projects,
+        log_name=f"memory-r{run_index}-worker",
+        timeout_s=120 + n / 200,
+        overrides=ctx.backlog_settings,
+    )
+    data["settings_prefetch"] = ctx.worker_settings["prefetch"]
+    return data
+
+
+async def rate(ctx: Context, run_index: int) -> dict[str, Any]:
+    """RATE_LIMIT=10, RATE_BURST=5, MAX_BATCH=10: the simulator's busiest second against 15 calls."""
+    overrides = {"rate_limit": "10", "rate_burst": "5", "max_batch": "10"}
+    n = ctx.sizes.rate_requests
+    data = await measure_backlog(
+        ctx,
+        "worker",
+        n=n,
+        projects=ctx.sizes.rate_projects,
+        log_name=f"rate-r{run_index}-worker",
+        overrides=overrides,
+        timeout_s=60 + n / 50,
+    )
+    sim = data.get("sim") or {}
+    data["max_calls_in_one_second"] = sim.get("max_calls_in_one_second")
+    data["allowed_in_one_second"] = 10 + 5
+    seconds = data.get("seconds")
+    data["calls_per_s"] = sim.get("calls_total", 0) / seconds if seconds else None
+    return data

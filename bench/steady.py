@@ -1,0 +1,119 @@
+"""A light steady load (a trickle): latency from publish to result, and API economy when batches cannot fill.
+
+The worker is started first and waited for; then requests are published as a Poisson process (e.g. 20 a second
+on average for 15 s, seeded per run, round-robin over 5 projects), each with its sequence number as
+correlation_id. Random gaps matter: with a fixed 250 ms gap per project and LINGER_MS=250 every arrival would
+sit exactly on a window's edge. The benchmark consumes
+the result and error queues itself and notes each result's arrival: latency = arrival - publish, on the
+benchmark's own monotonic clock. At this load no batch can fill, so every batch must be flushed by the linger
+timer; the fewest calls possible is computed per linger window from the actual publish times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import time
+import uuid
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from bench.broker import Queues
+from bench.infra import parse_totals
+from bench.report import minimum_calls_with_linger, percentile
+from bench.scenarios import Context
+
+__all__ = ["steady"]
+
+
+async def _wait_consuming(ctx: Context, queue: str, alive: Any, timeout_s: float) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        ((_, consumers),) = await ctx.broker.counts([queue])
+        if consumers > 0:
+            return time.perf_counter() - started
+        if not alive():
+            break
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"the worker did not start consuming {queue!r} within {timeout_s:.0f} s")
+
+
+async def steady(ctx: Context, run_index: int) -> dict[str, Any]:
+    sizes = ctx.sizes
+    n = int(sizes.steady_rate * sizes.steady_seconds)
+    linger_s = int(ctx.worker_settings.get("linger_ms", "250")) / 1000
+    queues = Queues.fresh("steady")
+    await ctx.broker.declare(queues)
+    tag = uuid.uuid4().hex[:6]
+    sent: dict[str, float] = {}
+    arrived: dict[str, float] = {}
+    all_in = asyncio.Event()
+
+    def on_result(message: AbstractIncomingMessage) -> None:
+        cid = message.correlation_id or ""
+        arrived.setdefault(cid, time.perf_counter())
+        if len(arrived) >= n:
+            all_in.set()
+
+    try:
+        await ctx.sim.reset()
+        proc = ctx.spawn("worker", queues, f"steady-r{run_index}-worker", {})
+        publishes: set[asyncio.Task[None]] = set()
+        try:
+            await _wait_consuming(ctx, queues.request, proc.alive, 60.0)
+            subscription = await ctx.broker.subscribe([queues.result, queues.error], on_result)
+            rng = random.Random(1000 + run_index)
+            offsets = list(itertools.accumulate(rng.expovariate(sizes.steady_rate) for _ in range(n)))
+            begin = time.perf_counter()
+            for i, offset in enumerate(offsets):
+                delay = begin + min(offset, 2 * sizes.steady_seconds) - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                body = f'{{"project_id":"p{i % sizes.steady_projects:03d}-{tag}","desktop_ids":["d-{tag}-{i:07d}"]}}'
+                sent[str(i)] = time.perf_counter()
+                task = asyncio.create_task(ctx.broker.publish_one(queues.request, (body.encode(), str(i))))
+                publishes.add(task)
+                task.add_done_callback(publishes.discard)
+            publish_s = time.perf_counter() - begin
+            await asyncio.gather(*publishes)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_in.wait(), timeout=30.0)
+            cpu_s = proc.cpu_s()
+            await subscription.close()
+        finally:
+            exit_code = await proc.stop()
+        sim = await ctx.sim.stats()
+    finally:
+        await ctx.broker.delete(queues)
+    latencies_ms = [(arrived[c] - t) * 1000 for c, t in sent.items() if c in arrived]
+    project_of = {str(i): i % sizes.steady_projects for i in range(n)}
+    calls_minimum = minimum_calls_with_linger(((project_of[c], t) for c, t in sent.items()), linger_s)
+    calls = int(sim.get("calls_total") or 0)
+    totals = parse_totals(proc.log_text(), "worker totals ")
+    return {
+        "requests": n,
+        "results": len(arrived),
+        "publish_s": round(publish_s, 2),
+        "rate_per_s": sizes.steady_rate,
+        "projects": sizes.steady_projects,
+        "linger_ms": linger_s * 1000,
+        "latency_ms": {
+            "p50": percentile(latencies_ms, 50),
+            "p90": percentile(latencies_ms, 90),
+            "p99": percentile(latencies_ms, 99),
+            "max": max(latencies_ms, default=None),
+            "min": min(latencies_ms, default=None),
+        },
+        "calls_total": calls,
+        "calls_minimum_with_linger": calls_minimum,
+        "economy": calls_minimum / calls if calls else None,
+        "batches_by_reason": (totals or {}).get("batches_by_reason"),
+        "batch_sizes": sim.get("batch_sizes"),
+        "cpu_s": cpu_s,
+        "exit_code": exit_code,
+        "totals": totals,
+        "log": str(proc.log_path),
+    }

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -25,15 +25,29 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
+from snapworker.amqp_publish import Outgoing, publish_confirmed
 from snapworker.errors import BrokerError, ConfigError, UnroutableResult
 from snapworker.intake import Envelope
 from snapworker.settings import Settings, redact_url
 
-__all__ = ["AmqpSession", "Delivery", "Settle"]
+__all__ = ["AmqpSession", "Delivery", "Message", "Settle"]
 
 log = logging.getLogger("snapworker.amqp")
 
 Settle = Literal["ack", "dead-letter", "requeue"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message to publish to ``queue`` (through the default exchange), persistent and mandatory."""
+
+    body: bytes
+    queue: str
+    correlation_id: str | None = None
+    headers: Mapping[str, str] | None = None
+    content_type: str = "application/json"
+    message_id: str | None = None
+    reply_to: str | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -278,40 +292,50 @@ class AmqpSession:
             self._settler = None
 
     # -- publishing
-    async def publish(
-        self,
-        body: bytes,
-        queue: str,
-        *,
-        correlation_id: str | None,
-        headers: Mapping[str, str] | None = None,
-        content_type: str = "application/json",
-        message_id: str | None = None,
-        reply_to: str | None = None,
-    ) -> None:
-        """Publish one persistent JSON message to ``queue`` and wait for the broker's confirm.
+    async def publish_many(self, messages: Sequence[Message]) -> list[BrokerError | None]:
+        """Publish persistent messages (mandatory) and wait for their confirms; one outcome per message.
 
-        Raises UnroutableResult when no such queue exists (mandatory flag, returned message) and BrokerError
-        when the broker refuses it or the connection fails. Many calls may wait for confirms at once.
+        ``None`` means confirmed; UnroutableResult means no such queue (the broker returned it); another
+        BrokerError means the broker refused it or the connection failed (the session is then lost). Many
+        calls may wait for confirms at once; a call's messages share one channel lock and one write.
         """
-        properties = spec.Basic.Properties(
-            content_type=content_type,
-            delivery_mode=2,  # persistent
-            correlation_id=correlation_id,
-            message_id=message_id,
-            reply_to=reply_to,
-            headers=dict(headers) if headers else None,
-        )
+        outgoing = [
+            Outgoing(
+                m.body,
+                m.queue,
+                spec.Basic.Properties(
+                    content_type=m.content_type,
+                    delivery_mode=2,  # persistent
+                    correlation_id=m.correlation_id,
+                    message_id=m.message_id,
+                    reply_to=m.reply_to,
+                    headers=dict(m.headers) if m.headers else None,
+                ),
+            )
+            for m in messages
+        ]
         try:
             channel = self._publish_underlay or await self._open_publish_underlay()
-            # mandatory + on_return_raises: a message no queue takes raises instead of vanishing after its
-            # confirm; wait=False skips a drain round-trip, the confirm is what we wait for
-            await channel.basic_publish(body, routing_key=queue, properties=properties, mandatory=True, wait=False)
-        except aiormq.exceptions.PublishError as exc:
-            raise UnroutableResult(f"no queue {queue!r} to take the message") from exc
+            outcomes = await publish_confirmed(channel, outgoing)
         except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
             self._on_close(self, exc)
-            raise BrokerError(f"publishing to {queue!r} failed: {exc!r}") from exc
+            return [BrokerError(f"publishing failed: {exc!r}") for _ in messages]
+        return [self._translate(m, outcome) for m, outcome in zip(messages, outcomes, strict=True)]
+
+    def _translate(self, message: Message, outcome: BaseException | None) -> BrokerError | None:
+        if outcome is None:
+            return None
+        if isinstance(outcome, aiormq.exceptions.PublishError):
+            return UnroutableResult(f"no queue {message.queue!r} to take the message")
+        if not isinstance(outcome, aiormq.exceptions.DeliveryError):
+            self._on_close(self, outcome)  # the channel or connection failed under the publish
+        return BrokerError(f"publishing to {message.queue!r} failed: {outcome!r}")
+
+    async def publish(self, message: Message) -> None:
+        """Publish one message and wait for its confirm; raises what :meth:`publish_many` would return."""
+        [outcome] = await self.publish_many([message])
+        if outcome is not None:
+            raise outcome
 
     async def _open_publish_underlay(self) -> aiormq.Channel:
         channel = cast(aiormq.Channel, await self._publish_channel.get_underlay_channel())

@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from snapworker.amqp import AmqpSession
+from snapworker.amqp import AmqpSession, Message
 from snapworker.cloud.simulator import SimConfig, Simulator
 from snapworker.core import MergeKey
 from snapworker.models import SnapshotRequest, SnapshotResult
@@ -151,10 +151,10 @@ async def run_demo(base: Settings | None = None, *, seed: int = 7, timeout_s: fl
         for queue in (settings.result_queue, settings.error_queue):
             await publisher.subscribe(queue, on_result)
         await asyncio.wait_for(worker.consuming.wait(), timeout=30)
-        # many confirms in flight at once, as a busy publishing service would
-        await asyncio.gather(
-            *(
-                publisher.publish(
+        # all at once, confirms awaited together, as a busy publishing service would
+        outcomes = await publisher.publish_many(
+            [
+                Message(
                     body,
                     settings.request_queue,
                     correlation_id=f"demo-{n}",
@@ -162,8 +162,11 @@ async def run_demo(base: Settings | None = None, *, seed: int = 7, timeout_s: fl
                     message_id=f"{prefix}-{n}",
                 )
                 for n, (body, content_type) in enumerate(messages)
-            )
+            ]
         )
+        failed = [outcome for outcome in outcomes if outcome is not None]
+        if failed:
+            raise failed[0]
         await asyncio.wait_for(all_in.wait(), timeout=timeout_s)
         report.seconds = time.perf_counter() - started
     finally:

@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=os.environ.get("SNAPWORKER_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
         help="local RabbitMQ (loopback only; default $SNAPWORKER_AMQP_URL or 127.0.0.1)",
     )
-    parser.add_argument("--prefetch", type=int, default=5000, help="PREFETCH of the worker and the baselines")
+    parser.add_argument("--prefetch", type=int, default=10_000, help="PREFETCH of the worker and the baselines")
     parser.add_argument(
         "--backlog-linger-ms", type=int, default=10_000, help="LINGER_MS of the worker in the backlog scenarios"
     )

@@ -86,6 +86,26 @@ def find_pid(comm: str) -> int | None:
     return None
 
 
+async def wait_until_quiet(
+    pid: int | None, *, cores: float = 0.15, window_s: float = 0.5, max_wait_s: float = 20.0
+) -> float:
+    """Wait until ``pid`` (the broker) uses less than ``cores`` over ``window_s``; return the seconds waited.
+
+    Deleting the previous system's queues and flushing the backlog just published keep RabbitMQ busy for a
+    while; without this pause the system measured next pays for its predecessor.
+    """
+    started = time.perf_counter()
+    if pid is None:
+        return 0.0
+    while time.perf_counter() - started < max_wait_s:
+        before = _pid_cpu_s(pid)
+        await asyncio.sleep(window_s)
+        after = _pid_cpu_s(pid)
+        if before is None or after is None or (after - before) / window_s < cores:
+            break
+    return round(time.perf_counter() - started, 2)
+
+
 class CpuWatch:
     """CPU seconds used by named processes, this process and the whole machine between start and stop.
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.broker import Broker, Message, Queues
 from bench.infra import Drive, SimProcess, drive, parse_settings_line, parse_totals, verify_drained
-from bench.procs import CpuWatch, Measured, find_pid, snapworker_env
+from bench.procs import CpuWatch, Measured, find_pid, snapworker_env, wait_until_quiet
 from bench.report import minimum_calls
 
 __all__ = ["SYSTEMS", "Context", "Sizes", "backlog", "measure_backlog", "rotated"]
@@ -114,6 +114,7 @@ async def measure_backlog(
             queues.request, backlog(n, projects, tag), in_flight=PUBLISH_IN_FLIGHT, timeout_s=max(120.0, n / 200)
         )
         publish_s = time.perf_counter() - started
+        quiet_s = await wait_until_quiet(find_pid("beam.smp"))
         await ctx.sim.reset()
         watch = ctx.cpu_watch()
         watch.start()
@@ -136,6 +137,7 @@ async def measure_backlog(
     max_batch = int(overrides.get("max_batch", ctx.worker_settings.get("max_batch", "100")))
     data = run.to_json()
     data["publish_s"] = round(publish_s, 2)
+    data["broker_quiet_wait_s"] = quiet_s
     data["settings_overrides"] = overrides
     data["calls_minimum"] = backlog_minimum_calls(n, projects, max_batch)
     calls = int(run.sim.get("calls_total") or 0) if run.sim else 0

@@ -40,6 +40,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from pydantic import SecretStr, ValidationError
 
 from snapworker.errors import BrokerError, InvalidMessage, ResultTimeout
+from snapworker.intake import validation_problems
 from snapworker.models import DiskSnapshotInfo, DiskType, SnapshotRequest, SnapshotResult
 from snapworker.settings import Settings, redact_url
 
@@ -283,12 +284,3 @@ def _check_shortstr(**values: str | None) -> None:
     for name, value in values.items():
         if value is not None and not 0 < len(value.encode()) <= _SHORTSTR:
             raise InvalidMessage([f"{name} must be 1 to {_SHORTSTR} bytes"])
-
-
-def validation_problems(exc: ValidationError) -> list[str]:
-    """Readable ``field: message`` lines of a pydantic error (package-internal; the tools use it too)."""
-    problems = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in err["loc"])
-        problems.append(f"{where}: {err['msg']}" if where else err["msg"])
-    return problems

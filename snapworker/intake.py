@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from snapworker.models import INVALID_REQUEST_CODE, ResultError, SnapshotRequest, SnapshotResult
 
-__all__ = ["Accepted", "Envelope", "Rejected", "read_request"]
+__all__ = ["Accepted", "Envelope", "Rejected", "read_request", "validation_problems"]
 
 _JSON_TYPES = frozenset({"application/json", "text/json"})
 
@@ -57,12 +57,13 @@ def read_request(envelope: Envelope, *, max_bytes: int, now: datetime) -> Accept
     try:
         request = SnapshotRequest.model_validate_json(envelope.body)
     except ValidationError as exc:
-        return _rejected(envelope, fallback_id, _problems(exc), now, _salvage(envelope.body))
+        return _rejected(envelope, fallback_id, validation_problems(exc), now, _salvage(envelope.body))
     request_id = request.request_id or fallback_id
     return Accepted(request, request_id, envelope.correlation_id)
 
 
-def _problems(exc: ValidationError) -> list[str]:
+def validation_problems(exc: ValidationError) -> list[str]:
+    """Readable ``field: message`` lines of a pydantic error (the worker, the client and the tools share them)."""
     problems = []
     for err in exc.errors(include_url=False):
         where = ".".join(str(part) for part in err["loc"])

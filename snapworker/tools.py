@@ -17,8 +17,9 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from snapworker.client import SnapshotClient, validation_problems
+from snapworker.client import SnapshotClient
 from snapworker.errors import ConfigError, ResultTimeout, SnapworkerError
+from snapworker.intake import validation_problems
 from snapworker.models import SnapshotRequest
 from snapworker.settings import load_settings
 from snapworker.tools_broker import BrokerTools

@@ -17,8 +17,9 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from pydantic import ValidationError
 
 from snapworker.amqp import declare_topology
-from snapworker.client import BROKER_ERRORS, open_connection, validation_problems
+from snapworker.client import BROKER_ERRORS, open_connection
 from snapworker.errors import BrokerError, ConfigError
+from snapworker.intake import validation_problems
 from snapworker.models import SnapshotResult
 from snapworker.settings import Settings
 

@@ -19,8 +19,9 @@ from typing import BinaryIO, TextIO
 
 from pydantic import ValidationError
 
-from snapworker.client import SnapshotClient, validation_problems
+from snapworker.client import SnapshotClient
 from snapworker.errors import BrokerError, InvalidMessage
+from snapworker.intake import validation_problems
 from snapworker.models import SnapshotRequest, SnapshotResult
 
 __all__ = ["FileReport", "Progress", "publish_lines"]

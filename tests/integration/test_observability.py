@@ -109,6 +109,24 @@ def secret_password() -> Iterator[tuple[str, str]]:
         subprocess.run(["rabbitmqctl", "delete_user", user], check=False, capture_output=True)
 
 
+async def _logged_flow(flow: Settings, probe: BrokerProbe, *messages: dict[str, object] | bytes) -> str:
+    """Run a worker with ``flow``'s logging until every message is answered; return what it logged."""
+    captured = io.StringIO()
+    handler = configure_logging(flow, stream=captured)
+    try:
+        worker = Worker(flow)
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(worker.consuming.wait(), timeout=10)
+        for message in messages:
+            await probe.publish(message, correlation_id="c1")
+        await probe.wait_for(len(messages))
+        await worker.close()
+        await task
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return captured.getvalue()
+
+
 async def test_no_secret_appears_in_debug_logs_of_a_whole_flow(
     settings: Settings, probe: BrokerProbe, secret_password: tuple[str, str]
 ) -> None:
@@ -118,20 +136,7 @@ async def test_no_secret_appears_in_debug_logs_of_a_whole_flow(
     flow = settings.model_copy(
         update={"amqp_url": type(settings.amqp_url)(f"amqp://{user}:{password}@127.0.0.1:5672/"), "log_level": "DEBUG"}
     )
-    captured = io.StringIO()
-    handler = configure_logging(flow, stream=captured)
-    try:
-        worker = Worker(flow)
-        task = asyncio.create_task(worker.run())
-        await asyncio.wait_for(worker.consuming.wait(), timeout=10)
-        await probe.publish({"project_id": "p1", "desktop_ids": ["d1"]}, correlation_id="c1")
-        await probe.publish(b"not json")
-        await probe.wait_for(2)
-        await worker.close()
-        await task
-    finally:
-        logging.getLogger().removeHandler(handler)
-    output = captured.getvalue()
+    output = await _logged_flow(flow, probe, {"project_id": "p1", "desktop_ids": ["d1"]}, b"not json")
     assert "result accepted published" in output  # the flow really logged at DEBUG
     assert password not in output
     assert token.get_secret_value() not in output
@@ -139,19 +144,8 @@ async def test_no_secret_appears_in_debug_logs_of_a_whole_flow(
 
 async def test_json_logs_carry_request_and_project_ids(settings: Settings, probe: BrokerProbe) -> None:
     flow = settings.model_copy(update={"log_level": "DEBUG", "log_format": "json"})
-    captured = io.StringIO()
-    handler = configure_logging(flow, stream=captured)
-    try:
-        worker = Worker(flow)
-        task = asyncio.create_task(worker.run())
-        await asyncio.wait_for(worker.consuming.wait(), timeout=10)
-        await probe.publish({"project_id": "p1", "desktop_ids": ["d1"], "request_id": "r-77"})
-        await probe.wait_for(1)
-        await worker.close()
-        await task
-    finally:
-        logging.getLogger().removeHandler(handler)
-    entries = [json.loads(line) for line in captured.getvalue().splitlines() if line.startswith("{")]
+    output = await _logged_flow(flow, probe, {"project_id": "p1", "desktop_ids": ["d1"], "request_id": "r-77"})
+    entries = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     published = [e for e in entries if e["message"].startswith("result accepted published")]
     assert published
     assert published[0]["request_id"] == "r-77"

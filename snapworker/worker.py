@@ -16,14 +16,15 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
-from snapworker.amqp import AmqpSession, Delivery, Message, Settle
+from snapworker.amqp import AmqpSession, Delivery
 from snapworker.cloud.limiter import RateLimiter
 from snapworker.core import Batch, BatchingCore
-from snapworker.errors import BrokerError, UnroutableResult
+from snapworker.errors import BrokerError
 from snapworker.health import HealthServer
 from snapworker.intake import Rejected, read_request
 from snapworker.metrics import ApiMetrics, build_registry
 from snapworker.models import ResultError, SnapshotResult
+from snapworker.results import ResultPublisher
 from snapworker.sending import BatchSender, SnapshotApi
 from snapworker.settings import Settings, redact_url
 from snapworker.stats import WorkerStats
@@ -33,8 +34,6 @@ __all__ = ["Worker"]
 log = logging.getLogger("snapworker.worker")
 
 _RECONNECT_MAX_S = 30.0
-# groups of results waiting for confirms at once (a group is up to one batch's results)
-_PUBLISH_GROUPS = 16
 
 
 class Worker:
@@ -57,7 +56,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self.consuming = asyncio.Event()
-        self._publish_slots = asyncio.Semaphore(_PUBLISH_GROUPS)
+        self._results = ResultPublisher(settings, self.stats)
 
     # -- public lifecycle
     async def run(self) -> None:
@@ -228,7 +227,7 @@ class Worker:
         read = read_request(delivery.envelope, max_bytes=self.settings.max_message_bytes, now=datetime.now(UTC))
         if isinstance(read, Rejected):
             self.stats.count_result(read.result)
-            self._spawn(self._publish([(delivery, read.result)], settle="dead-letter"))
+            self._spawn(self._results.publish([(delivery, read.result)], settle="dead-letter"))
             return
         had_deadline = self._core.next_deadline() is not None
         loop = asyncio.get_running_loop()
@@ -296,75 +295,7 @@ class Worker:
             self.stats.count_result(finished.result)
             answered.append((finished.ticket, finished.result))
         if answered:
-            await self._publish(answered, settle="ack")
-
-    async def _publish(self, answered: list[tuple[Delivery, SnapshotResult]], *, settle: Settle) -> None:
-        """Publish the results (confirmed), then settle their messages. Skipped for a session that is gone.
-
-        A batch's results go out together (one write, confirms awaited together); PUBLISH_GROUPS bounds how
-        many groups wait for confirms at once, because aiormq's confirm handling slows down with thousands
-        of publishes outstanding.
-        """
-        by_session: dict[AmqpSession, list[tuple[Delivery, SnapshotResult]]] = {}
-        for delivery, result in answered:
-            if not delivery.session.lost.is_set():
-                by_session.setdefault(delivery.session, []).append((delivery, result))
-        for session, items in by_session.items():
-            messages = [self._result_message(delivery, result) for delivery, result in items]
-            async with self._publish_slots:
-                outcomes = await session.publish_many(messages)
-            # a reply_to queue that does not exist: the result goes to the error queue instead, never dropped
-            detours = [
-                i
-                for i, outcome in enumerate(outcomes)
-                if isinstance(outcome, UnroutableResult) and messages[i].queue != self.settings.error_queue
-            ]
-            if detours:
-                rerouted = [self._detour(messages[i]) for i in detours]
-                for i, message, outcome in zip(detours, rerouted, await session.publish_many(rerouted), strict=True):
-                    outcomes[i], messages[i] = outcome, message
-            published: list[Delivery] = []
-            for (delivery, result), message, outcome in zip(items, messages, outcomes, strict=True):
-                if outcome is not None:
-                    # Not confirmed: leave the message unsettled; it returns to the queue with its channel.
-                    log.error(
-                        "result %s not published (%s); its request will be redelivered",
-                        result.request_id,
-                        outcome,
-                        extra={"request_id": result.request_id},
-                    )
-                    continue
-                published.append(delivery)
-                log.debug(
-                    "result %s published to %r",
-                    result.status,
-                    message.queue,
-                    extra={
-                        "request_id": result.request_id,
-                        "project_id": result.project_id,
-                        "job_id": ",".join(j.job_id for j in result.jobs) or None,
-                    },
-                )
-            self.stats.results_published += len(published)
-            if settle == "dead-letter":
-                self.stats.dead_lettered += len(published)
-            session.settle(published, settle)
-
-    def _result_message(self, delivery: Delivery, result: SnapshotResult) -> Message:
-        queue = delivery.reply_to or (
-            self.settings.result_queue if result.status == "accepted" else self.settings.error_queue
-        )
-        return Message(
-            result.model_dump_json().encode(),
-            queue,
-            correlation_id=result.correlation_id,
-            headers={"x-snapworker-status": result.status},
-        )
-
-    def _detour(self, message: Message) -> Message:
-        log.warning("reply_to queue %r does not exist: its result goes to %r", message.queue, self.settings.error_queue)
-        headers = {**(message.headers or {}), "x-snapworker-undeliverable-reply-to": message.queue}
-        return Message(message.body, self.settings.error_queue, correlation_id=message.correlation_id, headers=headers)
+            await self._results.publish(answered, settle="ack")
 
     # -- helpers
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -3,8 +3,6 @@
 The public API is what ``__all__`` lists; everything else may change between versions.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from snapworker.client import SnapshotClient
 from snapworker.errors import (
     ApiAuthError,
@@ -33,10 +31,18 @@ from snapworker.models import (
 from snapworker.settings import Settings, load_settings
 from snapworker.worker import Worker
 
-try:
-    __version__ = version("snapworker")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+
+def __getattr__(name: str) -> str:
+    # __version__ is read from package metadata on first use: importlib.metadata costs start-up time
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("snapworker")
+        except PackageNotFoundError:  # a source tree that was never installed
+            return "0+unknown"
+    raise AttributeError(f"module 'snapworker' has no attribute {name!r}")
+
 
 __all__ = [
     "INVALID_REQUEST_CODE",

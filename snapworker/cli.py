@@ -7,7 +7,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from snapworker import __version__
 from snapworker.errors import ConfigError
 
 __all__ = ["main"]
@@ -71,13 +70,26 @@ _SETTINGS_HELP = """settings (environment):
 """
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, reading package metadata only when asked (it costs every other command start-up time)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=str(kwargs.get("help", "")))
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        import snapworker
+
+        print(f"snapworker {snapworker.__version__}")  # to stdout, like argparse's own version action
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="snapworker",
         description="Batch Huawei Cloud Workspace snapshot requests from RabbitMQ into rate-limited API calls.",
         epilog="Settings come from SNAPWORKER_* environment variables; see README.md.",
     )
-    parser.add_argument("--version", action="version", version=f"snapworker {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     schema = commands.add_parser(
@@ -110,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_tool_parsers(commands)
 
-    from snapworker.cloud import simulator
+    from snapworker.cloud import sim_cli  # the options only: the server (aiohttp.web) loads when it runs
 
     simulate = commands.add_parser(
         "simulate",
@@ -118,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve a faithful local fake of the Workspace snapshot and job APIs on loopback.",
         epilog="example: snapworker simulate --port 8808 --token dev-token",
     )
-    simulator.add_arguments(simulate)
+    sim_cli.add_arguments(simulate)
     simulate.set_defaults(handler=_cmd_simulate)
     return parser
 

@@ -14,20 +14,22 @@ import json
 import logging
 from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from snapworker.amqp import AmqpSession, Delivery
 from snapworker.cloud.limiter import RateLimiter
 from snapworker.core import Batch, BatchingCore
 from snapworker.errors import BrokerError
-from snapworker.health import HealthServer
 from snapworker.intake import Rejected, read_request
-from snapworker.metrics import ApiMetrics, build_registry
 from snapworker.models import ResultError, SnapshotResult
 from snapworker.results import ResultPublisher
 from snapworker.sending import BatchSender, SnapshotApi
 from snapworker.settings import Settings, redact_url
 from snapworker.stats import WorkerStats
+
+if TYPE_CHECKING:
+    from snapworker.health import HealthServer
+    from snapworker.metrics import ApiMetrics
 
 __all__ = ["Worker"]
 
@@ -66,6 +68,10 @@ class Worker:
         health: HealthServer | None = None
         observer: ApiMetrics | None = None
         if self.settings.metrics_port is not None:
+            # imported here: prometheus-client and aiohttp.web cost start-up time a worker without metrics saves
+            from snapworker.health import HealthServer
+            from snapworker.metrics import build_registry
+
             registry, observer = build_registry(self)
             health = HealthServer(registry, self.ready, host="0.0.0.0", port=self.settings.metrics_port)
             await health.start()

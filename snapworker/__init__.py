@@ -7,6 +7,7 @@ from snapworker.client import SnapshotClient
 from snapworker.errors import (
     ApiAuthError,
     ApiClientError,
+    ApiDeadlineExceeded,
     ApiError,
     ApiResponseTimeout,
     ApiServerError,
@@ -48,6 +49,7 @@ __all__ = [
     "INVALID_REQUEST_CODE",
     "ApiAuthError",
     "ApiClientError",
+    "ApiDeadlineExceeded",
     "ApiError",
     "ApiResponseTimeout",
     "ApiServerError",

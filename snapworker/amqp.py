@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -79,6 +79,8 @@ class AmqpSession:
         self._consume_channel = consume_channel
         self._publish_channel = publish_channel
         self._consumer_tag: str | None = None
+        self._on_message: Callable[[DeliveredMessage], Coroutine[Any, Any, None]] | None = None
+        self.prefetch = settings.prefetch
         self._underlay: aiormq.Channel | None = None
         self._publish_underlay: aiormq.Channel | None = None
         # deliveries in delivery-tag order, for multiple acks; settled ones leave from the front
@@ -165,6 +167,7 @@ class AmqpSession:
             self._held.append(delivery)
             on_delivery(delivery)
 
+        self._on_message = callback
         try:
             underlay = cast(aiormq.Channel, await self._consume_channel.get_underlay_channel())
             self._underlay = underlay
@@ -173,6 +176,25 @@ class AmqpSession:
         except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
             # a channel closed before or while we asked is a broker failure like any other, not a bug
             raise BrokerError(f"cannot consume from {self._settings.request_queue!r}: {exc!r}") from exc
+
+    async def widen(self, prefetch: int) -> None:
+        """Let the broker deliver up to ``prefetch`` unacked requests (only ever widened within a session).
+
+        RabbitMQ applies basic.qos (global=false) to consumers started after it, and quorum queues refuse the
+        channel-wide kind, so a new consumer takes over with the new limit and the old one is cancelled. What
+        the old consumer delivered stays held on this channel and is settled as usual.
+        """
+        underlay, old = self._underlay, self._consumer_tag
+        if underlay is None or old is None or self._on_message is None or prefetch <= self.prefetch:
+            return
+        try:
+            await underlay.basic_qos(prefetch_count=prefetch)
+            ok = await underlay.basic_consume(self._settings.request_queue, self._on_message, no_ack=False)
+            self._consumer_tag = ok.consumer_tag
+            self.prefetch = prefetch
+            await underlay.basic_cancel(old)
+        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+            raise BrokerError(f"cannot widen the prefetch window to {prefetch}: {exc!r}") from exc
 
     async def stop_consuming(self) -> None:
         """Ask the broker to stop delivering. What was delivered stays held until settled."""
@@ -259,7 +281,7 @@ class AmqpSession:
         if channel is None or channel.is_closed or self.lost.is_set():
             return
         try:
-            await channel.basic_qos(prefetch_count=self._settings.prefetch)
+            await channel.basic_qos(prefetch_count=self.prefetch)
         except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
             self._on_close(self, exc)
 

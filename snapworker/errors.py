@@ -10,6 +10,7 @@ Third-party errors (aiohttp, aio-pika, pydantic) are translated at the edge that
     ├── InvalidMessage              a queue message that is not a valid SnapshotRequest
     ├── ResultTimeout               SnapshotClient.create_snapshots got no result in time
     ├── ApiError                    the Workspace API did not create a job
+    │   ├── ApiDeadlineExceeded     the request's deadline passed before the limiter let a try go
     │   ├── ApiTransportError       no HTTP response (connection refused, reset, DNS, TLS)
     │   │   └── ApiResponseTimeout  the request was sent but no answer came: a job may exist anyway
     │   └── ApiStatusError          an HTTP error response, with Huawei's error body parsed
@@ -26,6 +27,7 @@ from __future__ import annotations
 __all__ = [
     "ApiAuthError",
     "ApiClientError",
+    "ApiDeadlineExceeded",
     "ApiError",
     "ApiResponseTimeout",
     "ApiServerError",
@@ -93,6 +95,13 @@ class ApiError(SnapworkerError):
     @property
     def error_msg(self) -> str:
         return str(self)
+
+
+class ApiDeadlineExceeded(ApiError):
+    """REQUEST_DEADLINE_S passed while the call waited for the rate limiter (throttled): nothing was sent."""
+
+    retryable = True
+    error_code = "SNAPWORKER.DEADLINE"
 
 
 class ApiTransportError(ApiError):

@@ -81,7 +81,17 @@ class WorkerCollector(Collector):
         yield GaugeMetricFamily(
             "snapworker_requests_open", "Requests held, awaiting results.", value=core.open_requests
         )
-        yield GaugeMetricFamily("snapworker_batches_in_flight", "Batches being sent.", value=core.batches_in_flight)
+        yield GaugeMetricFamily(
+            "snapworker_batches_in_flight",
+            "Batches cut for a granted call, not yet answered.",
+            value=core.batches_in_flight,
+        )
+        yield GaugeMetricFamily(
+            "snapworker_prefetch_window", "Requests the broker lets this worker hold now.", value=core.window or 0
+        )
+        yield GaugeMetricFamily(
+            "snapworker_merge_keys_active", "Merge keys with desktops pending or in flight.", value=core.active_keys
+        )
         yield GaugeMetricFamily("snapworker_consuming", "1 while the consumer is attached.", value=self._worker.ready())
         limiter = self._worker.limiter
         if limiter is not None:
@@ -92,6 +102,16 @@ class WorkerCollector(Collector):
                 value=limiter.wait_seconds_total,
             )
             yield GaugeMetricFamily("snapworker_limiter_queued", "Calls waiting for the limiter.", value=limiter.queued)
+            yield GaugeMetricFamily(
+                "snapworker_limiter_degraded",
+                "1 while the fleet's shared budget (Redis) is unreachable and this worker uses its local share.",
+                value=int(limiter.degraded),
+            )
+            yield CounterMetricFamily(
+                "snapworker_limiter_fallbacks",
+                "Times the shared budget (Redis) became unreachable and the local share took over.",
+                value=limiter.fallbacks_total,
+            )
 
 
 def _fill_histogram(sizes: dict[int, int]) -> HistogramMetricFamily:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from snapworker.cloud.client import CreatedJob
+from snapworker.cloud.limiter import Grant, Limiter
 from snapworker.core import Batch, MergeKey, Outcome, OutcomeEntry
 from snapworker.errors import ApiAuthError, ApiClientError, ApiError
 from snapworker.models import JobEntry, ResultError
@@ -29,7 +30,17 @@ _ISOLATABLE = frozenset({400, 404, 409})
 class SnapshotApi(Protocol):
     """What the sender needs of the API client (a fake in tests, WorkspaceClient in production)."""
 
-    async def batch_create(self, key: MergeKey, desktop_ids: Sequence[str]) -> CreatedJob: ...
+    @property
+    def limiter(self) -> Limiter: ...
+
+    async def batch_create(
+        self,
+        key: MergeKey,
+        desktop_ids: Sequence[str],
+        *,
+        grant: Grant | None = None,
+        deadline: float | None = None,
+    ) -> CreatedJob: ...
 
 
 def error_entry(desktop_ids: Sequence[str], exc: ApiError) -> ResultError:
@@ -57,15 +68,26 @@ class BatchSender:
         self._api = api
         self._max_extra_calls = max_extra_calls
 
-    async def send(self, batch: Batch) -> Outcome:
-        """Never raises for an API failure: failures are entries of the outcome."""
-        budget = [self._max_extra_calls]
-        return tuple(await self._send(batch.key, list(batch.segments), budget))
+    async def send(self, batch: Batch, *, grant: Grant | None = None, deadline: float | None = None) -> Outcome:
+        """Never raises for an API failure: failures are entries of the outcome.
 
-    async def _send(self, key: MergeKey, segments: list[tuple[str, ...]], budget: list[int]) -> list[OutcomeEntry]:
+        ``grant`` is the limiter's permission for the batch's first call (the isolating calls wait for their
+        own); ``deadline`` bounds every call (see WorkspaceClient.batch_create).
+        """
+        budget = [self._max_extra_calls]
+        return tuple(await self._send(batch.key, list(batch.segments), budget, grant, deadline))
+
+    async def _send(
+        self,
+        key: MergeKey,
+        segments: list[tuple[str, ...]],
+        budget: list[int],
+        grant: Grant | None,
+        deadline: float | None,
+    ) -> list[OutcomeEntry]:
         desktop_ids = [d for segment in segments for d in segment]
         try:
-            created = await self._api.batch_create(key, desktop_ids)
+            created = await self._api.batch_create(key, desktop_ids, grant=grant, deadline=deadline)
         except ApiError as exc:
             if len(segments) < 2 or not _isolatable(exc) or budget[0] < 2:
                 return [error_entry(desktop_ids, exc)]
@@ -80,7 +102,8 @@ class BatchSender:
                 extra={"project_id": key.project_id},
             )
             first, second = await asyncio.gather(
-                self._send(key, segments[:half], budget), self._send(key, segments[half:], budget)
+                self._send(key, segments[:half], budget, None, deadline),
+                self._send(key, segments[half:], budget, None, deadline),
             )
             return first + second
         return [

@@ -36,14 +36,36 @@ class Settings(BaseSettings):
     dead_letter_queue: str = Field(default="snapworker.dead-letter", min_length=1, max_length=255)
     queue_type: Literal["classic", "quorum"] = Field(default="classic", description="Type of the request queue.")
     delivery_limit: int = Field(default=20, ge=1, description="Quorum queues: redeliveries before dead-lettering.")
-    prefetch: int = Field(default=1000, ge=1, le=65535, description="Unacked requests one worker may hold.")
+    prefetch: int = Field(
+        default=1000,
+        ge=1,
+        le=65535,
+        description="Unacked requests one worker holds at least; the window grows from here with the active keys.",
+    )
+    prefetch_max: int = Field(
+        default=20_000,
+        ge=1,
+        le=65535,
+        description="Most unacked requests one worker may hold (the window's ceiling, for memory).",
+    )
     max_message_bytes: int = Field(default=256 * 1024, ge=1024, description="Larger request bodies are invalid.")
     heartbeat_s: int = Field(default=15, ge=0, le=600)
     consumer_check_s: float = Field(default=10.0, gt=0, description="How often to check the consumer is attached.")
 
     # -- batching
     max_batch: int = Field(default=100, ge=1, le=100, description="Desktops per batch-create call (API max 100).")
-    linger_ms: int = Field(default=250, ge=0, le=600_000, description="Longest wait for a batch to fill.")
+    linger_ms: int = Field(
+        default=250,
+        ge=0,
+        le=600_000,
+        description="Wait for a batch to fill before it is ready to send (sent at once when a call is free).",
+    )
+    hold_max_ms: int = Field(
+        default=5000,
+        ge=0,
+        le=600_000,
+        description="Longest a ready batch that is still filling fast may wait past LINGER_MS to be sent full.",
+    )
 
     # -- Workspace API
     region: str = Field(default="cn-north-4", pattern=r"^[a-z0-9-]+$")
@@ -56,7 +78,18 @@ class Settings(BaseSettings):
     rate_limit: float = Field(default=1.5, gt=0, description="API calls per second, per credential.")
     rate_burst: int = Field(default=5, ge=1, description="Calls allowed at once above the steady rate.")
     max_concurrency: int = Field(default=8, ge=1, le=256, description="API calls in flight.")
-    retry_max_time_s: float = Field(default=300.0, gt=0, description="Retry budget of one batch, in seconds.")
+    retry_max_time_s: float = Field(
+        default=300.0, gt=0, description="Retry budget of one batch, in seconds (throttled waits not counted)."
+    )
+    request_deadline_s: float = Field(
+        default=1500.0,
+        gt=0,
+        description="A request still unanswered this long after it arrived fails (throttling waits until then).",
+    )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="Redis for state a fleet shares (the rate budget of one credential); off if unset.",
+    )
     retry_max_tries: int = Field(default=8, ge=1, description="Tries of one batch, the first included.")
     retry_on_response_timeout: bool = Field(
         default=False,
@@ -90,6 +123,19 @@ class Settings(BaseSettings):
             raise ValueError(f"API_URL must be an http(s) URL, got {self.api_url!r}")
         if urlsplit(self.amqp_url.get_secret_value()).scheme not in ("amqp", "amqps"):
             raise ValueError("AMQP_URL must start with amqp:// or amqps://")
+        if self.prefetch_max < self.prefetch:
+            raise ValueError(f"PREFETCH_MAX ({self.prefetch_max}) must be at least PREFETCH ({self.prefetch})")
+        if self.request_deadline_s + self.read_timeout_s >= self.ack_timeout_s:
+            raise ValueError(
+                f"REQUEST_DEADLINE_S + READ_TIMEOUT_S ({self.request_deadline_s + self.read_timeout_s:.0f} s) must "
+                f"stay under the broker's acknowledgement timeout ACK_TIMEOUT_S ({self.ack_timeout_s:.0f} s)"
+            )
+        if self.redis_url is not None and urlsplit(self.redis_url.get_secret_value()).scheme not in (
+            "redis",
+            "rediss",
+            "unix",
+        ):
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
         if self.prefetch < self.max_batch:
             raise ValueError(
                 f"PREFETCH ({self.prefetch}) is below MAX_BATCH ({self.max_batch}): no batch could ever fill. "
@@ -111,6 +157,10 @@ class Settings(BaseSettings):
     @property
     def linger_s(self) -> float:
         return self.linger_ms / 1000
+
+    @property
+    def hold_max_s(self) -> float:
+        return self.hold_max_ms / 1000
 
     @property
     def auth_mode(self) -> Literal["token", "aksk", "none"]:

@@ -1,9 +1,11 @@
 """The worker: wiring only. Deliveries -> batching core -> API -> results -> acks, over broker sessions.
 
 The parts each live elsewhere: reading messages (intake), batching (core), calling the API (sending, cloud),
-the broker (amqp), counters (stats). This module decides *when*: it feeds the core, arms one timer at the core's
-next deadline, sends what the core hands out, publishes each finished result, and settles its message only
-after the broker confirmed the result. Delivery is at least once: see README.md, "Delivery guarantee".
+the broker (amqp), counters (stats). This module decides *when*: it feeds the core; one sender task waits until
+the core has something to send (sleeping until the core's next deadline, or until a delivery or an answer wakes
+it), asks the rate limiter for a call, and only then has the core cut the batch that call carries (late binding);
+it publishes each finished result and settles its message only after the broker confirmed the result. Delivery
+is at least once: see README.md, "Delivery guarantee".
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from snapworker.amqp import AmqpSession, Delivery
-from snapworker.cloud.limiter import RateLimiter
-from snapworker.core import Batch, BatchingCore
+from snapworker.cloud.limiter import Grant, Limiter
+from snapworker.core import Batch, BatchingCore, WindowPolicy
 from snapworker.errors import BrokerError
 from snapworker.intake import Rejected, read_request
 from snapworker.models import ResultError, SnapshotResult
@@ -50,10 +52,28 @@ class Worker:
         self.settings = settings
         self.stats = WorkerStats()
         self._api = api
-        self._core = BatchingCore(settings.max_batch, settings.linger_s)
+        self._core = BatchingCore(
+            settings.max_batch,
+            settings.linger_s,
+            hold_s=settings.hold_max_s,
+            # calls the limiter grants without making anyone wait: beyond this, calls are scarce
+            calls_at_once=settings.rate_burst + settings.rate_limit * settings.linger_s,
+            window=settings.prefetch,
+        )
+        self._window = WindowPolicy(
+            floor=settings.prefetch,
+            ceiling=settings.prefetch_max,
+            max_batch=settings.max_batch,
+            desktops_per_s=settings.rate_limit * settings.max_batch,
+            # half the deadline: room for the rate to be cut by throttling and for retries
+            budget_s=settings.request_deadline_s / 2,
+        )
+        self._widening = False
+        self._limiter: Limiter | None = None
         self._sender: BatchSender | None = None
         self._session: AmqpSession | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._wake = asyncio.Event()  # the sender should look at the core again
+        self._progress = asyncio.Event()  # a batch was cut or a task ended (the drain waits on it)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -78,9 +98,14 @@ class Worker:
             log.info("metrics and health on port %d: /metrics /healthz /readyz", health.port)
         if self._api is None:
             from snapworker.cloud.client import WorkspaceClient
+            from snapworker.cloud.shared_limiter import build_limiter
 
-            self._api = owned_api = WorkspaceClient(self.settings, observer=observer)
+            self._api = owned_api = WorkspaceClient(
+                self.settings, limiter=build_limiter(self.settings), observer=observer
+            )
+        self._limiter = self._api.limiter
         self._sender = BatchSender(self._api, max_extra_calls=self.settings.isolate_max_extra_calls)
+        send_loop = asyncio.create_task(self._send_loop())
         log.info(
             "snapworker starting: broker %s, API %s (auth: %s), request queue %r",
             redact_url(self.settings.amqp_url.get_secret_value()),
@@ -91,8 +116,11 @@ class Worker:
         try:
             await self._serve_sessions()
         finally:
+            send_loop.cancel()
+            await asyncio.gather(send_loop, return_exceptions=True)
             if owned_api is not None:
                 await owned_api.close()
+                await owned_api.limiter.close()
             if health is not None:
                 await health.stop()
             # one machine-readable line of totals, for operators and the benchmark
@@ -105,10 +133,9 @@ class Worker:
         return self._core
 
     @property
-    def limiter(self) -> RateLimiter | None:
-        """The API client's rate limiter, when the worker uses the Workspace client."""
-        limiter = getattr(self._api, "limiter", None)
-        return limiter if isinstance(limiter, RateLimiter) else None
+    def limiter(self) -> Limiter | None:
+        """The rate limiter the worker's calls go through (None before ``run``)."""
+        return self._limiter
 
     def ready(self) -> bool:
         """Connected and consuming: the consumer is attached to an open channel."""
@@ -150,13 +177,15 @@ class Worker:
             delay = min(delay * 2, _RECONNECT_MAX_S)
 
     async def _serve(self, session: AmqpSession) -> None:
+        self._core.window = session.prefetch
         await session.consume(self._on_delivery)
         self.consuming.set()
         log.info(
-            "consuming %r (prefetch %d, batches of up to %d, linger %d ms); results to %r, errors to %r, "
-            "dead letters to %r",
+            "consuming %r (prefetch %d, up to %d as merge keys grow; batches of up to %d, linger %d ms); "
+            "results to %r, errors to %r, dead letters to %r",
             self.settings.request_queue,
-            self.settings.prefetch,
+            session.prefetch,
+            self.settings.prefetch_max,
             self.settings.max_batch,
             self.settings.linger_ms,
             self.settings.result_queue,
@@ -192,31 +221,39 @@ class Worker:
         publish, requeue what is left at SHUTDOWN_TIMEOUT_S."""
         await session.stop_consuming()
         self.consuming.clear()
-        self._cancel_timer()
-        self._send_all(self._core.flush_all())
-        pending = {t for t in self._tasks if not t.done()}
-        if pending:
+        self._core.close()  # every pending desktop may go now, full or not, as the limiter allows
+        self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_timeout_s
+        if self._busy():
             log.info(
-                "draining: %d batches and results in flight, up to %.0f s",
-                len(pending),
+                "draining: %d desktops pending, %d batches in flight, up to %.0f s",
+                self._core.buffered_desktops,
+                self._core.batches_in_flight,
                 self.settings.shutdown_timeout_s,
             )
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.settings.shutdown_timeout_s
-            # Wait again for what the finished tasks spawned: a sent batch hands its results to new publish
-            # tasks, and requeueing their requests while they publish would answer them twice.
-            while pending and (remaining := deadline - loop.time()) > 0:
-                await asyncio.wait(pending, timeout=remaining)
-                pending = {t for t in self._tasks if not t.done()}
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        # Wait for the sender to cut what is pending, for the calls, and for what finished calls spawn (a sent
+        # batch hands its results to publishing): requeueing requests while they publish would answer them twice.
+        while self._busy() and (remaining := deadline - loop.time()) > 0:
+            self._progress.clear()
+            if not self._busy():
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._progress.wait()
+        pending = {t for t in self._tasks if not t.done()}
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         leftovers = session.held()
         if leftovers:
             log.warning("shutdown timeout: requeueing %d unfinished requests", len(leftovers))
             session.settle(leftovers, "requeue")
         await session.settlements_sent()
         log.info("drained")
+
+    def _busy(self) -> bool:
+        return self._core.buffered_desktops > 0 or any(not t.done() for t in self._tasks)
 
     def _forget_session(self, session: AmqpSession) -> None:
         # The broker requeues every unsettled delivery of a closed channel; forget them here so that nothing
@@ -235,45 +272,78 @@ class Worker:
             self.stats.count_result(read.result)
             self._spawn(self._results.publish([(delivery, read.result)], settle="dead-letter"))
             return
-        had_deadline = self._core.next_deadline() is not None
         loop = asyncio.get_running_loop()
-        batches = self._core.submit(delivery, read.request, read.request_id, read.correlation_id, loop.time())
-        if not batches and self._core.batches_in_flight == 0 and self._core.open_requests >= self.settings.prefetch:
-            # The window is full of requests waiting in open batches and nothing is in flight: nothing more can
-            # arrive until something is answered, so waiting for linger would only stall. (With batches in
-            # flight, their answers free the window; flushing early then would only cost calls.)
-            batches = self._core.flush_largest()
-        self._send_all(batches)
-        if not had_deadline:
-            self._arm_timer()
+        if self._core.submit(delivery, read.request, read.request_id, read.correlation_id, loop.time()):
+            self._wake.set()
+        self._maybe_widen()
 
-    # -- deadlines: one timer at the core's next deadline, never polling
-    def _arm_timer(self) -> None:
-        self._cancel_timer()
-        deadline = self._core.next_deadline()
-        if deadline is not None:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_deadline)
+    # -- the window: widened as more merge keys are active, so that their batches can fill
+    def _maybe_widen(self) -> None:
+        window = self._core.window
+        session = self._session
+        # Looked at only when the window is nearly full: then what it holds shows how many keys are busy.
+        if window is None or self._core.open_requests < 0.9 * window or session is None or not session.consuming:
+            return
+        wanted = self._window.size(self._core.active_keys, self._core.desktops_per_request)
+        if wanted < window * 1.1:
+            return  # not worth a consumer swap
+        # The core counts with the wider window at once: a window about to grow is not full, and flushing under
+        # "pressure" meanwhile would cut small batches that the next deliveries would have filled.
+        self._core.window = wanted
+        if not self._widening:
+            self._widening = True
+            self._spawn(self._widen(session))
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    async def _widen(self, session: AmqpSession) -> None:
+        try:
+            while self._session is session and session.prefetch < (target := self._core.window or 0):
+                await session.widen(target)
+                log.info(
+                    "prefetch window widened to %d requests (%d merge keys active)", target, self._core.active_keys
+                )
+        except BrokerError as exc:
+            log.warning("%s", exc)
+        finally:
+            self._widening = False
+            if self._session is session:
+                self._core.window = session.prefetch
 
-    def _on_deadline(self) -> None:
-        self._timer = None
-        self._send_all(self._core.due(asyncio.get_running_loop().time()))
-        self._arm_timer()
+    # -- the sender: a call is asked for only when the core has something to send, and the batch is cut
+    #    only once the call is granted, so it carries everything that arrived meanwhile
+    async def _send_loop(self) -> None:
+        assert self._limiter is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._until_sendable()
+            grant = await self._limiter.acquire("batches")
+            batch = self._core.take(loop.time())
+            if batch is None:  # what was pending left with a lost session meanwhile
+                self._limiter.release()
+                continue
+            self.stats.count_batch(batch)
+            self._spawn(self._send(batch, grant))
+            self._progress.set()
+            self._maybe_widen()
+
+    async def _until_sendable(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()  # before looking: a wake-up while we look is not lost
+            now = loop.time()
+            if self._core.sendable(now):
+                return
+            deadline = self._core.next_deadline(now)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._wake.wait()
 
     # -- sending and results
-    def _send_all(self, batches: list[Batch]) -> None:
-        for batch in batches:
-            self.stats.count_batch(batch)
-            self._spawn(self._send(batch))
-
-    async def _send(self, batch: Batch) -> None:
+    async def _send(self, batch: Batch, grant: Grant) -> None:
         assert self._sender is not None
         try:
-            outcome = await self._sender.send(batch)
+            # the deadline of the batch's oldest request (both on the loop's monotonic clock)
+            deadline = batch.opened_at + self.settings.request_deadline_s
+            outcome = await self._sender.send(batch, grant=grant, deadline=deadline)
         except Exception as exc:  # a bug must not leave requests without a result
             log.exception("sending batch %d failed unexpectedly", batch.id)
             outcome = (
@@ -296,7 +366,9 @@ class Worker:
                 extra={"project_id": batch.key.project_id, "batch_id": batch.id, "job_id": job_id},
             )
         answered: list[tuple[Delivery, SnapshotResult]] = []
-        for finished in self._core.complete(batch.id, outcome, datetime.now(UTC)):
+        finished_requests = self._core.complete(batch.id, outcome, datetime.now(UTC))
+        self._wake.set()  # with nothing in flight, a full window may now be sent as it is (pressure)
+        for finished in finished_requests:
             assert isinstance(finished.ticket, Delivery)
             self.stats.count_result(finished.result)
             answered.append((finished.ticket, finished.result))
@@ -307,7 +379,11 @@ class Worker:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._progress.set()
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

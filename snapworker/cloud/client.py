@@ -5,12 +5,13 @@ responses become parsed values. Authentication is an IAM token (``X-Auth-Token``
 afresh for every try (new ``X-Sdk-Date``) over the exact body bytes sent.
 
 Retries (rules in :class:`~snapworker.cloud.retry.RetryPolicy`): a try starts when the rate limiter grants
-it; waiting for the limiter is never a try. The time budget starts when the first try is granted, so queueing
-behind other calls before the first try does not eat it; later limiter waits are wall time and do count, but a
-retry once decided is not abandoned because the limiter is slow. A POST whose response timed out is retried
-only with RETRY_ON_RESPONSE_TIMEOUT; a success then has ``possible_duplicate=True`` and a final failure has
-``maybe_created=True``. Job queries (GET) are not rate limited here (reads have their own, higher limit) and
-always retry timeouts.
+it (the first try may bring a grant the caller already holds: the worker asks for a call before it cuts the
+batch); waiting for the limiter is never a try. The time budget starts when the first try is granted. A throttled
+try (429 / APIG.0308) is not a retry either: it cuts and pauses the limiter and waits for it, spending neither
+tries nor the time budget, until the caller's ``deadline`` (or, without one, the time budget) would pass. A POST
+whose response timed out is retried only with RETRY_ON_RESPONSE_TIMEOUT; a success then has
+``possible_duplicate=True`` and a final failure has ``maybe_created=True``. Job queries (GET) are not rate
+limited here (reads have their own, higher limit) and always retry timeouts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
@@ -30,12 +31,12 @@ import aiohttp
 import backoff
 from yarl import URL
 
-from snapworker.cloud.limiter import Grant, RateLimiter
+from snapworker.cloud.limiter import Grant, Limiter, RateLimiter
 from snapworker.cloud.responses import error_from_response, parse_created_job, parse_job
 from snapworker.cloud.retry import RetryPolicy
 from snapworker.cloud.signing import sdk_date_now, sign_request
 from snapworker.core.batch import MergeKey
-from snapworker.errors import ApiError, ApiResponseTimeout, ApiThrottled, ApiTransportError
+from snapworker.errors import ApiDeadlineExceeded, ApiError, ApiResponseTimeout, ApiThrottled, ApiTransportError
 from snapworker.settings import Settings
 
 __all__ = ["ClientObserver", "CreatedJob", "WorkspaceClient", "batch_create_body"]
@@ -99,7 +100,7 @@ class WorkspaceClient:
         self,
         settings: Settings,
         *,
-        limiter: RateLimiter | None = None,
+        limiter: Limiter | None = None,
         session: aiohttp.ClientSession | None = None,
         observer: ClientObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -109,7 +110,7 @@ class WorkspaceClient:
     ) -> None:
         self._settings = settings
         self._base_url = settings.api_url.rstrip("/")
-        self._limiter = limiter if limiter is not None else RateLimiter.from_settings(settings)
+        self._limiter: Limiter = limiter if limiter is not None else RateLimiter.from_settings(settings)
         self._session = session
         self._owns_session = session is None
         self._observer = observer
@@ -117,7 +118,7 @@ class WorkspaceClient:
         self._clock, self._sleep, self._jitter, self._sdk_date = clock, sleep, jitter, sdk_date
 
     @property
-    def limiter(self) -> RateLimiter:
+    def limiter(self) -> Limiter:
         return self._limiter
 
     # -- lifecycle
@@ -155,15 +156,29 @@ class WorkspaceClient:
         return self._session
 
     # -- API
-    async def batch_create(self, key: MergeKey, desktop_ids: Sequence[str]) -> CreatedJob:
+    async def batch_create(
+        self,
+        key: MergeKey,
+        desktop_ids: Sequence[str],
+        *,
+        grant: Grant | None = None,
+        deadline: float | None = None,
+    ) -> CreatedJob:
         """Create snapshots of ``desktop_ids`` (1..100) with ``key``'s settings; retried as the module says.
 
+        ``grant``: a call the limiter already granted for this batch (the first try uses it; released here).
+        ``deadline`` (this client's clock): throttled tries are repeated until then, not counted as retries.
         Raises an :class:`~snapworker.errors.ApiError` subclass when no job was created (as far as we know).
         """
-        body = batch_create_body(key, desktop_ids)
+        try:
+            body = batch_create_body(key, desktop_ids)
+        except BaseException:
+            if grant is not None:
+                self._limiter.release()  # the granted call is not made: its place goes to the next
+            raise
         path = f"/v2/{quote(key.project_id, safe='')}/snapshots/batch-create"
         response, possible_duplicate = await self._call(
-            "POST", path, key.project_id, body, idempotent=False, limited=True
+            "POST", path, key.project_id, body, idempotent=False, limited=True, grant=grant, deadline=deadline
         )
         job_id = parse_created_job(response.status, response.headers, response.body)
         return CreatedJob(job_id, response.headers.get("X-Request-Id"), possible_duplicate)
@@ -176,24 +191,44 @@ class WorkspaceClient:
 
     # -- retries
     async def _call(
-        self, method: str, path: str, project_id: str, body: bytes, *, idempotent: bool, limited: bool
+        self,
+        method: str,
+        path: str,
+        project_id: str,
+        body: bytes,
+        *,
+        idempotent: bool,
+        limited: bool,
+        grant: Grant | None = None,
+        deadline: float | None = None,
     ) -> tuple[_Response, bool]:
-        """One call with its retries: the 2xx response, and whether an earlier try's response timed out."""
+        """One call with its retries: the 2xx response, and whether an earlier try's response timed out.
+
+        A throttled try is not a retry: it spends neither ``max_tries`` nor the time budget (the limiter's
+        pause is the wait), and is repeated until ``deadline``. Dramatiq's rate limits burn retries on
+        throttling, so a worker set above the API's real limit fails requests; this one only waits.
+        """
         url = self._base_url + path
         delays = self._policy.backoff_delays()
         started: float | None = None
         attempt = 0
+        excused_s = 0.0  # time spent waiting out throttles: not part of the retry time budget
+        throttled_at: float | None = None
         timed_out_before = False
         while True:
-            async with self._slot(project_id, limited) as grant:
+            async with self._try_slot(project_id, limited, grant, deadline) as slot:
+                grant = None  # only the first try uses a grant made before the call
+                now = self._clock()
                 if started is None:
-                    started = self._clock()
-                attempt += 1
+                    started = now
+                if throttled_at is not None:
+                    excused_s += now - throttled_at
+                    throttled_at = None
                 try:
                     return await self._try_once(method, url, project_id, body), timed_out_before
                 except ApiThrottled as exc:
-                    if grant is not None:
-                        self._limiter.on_throttle(exc.retry_after_s, sent_at=grant.granted_at)
+                    if slot is not None:
+                        self._limiter.on_throttle(exc.retry_after_s, sent_at=slot.granted_at)
                     if self._observer is not None:
                         self._observer.on_throttle()
                     error: ApiError = exc
@@ -202,13 +237,34 @@ class WorkspaceClient:
             # Outside the slot: while this call backs off, its place goes to another.
             if timed_out_before and not idempotent:
                 error.maybe_created = True  # an earlier try may have created the job
+            if isinstance(error, ApiThrottled) and limited:
+                # Without a request deadline, the retry time budget is the deadline for throttled tries too.
+                until = deadline if deadline is not None else started + self._policy.max_time_s
+                resume_at = self._clock() + (error.retry_after_s or 0.0)
+                if resume_at >= until:
+                    raise error
+                throttled_at = self._clock()
+                log.info(
+                    "throttled (%s) on %s %s for project_id=%s: waiting for the limiter",
+                    error.error_code,
+                    method,
+                    path,
+                    project_id,
+                    extra={"project_id": project_id, "error_code": error.error_code},
+                )
+                if self._observer is not None:
+                    self._observer.on_retry()
+                continue  # the limiter holds the next try until its pause ends
+            attempt += 1
             delay = self._policy.next_delay(
                 error,
                 attempt=attempt,
-                elapsed_s=self._clock() - started,
+                elapsed_s=self._clock() - started - excused_s,
                 backoff_s=self._jitter(next(delays)),
                 idempotent=idempotent,
             )
+            if delay is not None and deadline is not None:
+                delay = None if self._clock() + delay >= deadline else delay
             if delay is None:
                 raise error
             timed_out_before = timed_out_before or isinstance(error, ApiResponseTimeout)
@@ -235,8 +291,27 @@ class WorkspaceClient:
                 self._observer.on_retry()
             await self._sleep(delay)
 
-    def _slot(self, project_id: str, limited: bool) -> AbstractAsyncContextManager[Grant | None]:
-        return self._limiter.slot(project_id) if limited else _no_slot()
+    @asynccontextmanager
+    async def _try_slot(
+        self, project_id: str, limited: bool, grant: Grant | None, deadline: float | None
+    ) -> AsyncIterator[Grant | None]:
+        """The limiter's permission for one try: ``grant`` if given, else a new one, waited for until
+        ``deadline`` (then the call fails as throttled: it never got its turn)."""
+        if not limited:
+            yield None
+            return
+        if grant is None:
+            timeout = None if deadline is None else max(deadline - self._clock(), 0.0)
+            try:
+                grant = await asyncio.wait_for(self._limiter.acquire(project_id), timeout)
+            except TimeoutError as exc:
+                raise ApiDeadlineExceeded(
+                    "the request's deadline (REQUEST_DEADLINE_S) passed while it waited for the rate limiter"
+                ) from exc
+        try:
+            yield grant
+        finally:
+            self._limiter.release()
 
     # -- one try
     async def _try_once(self, method: str, url: str, project_id: str, body: bytes) -> _Response:
@@ -291,8 +366,3 @@ class WorkspaceClient:
     def _observe(self, status_class: str, started: float) -> None:
         if self._observer is not None:
             self._observer.on_call(status_class, self._clock() - started)
-
-
-@asynccontextmanager
-async def _no_slot() -> AsyncIterator[None]:
-    yield None

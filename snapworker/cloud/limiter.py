@@ -31,12 +31,12 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from snapworker.cloud.bucket import TokenBucket
 from snapworker.settings import Settings
 
-__all__ = ["Clock", "Grant", "RateLimiter", "Sleep"]
+__all__ = ["Clock", "Grant", "Limiter", "RateLimiter", "Sleep"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -49,6 +49,32 @@ class Grant:
     project_id: str
     granted_at: float
     waited_s: float
+
+
+class Limiter(Protocol):
+    """What callers need of a rate limiter: this module's RateLimiter, or the fleet's SharedRateLimiter."""
+
+    async def acquire(self, project_id: str) -> Grant: ...
+    def release(self) -> None: ...
+    def on_throttle(self, retry_after_s: float | None = None, *, sent_at: float | None = None) -> float: ...
+
+    @property
+    def max_rate(self) -> float: ...
+    @property
+    def rate(self) -> float: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def queued(self) -> int: ...
+    @property
+    def wait_seconds_total(self) -> float: ...
+    @property
+    def throttles_total(self) -> int: ...
+    @property
+    def degraded(self) -> bool: ...
+    @property
+    def fallbacks_total(self) -> int: ...
+    async def close(self) -> None: ...
 
 
 class RateLimiter:
@@ -134,6 +160,19 @@ class RateLimiter:
     @property
     def throttles_total(self) -> int:
         return self._throttles_total
+
+    @property
+    def degraded(self) -> bool:
+        """Never: a process-local limiter has nothing to fall back from (see SharedRateLimiter)."""
+        return False
+
+    @property
+    def fallbacks_total(self) -> int:
+        return 0
+
+    async def close(self) -> None:
+        """Stop the wake-up timer (nothing else to release)."""
+        self._cancel_timer()
 
     # -- use
     @asynccontextmanager

@@ -2,6 +2,7 @@
 
 from snapworker.core.batch import Batch, FlushReason, MergeKey, Outcome, OutcomeEntry
 from snapworker.core.engine import BatchingCore, Finished, RequestMeta
+from snapworker.core.window import WindowPolicy
 
 __all__ = [
     "Batch",
@@ -12,4 +13,5 @@ __all__ = [
     "Outcome",
     "OutcomeEntry",
     "RequestMeta",
+    "WindowPolicy",
 ]

@@ -2,19 +2,24 @@
 
 It never reads a clock, sleeps, or touches a network. The runtime feeds it and does what it says::
 
-    batches = core.submit(ticket, request, now)      # send these batches
-    batches = core.due(now)                          # at core.next_deadline(): send these
-    results = core.complete(batch.id, outcome, now)  # publish these results, then ack their messages
+    wake = core.submit(ticket, request, request_id, correlation_id, now)   # hold the request
+    if core.sendable(now): grant = await limiter.acquire()   # else sleep until core.next_deadline(now)
+    batch = core.take(now)                                   # cut the batch the grant goes to; send it
+    results = core.complete(batch.id, outcome, now)          # publish these results, then ack their messages
+
+Batches are cut only when a call is granted (late binding, see :mod:`snapworker.core.accumulator`), so every
+desktop that arrives while a key waits for a call rides on it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from snapworker.core.batch import Batch, MergeKey, Outcome, OutcomeEntry
-from snapworker.core.batcher import Batcher
+from snapworker.core.accumulator import Accumulator
+from snapworker.core.batch import Batch, FlushReason, MergeKey, Outcome, OutcomeEntry
 from snapworker.core.ledger import Ledger, RequestMeta
 from snapworker.models import ResultError, SnapshotRequest, SnapshotResult
 
@@ -43,14 +48,27 @@ class BatchingCore:
     among open requests.
     """
 
-    def __init__(self, max_batch: int, linger_s: float) -> None:
-        self._batcher = Batcher(max_batch, linger_s)
+    def __init__(
+        self,
+        max_batch: int,
+        linger_s: float,
+        *,
+        hold_s: float = 0.0,
+        calls_at_once: float = math.inf,
+        window: int | None = None,
+    ) -> None:
+        self._acc = Accumulator(max_batch, linger_s, hold_s=hold_s, calls_at_once=calls_at_once)
         self._ledger = Ledger()
         # (key, desktop) -> tickets waiting for its outcome: the set of pending desktops.
         self._waiters: dict[tuple[MergeKey, str], list[Ticket]] = {}
         self._keys: dict[Ticket, MergeKey] = {}
         self._in_flight: dict[int, Batch] = {}
         self._seq = 0
+        self._closing = False
+        #: The prefetch window in force (requests the broker lets this worker hold); None: unbounded.
+        self.window = window
+        #: Distinct desktops per request, a moving average (sizes the window: see WindowPolicy).
+        self.desktops_per_request = 1.0
 
     # -- what the runtime reads
     @property
@@ -59,16 +77,44 @@ class BatchingCore:
 
     @property
     def buffered_desktops(self) -> int:
-        """Desktops waiting in open batches (not yet handed out)."""
-        return self._batcher.buffered
+        """Desktops pending, not yet cut into a batch."""
+        return self._acc.buffered
 
     @property
     def batches_in_flight(self) -> int:
+        """Batches cut for a granted call and not yet completed."""
         return len(self._in_flight)
 
-    def next_deadline(self) -> float | None:
-        """When ``due`` will next return a batch; None when nothing waits. Sleep until then."""
-        return self._batcher.next_deadline()
+    def pending_desktops(self, key: MergeKey) -> int:
+        """Desktops of ``key`` pending (not yet cut)."""
+        return self._acc.pending_count(key)
+
+    @property
+    def active_keys(self) -> int:
+        """Merge keys with desktops pending or in flight."""
+        # O(batches in flight): the runtime asks often
+        return self._acc.keys + sum(
+            1 for k in {b.key for b in self._in_flight.values()} if not self._acc.pending_count(k)
+        )
+
+    def _pressure(self) -> bool:
+        # The window is full and nothing is in flight: nothing more can arrive until something is answered, so
+        # waiting for linger (or for a batch to fill) would only stall. With calls in flight, their answers free
+        # the window; sending early then would only cost calls.
+        return self.window is not None and self.open_requests >= self.window and not self._in_flight
+
+    def sendable(self, now: float) -> bool:
+        """Whether a call granted now would carry a batch: acquire a call when True."""
+        if self._acc.buffered == 0:
+            return False
+        if self._closing or self._acc.has_full or self._pressure():
+            return True
+        return bool(self._acc.sendable_keys(now))
+
+    def next_deadline(self, now: float) -> float | None:
+        """When :meth:`sendable` may next turn True with no further events; None: only an event can. Sleep
+        until then (or until a submit, complete or drop asks to wake)."""
+        return None if self._closing else self._acc.next_change(now)
 
     # -- events
     def submit(
@@ -78,11 +124,12 @@ class BatchingCore:
         request_id: str,
         correlation_id: str | None,
         now: float,
-    ) -> list[Batch]:
-        """Take a valid request; return the batches it filled (send them now)."""
+    ) -> bool:
+        """Take a valid request. True when the sender should look again (a key opened or filled)."""
         key = MergeKey.of(request)
         self._ledger.open(ticket, RequestMeta(request_id, correlation_id, request.project_id), request.desktop_ids)
         self._keys[ticket] = key
+        self.desktops_per_request += (len(request.desktop_ids) - self.desktops_per_request) / 100
         new: list[str] = []
         for desktop_id in request.desktop_ids:
             waiting = self._waiters.get((key, desktop_id))
@@ -92,19 +139,30 @@ class BatchingCore:
             else:
                 waiting.append(ticket)
         self._seq += 1
-        return self._hand_out(self._batcher.add(key, new, now, self._seq))
+        wake = self._acc.add(key, new, now, self._seq)
+        return wake or (self.window is not None and self.open_requests >= self.window)
 
-    def due(self, now: float) -> list[Batch]:
-        """The batches whose linger has run out at ``now``."""
-        return self._hand_out(self._batcher.due(now))
+    def take(self, now: float) -> Batch | None:
+        """A call was granted at ``now``: cut the batch it carries (None if nothing is pending any more)."""
+        reason: FlushReason = "linger"
+        if self._closing:
+            candidates, reason = self._acc.sendable_keys(now, everything=True), "shutdown"
+        else:
+            candidates = self._acc.sendable_keys(now)
+            if not candidates and self._pressure():
+                fullest = self._acc.fullest()
+                candidates, reason = ([fullest] if fullest is not None else []), "pressure"
+        key = self._acc.choose(candidates, now)
+        if key is None:
+            return None
+        full = self._acc.pending_count(key) >= self._acc.max_batch
+        batch = self._acc.cut(key, "full" if full else reason)
+        self._in_flight[batch.id] = batch
+        return batch
 
-    def flush_largest(self) -> list[Batch]:
-        """The fullest open batch, at once: call when no more requests can arrive (the prefetch window is full)."""
-        return self._hand_out(self._batcher.flush_largest())
-
-    def flush_all(self) -> list[Batch]:
-        """Every open batch, at once (shutdown)."""
-        return self._hand_out(self._batcher.flush_all())
+    def close(self) -> None:
+        """Shutdown: from now on every pending desktop may go at once, full or not."""
+        self._closing = True
 
     def complete(self, batch_id: int, outcome: Outcome, now: datetime | float) -> list[Finished]:
         """Record a batch's outcome; return the requests it finished, each exactly once.
@@ -151,11 +209,6 @@ class BatchingCore:
             for desktop_id in self._ledger.unsettled(ticket):
                 waiting = self._waiters[(key, desktop_id)]
                 waiting.remove(ticket)
-                if not waiting and self._batcher.discard(key, desktop_id):
+                if not waiting and self._acc.discard(key, desktop_id):
                     del self._waiters[(key, desktop_id)]
             self._ledger.forget(ticket)
-
-    def _hand_out(self, batches: list[Batch]) -> list[Batch]:
-        for batch in batches:
-            self._in_flight[batch.id] = batch
-        return batches

@@ -270,47 +270,64 @@ async def test_a_busy_desktop_is_a_409_client_error(simulator: Simulator) -> Non
 # -- retried errors
 
 
-async def test_a_429_is_retried_then_succeeds(simulator: Simulator) -> None:
+async def test_a_429_waits_in_the_limiter_then_succeeds(simulator: Simulator) -> None:
     simulator.config.rate_per_minute = 1
     time = FakeTime()
 
-    async def sleep_then_lift_the_limit(seconds: float) -> None:
-        await time.sleep(seconds)
+    async def pause_then_lift_the_limit(seconds: float) -> None:
+        await time.limiter_sleep(seconds)
         simulator.config.rate_per_minute = None
 
     settings = settings_for(simulator.url)
-    limiter = RateLimiter.from_settings(settings, clock=time.clock, sleep=time.limiter_sleep)
-    client = WorkspaceClient(settings, limiter=limiter, clock=time.clock, sleep=sleep_then_lift_the_limit)
+    limiter = RateLimiter.from_settings(settings, clock=time.clock, sleep=pause_then_lift_the_limit)
+    client = WorkspaceClient(settings, limiter=limiter, clock=time.clock, sleep=time.sleep)
     async with client:
         await client.batch_create(KEY, ["d-1"])
         job = await client.batch_create(KEY, ["d-2"])
     assert simulator.job_desktops(job.job_id) == ("d-2",)
     assert simulator.stats()["calls_by_status"] == {"200": 2, "429": 1}
-    assert len(time.sleeps) == 1
+    assert time.sleeps == []  # the limiter's pause is the wait: no backoff of the client's own
     assert limiter.throttles_total == 1
     assert limiter.rate == settings.rate_limit / 2
 
 
-async def test_retry_after_seconds_is_honoured(simulator: Simulator) -> None:
-    simulator.config.rate_per_minute = 1
-    simulator.config.send_retry_after = True
+async def test_throttling_never_spends_the_retry_budget(scripted: ScriptedServer) -> None:
+    scripted.replies = [Reply(429)] * 5 + [Reply(200, job_json())]
+    async with make_client(settings_for(scripted.url, retry_max_tries=1), FakeTime()) as client:
+        job = await client.batch_create(KEY, ["d-1"])
+    assert job.job_id == "job-1"
+    assert len(scripted.requests) == 6
+
+
+async def test_a_throttled_call_fails_only_when_its_deadline_passes(scripted: ScriptedServer) -> None:
+    scripted.replies = [Reply(429)]
     time = FakeTime()
-    async with make_client(settings_for(simulator.url, retry_max_tries=2), time) as client:
+    start = time.now
+    async with make_client(settings_for(scripted.url), time) as client:
+        with pytest.raises(ApiThrottled):
+            await client.batch_create(KEY, ["d-1"], deadline=start + 60.0)
+    assert time.now >= start + 60.0 - 5.0  # paused 2-5 s per throttle until the next pause would pass it
+    assert len(scripted.requests) >= 12
+
+
+async def test_retry_after_seconds_pauses_the_limiter_and_is_not_a_retry(scripted: ScriptedServer) -> None:
+    scripted.replies = [Reply(429, headers={"Retry-After": "60"})] * 2 + [Reply(200, job_json())]
+    time = FakeTime()
+    start = time.now
+    async with make_client(settings_for(scripted.url, retry_max_tries=1), time) as client:
         await client.batch_create(KEY, ["d-1"])
-        with pytest.raises(ApiThrottled) as caught:
-            await client.batch_create(KEY, ["d-2"])
-    assert caught.value.retry_after_s == 60.0
-    assert time.sleeps == [60.0]
+    assert time.now - start >= 120.0
+    assert time.sleeps == []
 
 
 async def test_retry_after_as_an_http_date_is_honoured(scripted: ScriptedServer) -> None:
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     scripted.replies = [Reply(429, headers={"Retry-After": when}), Reply(200, job_json())]
     time = FakeTime()
+    start = time.now
     async with make_client(settings_for(scripted.url), time) as client:
         await client.batch_create(KEY, ["d-1"])
-    assert len(time.sleeps) == 1
-    assert 27.0 <= time.sleeps[0] <= 30.0
+    assert 27.0 <= time.now - start <= 30.5
 
 
 async def test_a_retry_after_beyond_the_budget_gives_up_at_once(scripted: ScriptedServer) -> None:
@@ -320,6 +337,18 @@ async def test_a_retry_after_beyond_the_budget_gives_up_at_once(scripted: Script
         with pytest.raises(ApiThrottled):
             await client.batch_create(KEY, ["d-1"])
     assert time.sleeps == []
+    assert len(scripted.requests) == 1
+
+
+async def test_a_granted_call_is_the_first_try_and_is_released_after_it(scripted: ScriptedServer) -> None:
+    scripted.replies = [Reply(200, job_json())]
+    time = FakeTime()
+    start = time.now
+    async with make_client(settings_for(scripted.url, rate_burst=1, rate_limit=0.001), time) as client:
+        grant = await client.limiter.acquire("p")
+        await client.batch_create(KEY, ["d-1"], grant=grant)
+        assert client.limiter.in_flight == 0
+    assert time.now - start < 1.0  # a second token would have taken ~1000 s of the fake clock
     assert len(scripted.requests) == 1
 
 

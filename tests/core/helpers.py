@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from snapworker.core import Batch, Outcome
+from snapworker.core import Batch, BatchingCore, Outcome
 from snapworker.models import DiskSnapshotInfo, JobEntry, ResultError, SnapshotRequest
 
 
@@ -34,3 +34,17 @@ def error_for(batch: Batch, code: str = "WKS.0005", status: int = 500, retryable
             retryable=retryable,
         ),
     )
+
+
+#: a time by which every linger and hold has run out
+LATER = 1e6
+
+
+def take_all(core: BatchingCore, now: float = LATER) -> list[Batch]:
+    """Every batch a run of granted calls would carry at ``now`` (as if the limiter had calls to spare)."""
+    batches: list[Batch] = []
+    while core.sendable(now):
+        batch = core.take(now)
+        assert batch is not None, "sendable, yet a granted call carried nothing"
+        batches.append(batch)
+    return batches

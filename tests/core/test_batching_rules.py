@@ -6,7 +6,7 @@ import pytest
 
 from snapworker.core import BatchingCore, MergeKey
 from snapworker.models import JobEntry, ResultError
-from tests.core.helpers import error_for, job_for, request
+from tests.core.helpers import LATER, error_for, job_for, request, take_all
 
 LINGER = 0.25
 
@@ -19,28 +19,29 @@ def ids(n: int, prefix: str = "d") -> list[str]:
     return [f"{prefix}{i}" for i in range(n)]
 
 
-def test_a_full_batch_is_handed_out_at_once() -> None:
+def test_a_full_batch_may_go_at_once() -> None:
     c = core(max_batch=3)
-    batches = c.submit("t1", request("p1", *ids(3)), "r1", None, now=0.0)
-    assert [b.desktop_ids for b in batches] == [("d0", "d1", "d2")]
-    assert batches[0].reason == "full"
+    assert c.submit("t1", request("p1", *ids(3)), "r1", None, now=0.0) is True
+    [batch] = take_all(c, now=0.0)
+    assert batch.desktop_ids == ("d0", "d1", "d2")
+    assert batch.reason == "full"
 
 
 def test_a_partial_batch_waits_for_linger() -> None:
     c = core()
-    assert c.submit("t1", request("p1", "a"), "r1", None, now=0.0) == []
-    assert c.next_deadline() == pytest.approx(LINGER)
-    assert c.due(now=LINGER - 0.001) == []
-    [batch] = c.due(now=LINGER)
+    c.submit("t1", request("p1", "a"), "r1", None, now=0.0)
+    assert c.next_deadline(0.0) == pytest.approx(LINGER)
+    assert not c.sendable(LINGER - 0.001)
+    [batch] = take_all(c, now=LINGER)
     assert batch.reason == "linger"
-    assert c.next_deadline() is None
+    assert c.next_deadline(LINGER) is None
 
 
 def test_deadline_is_set_by_the_oldest_entry_not_the_newest() -> None:
     c = core()
     c.submit("t1", request("p1", "a"), "r1", None, now=0.0)
     c.submit("t2", request("p1", "b"), "r2", None, now=0.2)
-    [batch] = c.due(now=LINGER)
+    [batch] = take_all(c, now=LINGER)
     assert batch.desktop_ids == ("a", "b")
 
 
@@ -57,16 +58,15 @@ def test_different_merge_keys_never_share_a_batch(first: object, second: object)
     c = core()
     c.submit("t1", first, "r1", None, now=0.0)  # type: ignore[arg-type]
     c.submit("t2", second, "r2", None, now=0.0)  # type: ignore[arg-type]
-    batches = c.flush_all()
+    batches = take_all(c)
     assert sorted(b.desktop_ids for b in batches) == [("a",), ("b",)]
-    assert all(b.reason == "shutdown" for b in batches)
 
 
 def test_same_merge_key_requests_share_a_batch() -> None:
     c = core()
     c.submit("t1", request("p1", "a", name="x"), "r1", None, now=0.0)
     c.submit("t2", request("p1", "b", name="x"), "r2", None, now=0.0)
-    [batch] = c.flush_all()
+    [batch] = take_all(c)
     assert batch.desktop_ids == ("a", "b")
     assert batch.key == MergeKey("p1", None, request("p1", name="x").system_disk_snapshot, None)
 
@@ -74,9 +74,10 @@ def test_same_merge_key_requests_share_a_batch() -> None:
 def test_a_request_larger_than_the_room_left_is_split_across_batches() -> None:
     c = core(max_batch=100)
     c.submit("t1", request("p1", *ids(30, "x")), "r1", None, now=0.0)
-    full = c.submit("t2", request("p1", *ids(250)), "r2", None, now=0.1)
+    c.submit("t2", request("p1", *ids(250)), "r2", None, now=0.1)
+    full = take_all(c, now=0.1)
     assert [len(b.desktop_ids) for b in full] == [100, 100]
-    [rest] = c.flush_all()
+    [rest] = take_all(c)
     assert len(rest.desktop_ids) == 80
 
 
@@ -84,7 +85,7 @@ def test_segments_follow_request_boundaries() -> None:
     c = core()
     c.submit("t1", request("p1", "a", "b"), "r1", None, now=0.0)
     c.submit("t2", request("p1", "c"), "r2", None, now=0.0)
-    [batch] = c.flush_all()
+    [batch] = take_all(c)
     assert batch.segments == (("a", "b"), ("c",))
 
 
@@ -92,7 +93,7 @@ def test_a_desktop_pending_in_an_open_batch_is_sent_once_and_both_requests_share
     c = core()
     c.submit("t1", request("p1", "a"), "r1", None, now=0.0)
     c.submit("t2", request("p1", "a", "b"), "r2", None, now=0.0)
-    [batch] = c.flush_all()
+    [batch] = take_all(c)
     assert batch.desktop_ids == ("a", "b")
     finished = c.complete(batch.id, job_for(batch, "J"), now=1.0)
     assert {f.ticket for f in finished} == {"t1", "t2"}
@@ -104,9 +105,9 @@ def test_a_desktop_pending_in_an_open_batch_is_sent_once_and_both_requests_share
 def test_a_desktop_pending_in_flight_is_not_sent_again() -> None:
     c = core()
     c.submit("t1", request("p1", "a"), "r1", None, now=0.0)
-    [batch] = c.flush_all()
+    [batch] = take_all(c)
     c.submit("t2", request("p1", "a"), "r2", None, now=0.1)
-    assert c.flush_all() == []
+    assert take_all(c) == []
     finished = c.complete(batch.id, job_for(batch), now=1.0)
     assert {f.ticket for f in finished} == {"t1", "t2"}
 
@@ -114,23 +115,24 @@ def test_a_desktop_pending_in_flight_is_not_sent_again() -> None:
 def test_a_desktop_requested_after_its_outcome_is_sent_again() -> None:
     c = core()
     c.submit("t1", request("p1", "a"), "r1", None, now=0.0)
-    [first] = c.flush_all()
+    [first] = take_all(c)
     c.complete(first.id, job_for(first), now=0.5)
     c.submit("t2", request("p1", "a"), "r2", None, now=1.0)
-    assert [b.desktop_ids for b in c.flush_all()] == [("a",)]
+    assert [b.desktop_ids for b in take_all(c)] == [("a",)]
 
 
 def test_the_same_desktop_under_another_merge_key_is_sent_separately() -> None:
     c = core()
     c.submit("t1", request("p1", "a", disk_type="ALL"), "r1", None, now=0.0)
     c.submit("t2", request("p1", "a", disk_type="SYSTEM_DISK"), "r2", None, now=0.0)
-    assert len(c.flush_all()) == 2
+    assert len(take_all(c)) == 2
 
 
 def test_a_request_finishes_only_when_every_batch_covering_it_has_an_outcome() -> None:
     c = core(max_batch=2)
-    [first] = c.submit("t1", request("p1", "a", "b", "c"), "r1", None, now=0.0)
-    [second] = c.flush_all()
+    c.submit("t1", request("p1", "a", "b", "c"), "r1", None, now=0.0)
+    [first] = take_all(c, now=0.0)
+    [second] = take_all(c)
     assert c.complete(first.id, job_for(first, "J1"), now=1.0) == []
     [finished] = c.complete(second.id, job_for(second, "J2"), now=2.0)
     assert finished.result.status == "accepted"
@@ -143,7 +145,8 @@ def test_a_request_finishes_only_when_every_batch_covering_it_has_an_outcome() -
 )
 def test_status_follows_the_outcomes(outcomes: tuple[str, str], status: str) -> None:
     c = core(max_batch=1)
-    batches = c.submit("t1", request("p1", "a", "b"), "r1", None, now=0.0)
+    c.submit("t1", request("p1", "a", "b"), "r1", None, now=0.0)
+    batches = take_all(c, now=0.0)
     finished = []
     for batch, kind in zip(batches, outcomes, strict=True):
         finished += c.complete(batch.id, job_for(batch) if kind == "job" else error_for(batch), now=1.0)
@@ -158,7 +161,7 @@ def test_status_follows_the_outcomes(outcomes: tuple[str, str], status: str) -> 
 def test_result_echoes_request_id_correlation_id_and_project() -> None:
     c = core()
     c.submit("t1", request("proj-9", "a"), "req-1", "corr-1", now=0.0)
-    [batch] = c.flush_all()
+    [batch] = take_all(c)
     [done] = c.complete(batch.id, job_for(batch), now=1_700_000_000.0)
     assert (done.result.request_id, done.result.correlation_id, done.result.project_id) == (
         "req-1",
@@ -171,7 +174,7 @@ def test_result_echoes_request_id_correlation_id_and_project() -> None:
 def test_an_outcome_that_leaves_out_a_desktop_fails_it_instead_of_hanging() -> None:
     c = core()
     c.submit("t1", request("p1", "a", "b"), "r1", None, now=0.0)
-    [batch] = c.flush_all()
+    [batch] = take_all(c)
     [done] = c.complete(batch.id, (JobEntry(job_id="J", desktop_ids=("a",)),), now=1.0)
     assert done.result.status == "partial"
     assert done.result.errors[0].error_code == "SNAPWORKER.NO_OUTCOME"
@@ -181,7 +184,7 @@ def test_per_desktop_errors_are_split_per_request() -> None:
     c = core()
     c.submit("t1", request("p1", "a"), "r1", None, now=0.0)
     c.submit("t2", request("p1", "b"), "r2", None, now=0.0)
-    [batch] = c.flush_all()
+    [batch] = take_all(c)
     outcome = (
         JobEntry(job_id="J", desktop_ids=("a",)),
         ResultError(desktop_ids=("b",), http_status=404, error_code="WKS.0202", error_msg="no", retryable=False),
@@ -197,7 +200,7 @@ def test_dropped_requests_leave_open_batches() -> None:
     c.submit("t1", request("p1", "a"), "r1", None, now=0.0)
     c.submit("t2", request("p1", "b"), "r2", None, now=0.0)
     c.drop(["t1"])
-    [batch] = c.flush_all()
+    [batch] = take_all(c)
     assert batch.desktop_ids == ("b",)
     assert c.open_requests == 1
 
@@ -207,7 +210,7 @@ def test_a_dropped_request_does_not_remove_a_desktop_another_request_waits_for()
     c.submit("t1", request("p1", "a"), "r1", None, now=0.0)
     c.submit("t2", request("p1", "a"), "r2", None, now=0.0)
     c.drop(["t1"])
-    [batch] = c.flush_all()
+    [batch] = take_all(c)
     [done] = c.complete(batch.id, job_for(batch), now=1.0)
     assert done.ticket == "t2"
 
@@ -217,7 +220,8 @@ def test_dropping_everything_empties_the_buffer_and_clears_the_deadline() -> Non
     c.submit("t1", request("p1", "a", "b"), "r1", None, now=0.0)
     c.drop(["t1"])
     assert c.buffered_desktops == 0
-    assert c.next_deadline() is None
+    assert c.next_deadline(0.0) is None
+    assert not c.sendable(LATER)
 
 
 def test_a_ticket_cannot_be_opened_twice() -> None:
@@ -225,13 +229,3 @@ def test_a_ticket_cannot_be_opened_twice() -> None:
     c.submit("t1", request("p1", "a"), "r1", None, now=0.0)
     with pytest.raises(ValueError, match="already open"):
         c.submit("t1", request("p1", "b"), "r1", None, now=0.0)
-
-
-def test_flush_largest_sends_the_fullest_open_batch_first() -> None:
-    c = core()
-    c.submit("t1", request("p1", "a"), "r1", None, now=0.0)
-    c.submit("t2", request("p2", "b", "c"), "r2", None, now=0.0)
-    [batch] = c.flush_largest()
-    assert (batch.key.project_id, batch.reason) == ("p2", "pressure")
-    assert [b.key.project_id for b in c.flush_largest()] == ["p1"]
-    assert c.flush_largest() == []

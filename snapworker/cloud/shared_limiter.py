@@ -1,0 +1,457 @@
+"""One rate budget for a fleet: the token bucket and its AIMD state in Redis, shared by every worker.
+
+:class:`SharedRateLimiter` has :class:`~snapworker.cloud.limiter.RateLimiter`'s public surface and semantics
+(read its docstring), so a client takes either; :func:`build_limiter` picks one from the settings. Contract:
+
+* **Shared**: the bucket (tokens, rate, throttle pause, ``last_cut``, ``calm_since``) is one Redis hash,
+  ``snapworker:rate:<credential_id>``, changed only by one Lua script: atomic, on Redis's clock (hosts with
+  skewed clocks agree). ``credential_id`` is a short sha256 of the AK or token, never the secret. Over any ``T``
+  seconds the whole fleet gets at most ``burst + rate * T`` grants. Idle, the key expires.
+* **AIMD, fleet-wide**: a throttle anywhere cuts the shared rate once per overload (shared grants carry
+  ``granted_at`` in Redis time, so a call granted before the last cut does not cut again) and pauses every
+  worker; calm periods add the rate back. Concurrency and the waiting queue stay in the process.
+* **Waiting**: one Redis round-trip per attempt; "wait W s" is slept with a little jitter, never polled.
+* **Fallback**: when Redis errs or does not answer (short timeouts, no retries), calls go on under a local
+  RateLimiter at this process's share, ``rate / live workers`` as last seen in Redis: ``degraded`` is True, a
+  WARNING is logged and ``fallbacks_total`` counted once per episode. Redis is probed every ``heartbeat_s`` and
+  used again once it answers (INFO). Live workers: each limiter heartbeats its id into the sorted set
+  ``snapworker:workers:<credential_id>``, scored by Redis time; stale ids are pruned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import os
+import random
+import socket
+import sys
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING, Any
+
+from snapworker.cloud.limiter import Grant, RateLimiter
+from snapworker.errors import ConfigError
+from snapworker.settings import Settings, redact_url
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+__all__ = ["SharedRateLimiter", "build_limiter", "credential_id"]
+
+log = logging.getLogger("snapworker.cloud")
+
+# KEYS[1]: the bucket hash. ARGV: op (take|throttle|peek), max_rate, burst, min_rate, decrease_factor,
+# recovery_period_s, recovery_step, ttl_ms, then take: n | throttle: pause, sent_at ('' = always cut).
+# Returns {granted, wait, now, rate, blocked_until, last_cut}, floats as strings.
+_BUCKET_LUA = """
+if redis.replicate_commands then redis.replicate_commands() end -- servers before 5.0: TIME before writes
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function f(x) return string.format('%.17g', x) end -- full precision: Redis would truncate a Lua number
+local op, max_rate, cap, min_rate = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local factor, period, step = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local s = redis.call('HMGET', KEYS[1], 'tokens', 'updated', 'rate', 'blocked_until', 'last_cut', 'calm_since')
+local tokens, updated = math.min(tonumber(s[1]) or cap, cap), tonumber(s[2]) or now
+local rate = math.min(tonumber(s[3]) or max_rate, max_rate) -- a worker configured lower is obeyed
+local blocked, last_cut, calm = tonumber(s[4]) or 0, tonumber(s[5]) or 0, tonumber(s[6]) or now
+local function refill() -- a clock that steps back (failover) must not remove tokens
+  if now > updated then tokens = math.min(cap, tokens + (now - updated) * rate); updated = now end
+end
+if rate < max_rate and now >= calm + period then -- additive increase: one step per whole calm period
+  local steps = math.floor((now - calm) / period)
+  calm = calm + steps * period
+  refill()
+  rate = math.min(max_rate, rate + steps * step)
+end
+refill()
+local granted, wait = 0, 0
+if op == 'take' then
+  if now >= blocked then
+    granted = math.min(tonumber(ARGV[9]), math.floor(tokens + 1e-9)) -- 1e-9: float drift, as in bucket.py
+    tokens = math.max(tokens - granted, 0)
+  end
+  if tokens < 1 - 1e-9 then wait = (1 - tokens) / rate end
+  wait = math.max(wait, blocked - now, 0)
+  -- a long wait at a cut rate must not outlive the next recovery step, which shortens it
+  if rate < max_rate then wait = math.min(wait, math.max(calm + period - now, 0)) end
+elseif op == 'throttle' then
+  local pause, sent_at = tonumber(ARGV[9]), tonumber(ARGV[10])
+  if sent_at == nil or sent_at > last_cut then rate = math.max(min_rate, rate * factor); last_cut = now end
+  tokens = 0 -- a saved-up burst fired when the pause ends would overload the gateway again at once
+  blocked = math.max(blocked, now + pause)
+  calm = math.max(calm, now + pause)
+end
+if op ~= 'peek' then
+  redis.call('HSET', KEYS[1], 'tokens', f(tokens), 'updated', f(updated), 'rate', f(rate), 'blocked_until',
+    f(blocked), 'last_cut', f(last_cut), 'calm_since', f(calm))
+  redis.call('PEXPIRE', KEYS[1], ARGV[8])
+end
+return {granted, f(wait), f(now), f(rate), f(blocked), f(last_cut)}
+"""
+
+# KEYS[1]: the live-workers sorted set. ARGV: worker id, stale_s, ttl_ms. Returns {live workers, now}.
+_HEARTBEAT_LUA = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[1], string.format('%.17g', now), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.17g', now - tonumber(ARGV[2])))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {redis.call('ZCARD', KEYS[1]), string.format('%.17g', now)}
+"""
+
+
+def credential_id(secret: str) -> str:
+    """A short, stable, one-way id for a credential: names its keys without revealing it."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def build_limiter(settings: Settings) -> RateLimiter | SharedRateLimiter:
+    """The shared limiter when REDIS_URL is set, else the process-local one."""
+    if settings.redis_url is None:
+        return RateLimiter.from_settings(settings)
+    return SharedRateLimiter.from_settings(settings)
+
+
+class SharedRateLimiter:
+    """See the module docstring. Use ``async with limiter.slot(project_id) as grant:``; ``await close()`` at the end."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        credential: str,
+        rate: float,
+        burst: int,
+        max_concurrency: int,
+        *,
+        min_rate: float = 1 / 60,
+        decrease_factor: float = 0.5,
+        recovery_period_s: float = 10.0,
+        recovery_step: float | None = None,
+        pause_range_s: tuple[float, float] = (2.0, 5.0),
+        max_pause_s: float = 60.0,
+        key_prefix: str = "snapworker",
+        heartbeat_s: float = 3.0,
+        redis_timeout_s: float = 0.5,
+        rng: random.Random | None = None,
+    ) -> None:
+        """``credential`` is a :func:`credential_id` (never the secret itself)."""
+        try:  # lazily: snapworker runs without the extra when no REDIS_URL is set
+            from redis.asyncio import Redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+        except ImportError as exc:
+            raise ConfigError("REDIS_URL is set but redis is not installed: pip install 'snapworker[redis]'") from exc
+        self._min_rate = min(min_rate, rate)
+        self._recovery_step = recovery_step if recovery_step is not None else rate / 10
+        self._aimd: dict[str, Any] = {"decrease_factor": decrease_factor, "recovery_period_s": recovery_period_s}
+        self._aimd |= {"pause_range_s": pause_range_s, "max_pause_s": max_pause_s}
+        RateLimiter(rate, burst, max_concurrency, min_rate=min_rate, **self._aimd)  # the same checks of the values
+        self._url = redact_url(redis_url)
+        # No retries and short timeouts: an unanswered Redis must turn into the local fallback, not a stall.
+        self._redis: Redis = Redis.from_url(
+            redis_url,
+            decode_responses=True,
+            socket_timeout=redis_timeout_s,
+            socket_connect_timeout=redis_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._call_timeout_s = 3 * redis_timeout_s  # belt and braces around the client's own timeouts
+        self._bucket_lua: AsyncScript = self._redis.register_script(_BUCKET_LUA)
+        self._heartbeat_lua: AsyncScript = self._redis.register_script(_HEARTBEAT_LUA)
+        self._bucket_key = f"{key_prefix}:rate:{credential}"
+        self._workers_key = f"{key_prefix}:workers:{credential}"
+        self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._rng = rng or random.Random()
+        self._max_rate, self._burst, self._max_concurrency = rate, burst, max_concurrency
+        self._pause_range_s, self._max_pause_s, self._decrease_factor = pause_range_s, max_pause_s, decrease_factor
+        self._heartbeat_s = heartbeat_s
+        # An expired key reads as a full bucket at max_rate, unpaused: expire only once the state is that anyway.
+        recovery_s = recovery_period_s * math.ceil((rate - self._min_rate) / self._recovery_step)
+        self._ttl_ms = int(1000 * min(max_pause_s + recovery_s + burst / self._min_rate + 60, 86400))
+        self._config = [rate, burst, self._min_rate, decrease_factor, recovery_period_s, self._recovery_step]
+
+        self._offset = time.time() - time.monotonic()  # Redis clock ~= monotonic + offset, re-measured per reply
+        self._rate, self._blocked_until, self._last_cut = rate, 0.0, 0.0  # the bucket as last seen in Redis
+        self._live_workers = 0  # 0: never seen
+        self._paused_until = 0.0  # monotonic: a throttle seen here, before Redis has it
+        self._local: RateLimiter | None = None  # set while degraded
+        self._queues: OrderedDict[str, deque[tuple[asyncio.Future[Grant], float]]] = OrderedDict()
+        self._in_flight = 0
+        self._kick = asyncio.Event()  # a waiter came or a place freed up
+        self._interrupt = asyncio.Event()  # the mode changed or we are closing: stop any nap
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = self._closed = False
+        self._wait_seconds_total, self._throttles_total, self._fallbacks_total = 0.0, 0, 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> SharedRateLimiter:
+        """REDIS_URL, the credential, RATE_LIMIT, RATE_BURST and MAX_CONCURRENCY from ``settings``."""
+        if settings.redis_url is None:
+            raise ConfigError("SharedRateLimiter needs REDIS_URL")
+        secret = settings.access_key or settings.auth_token
+        # Unauthenticated (a simulator): one budget per endpoint.
+        credential = credential_id(secret.get_secret_value() if secret else f"none:{settings.api_url}")
+        limits = (settings.rate_limit, settings.rate_burst, settings.max_concurrency)
+        return cls(settings.redis_url.get_secret_value(), credential, *limits, **kwargs)
+
+    # -- metrics
+    @property
+    def max_rate(self) -> float:
+        return self._max_rate
+
+    @property
+    def rate(self) -> float:
+        """Calls per second allowed now: the fleet's, as last seen in Redis; this process's share while degraded."""
+        return self._local.rate if self._local is not None else self._rate
+
+    @property
+    def paused_until(self) -> float:
+        """End of the throttle pause, in Redis time (as last seen)."""
+        return self._local.paused_until if self._local is not None else self._blocked_until
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def queued(self) -> int:
+        return sum(1 for queue in self._queues.values() for future, _ in queue if not future.done())
+
+    @property
+    def wait_seconds_total(self) -> float:
+        return self._wait_seconds_total
+
+    @property
+    def throttles_total(self) -> int:
+        return self._throttles_total
+
+    @property
+    def fallbacks_total(self) -> int:
+        """Episodes of Redis trouble during which the local share was used."""
+        return self._fallbacks_total
+
+    @property
+    def degraded(self) -> bool:
+        return self._local is not None
+
+    # -- use
+    @asynccontextmanager
+    async def slot(self, project_id: str) -> AsyncIterator[Grant]:
+        grant = await self.acquire(project_id)
+        try:
+            yield grant
+        finally:
+            self.release()
+
+    async def acquire(self, project_id: str) -> Grant:
+        if self._closed:
+            raise RuntimeError("SharedRateLimiter is closed")
+        self._start()
+        future: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(project_id, deque()).append((future, time.monotonic()))
+        self._kick.set()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # granted just as the caller gave up
+            else:
+                self._forget(project_id, future)
+            raise
+
+    def release(self) -> None:
+        self._in_flight -= 1
+        self._kick.set()
+
+    def on_throttle(self, retry_after_s: float | None = None, *, sent_at: float | None = None) -> float:
+        """Cut the shared rate (once per overload) and pause the fleet; returns the pause (s).
+
+        Synchronous like RateLimiter's: this process pauses at once; Redis is told in the background.
+        """
+        self._throttles_total += 1
+        if self._local is not None:
+            pause = self._local.on_throttle(retry_after_s, sent_at=sent_at)
+            # Outlives the episode: back on Redis, this process still waits the pause out.
+            self._paused_until = max(self._paused_until, time.monotonic() + pause)
+            return pause
+        pause = self._rng.uniform(*self._pause_range_s) if retry_after_s is None else retry_after_s
+        pause = min(max(pause, 0.0), self._max_pause_s)
+        self._paused_until = max(self._paused_until, time.monotonic() + pause)
+        if sent_at is None or sent_at > self._last_cut:  # what Redis will say; its answer overwrites this
+            self._rate = max(self._min_rate, self._rate * self._decrease_factor)
+        if not self._closed:
+            self._spawn(self._bucket_call("throttle", pause, "" if sent_at is None else repr(sent_at)))
+        return pause
+
+    async def close(self) -> None:
+        """Stop the background tasks, leave the live-worker set, close the connections. Waiters are cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+        self._interrupt.set()
+        self._kick.set()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=2 * self._call_timeout_s)
+        for queue in self._queues.values():
+            for future, _ in queue:
+                future.cancel()
+        with suppress(Exception):  # best effort: a stale id is pruned by the others anyway
+            async with asyncio.timeout(self._call_timeout_s):
+                await self._redis.zrem(self._workers_key, self._worker_id)
+        with suppress(Exception):
+            async with asyncio.timeout(self._call_timeout_s):
+                await self._redis.aclose()
+
+    # -- internals
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._spawn(self._serve())
+            self._spawn(self._heartbeat())
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)  # a reference, or the task may be collected mid-flight
+        task.add_done_callback(self._tasks.discard)
+
+    def _clock(self) -> float:
+        return time.monotonic() + self._offset
+
+    async def _call(self, script: AsyncScript, key: str, args: Sequence[str | int | float]) -> list[Any] | None:
+        """Run a script; on any failure switch to the local share and return None."""
+        sent = time.monotonic()
+        try:
+            async with asyncio.timeout(self._call_timeout_s):
+                reply: list[Any] = await script(keys=[key], args=args)
+            self._offset = float(reply[-1 if script is self._heartbeat_lua else 2]) - (sent + time.monotonic()) / 2
+        except Exception as exc:  # Redis down, timed out, refused or broken: never lose or stall a call for it
+            self._degrade(exc)
+            return None
+        return reply
+
+    async def _bucket_call(self, op: str, *args: str | int | float) -> list[Any] | None:
+        reply = await self._call(self._bucket_lua, self._bucket_key, [op, *self._config, self._ttl_ms, *args])
+        if reply is not None:
+            self._rate, self._blocked_until, self._last_cut = (float(x) for x in reply[3:6])
+        return reply
+
+    def _degrade(self, exc: BaseException) -> None:
+        if self._local is not None or self._closed:
+            return
+        n = max(1, self._live_workers)
+        share = {"min_rate": self._min_rate / n, "recovery_step": self._recovery_step / n, **self._aimd}
+        # Concurrency stays ours (sys.maxsize here); its clock approximates Redis's, so grants compare across modes.
+        self._local = RateLimiter(self._max_rate / n, max(1, self._burst // n), sys.maxsize, **share,
+                                  clock=self._clock, rng=self._rng)  # fmt: skip
+        # Keep a pause still running (ours or the fleet's); sent_at=-inf: a pause, not a cut.
+        pause = max(self._paused_until - time.monotonic(), self._blocked_until - self._clock())
+        if pause > 0:
+            self._local.on_throttle(pause, sent_at=-math.inf)
+        self._fallbacks_total += 1
+        self._interrupt.set()
+        log.warning("Redis at %s failed (%s: %s): limiting locally at 1/%d of the shared rate until it answers",
+                    self._url, type(exc).__name__, exc, n)  # fmt: skip
+
+    async def _heartbeat(self) -> None:
+        """Join the live-worker set every heartbeat_s and refresh the cached bucket; while degraded, this probes."""
+        while not self._closed:  # not only cancellation: a client library may swallow a CancelledError
+            was_degraded = self._local is not None
+            beat: list[str | int | float] = [
+                self._worker_id,
+                3 * self._heartbeat_s,
+                int(30_000 * self._heartbeat_s),
+            ]  # stale after 3 beats
+            reply = await self._call(self._heartbeat_lua, self._workers_key, beat)
+            if reply is not None:
+                self._live_workers = int(reply[0])
+                if was_degraded and self._local is not None:
+                    self._local = None
+                    self._interrupt.set()
+                    log.info("Redis at %s answers again: back on the shared rate budget", self._url)
+                await self._bucket_call("peek")
+            await asyncio.sleep(self._heartbeat_s * self._rng.uniform(0.8, 1.2))
+
+    async def _serve(self) -> None:
+        """Hand out grants in order: take tokens from Redis (or the local share while degraded), else sleep."""
+        while not self._closed:
+            self._kick.clear()
+            self._interrupt.clear()
+            waiting = self.queued
+            if waiting == 0 or self._in_flight >= self._max_concurrency:
+                await self._kick.wait()
+                continue
+            if self._local is not None:
+                await self._take_local(self._local)
+                continue
+            if (pause := self._paused_until - time.monotonic()) > 0:
+                await self._nap(pause)
+                continue
+            want = min(waiting, self._max_concurrency - self._in_flight)
+            reply = await self._bucket_call("take", want)
+            if reply is None:
+                continue  # degraded now: the next turn serves locally
+            granted, wait, now = int(reply[0]), float(reply[1]), float(reply[2])
+            for _ in range(granted):
+                self._grant(now)
+            if granted < want:
+                await self._nap(max(wait, 0.001))
+
+    async def _take_local(self, local: RateLimiter) -> None:
+        """Wait for a token of the local share and grant it, unless we go back to Redis first."""
+        acquire = asyncio.ensure_future(local.acquire(""))
+        stop = asyncio.ensure_future(self._interrupt.wait())
+        try:
+            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if acquire.done():
+                local.release()  # the local limiter is only a bucket here: concurrency is ours
+                self._grant(acquire.result().granted_at)
+        finally:
+            for task in (acquire, stop):
+                task.cancel()  # a token granted as we leave is released by RateLimiter itself
+            await asyncio.gather(acquire, stop, return_exceptions=True)
+
+    async def _nap(self, seconds: float) -> None:
+        # Jitter, so workers told the same wait do not all come back in the same millisecond.
+        with suppress(TimeoutError):
+            async with asyncio.timeout(seconds + self._rng.uniform(0.0, 0.002 + 0.05 * seconds)):
+                await self._interrupt.wait()
+
+    def _grant(self, granted_at: float) -> None:
+        """Give one token to the next waiter, round-robin over projects; with none left (cancelled), it lapses."""
+        while self._queues:
+            project_id, queue = next(iter(self._queues.items()))
+            while queue and queue[0][0].done():
+                queue.popleft()
+            if not queue:
+                del self._queues[project_id]
+                continue
+            future, since = queue.popleft()
+            if queue:
+                self._queues.move_to_end(project_id)
+            else:
+                del self._queues[project_id]
+            waited = time.monotonic() - since
+            self._in_flight += 1
+            self._wait_seconds_total += waited
+            future.set_result(Grant(project_id, granted_at, waited))
+            return
+
+    def _forget(self, project_id: str, future: asyncio.Future[Grant]) -> None:
+        queue = self._queues.get(project_id)
+        if queue is not None:
+            for item in queue:
+                if item[0] is future:
+                    queue.remove(item)
+                    break
+            if not queue:
+                del self._queues[project_id]

@@ -1,11 +1,10 @@
 """The worker: wiring only. Deliveries -> batching core -> API -> results -> acks, over broker sessions.
 
-The parts each live elsewhere: reading messages (intake), batching (core), calling the API (sending, cloud),
-the broker (amqp), counters (stats). This module decides *when*: it feeds the core; one sender task waits until
-the core has something to send (sleeping until the core's next deadline, or until a delivery or an answer wakes
-it), asks the rate limiter for a call, and only then has the core cut the batch that call carries (late binding);
-it publishes each finished result and settles its message only after the broker confirmed the result. Delivery
-is at least once: see README.md, "Delivery guarantee".
+The parts each live elsewhere: reading messages (intake), batching (core), the sender task that turns ready
+keys into granted calls (dispatch), calling the API (sending, cloud), the broker (amqp), counters (stats). This
+module connects them: it feeds the core, wakes the sender, widens the prefetch window as more merge keys are
+busy, publishes each finished result and settles its message only after the broker confirmed the result.
+Delivery is at least once: see README.md, "Delivery guarantee".
 """
 
 from __future__ import annotations
@@ -19,11 +18,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from snapworker.amqp import AmqpSession, Delivery
-from snapworker.cloud.limiter import Grant, Limiter
-from snapworker.core import Batch, BatchingCore, WindowPolicy
+from snapworker.cloud.limiter import Limiter
+from snapworker.core import Batch, BatchingCore, Outcome, WindowPolicy
+from snapworker.dispatch import Dispatcher
 from snapworker.errors import BrokerError
 from snapworker.intake import Rejected, read_request
-from snapworker.models import ResultError, SnapshotResult
+from snapworker.models import SnapshotResult
 from snapworker.results import ResultPublisher
 from snapworker.sending import BatchSender, SnapshotApi
 from snapworker.settings import Settings, redact_url
@@ -70,7 +70,6 @@ class Worker:
         )
         self._widening = False
         self._limiter: Limiter | None = None
-        self._sender: BatchSender | None = None
         self._session: AmqpSession | None = None
         self._wake = asyncio.Event()  # the sender should look at the core again
         self._progress = asyncio.Event()  # a batch was cut or a task ended (the drain waits on it)
@@ -104,8 +103,17 @@ class Worker:
                 self.settings, limiter=build_limiter(self.settings), observer=observer
             )
         self._limiter = self._api.limiter
-        self._sender = BatchSender(self._api, max_extra_calls=self.settings.isolate_max_extra_calls)
-        send_loop = asyncio.create_task(self._send_loop())
+        dispatcher = Dispatcher(
+            self._core,
+            self._limiter,
+            BatchSender(self._api, max_extra_calls=self.settings.isolate_max_extra_calls),
+            wake=self._wake,
+            deadline_s=self.settings.request_deadline_s,
+            spawn=self._spawn,
+            on_cut=self._on_cut,
+            on_outcome=self._on_outcome,
+        )
+        send_loop = asyncio.create_task(dispatcher.run())
         log.info(
             "snapworker starting: broker %s, API %s (auth: %s), request queue %r",
             redact_url(self.settings.amqp_url.get_secret_value()),
@@ -145,7 +153,7 @@ class Worker:
     async def close(self) -> None:
         """Stop consuming, drain within SHUTDOWN_TIMEOUT_S, requeue the rest; returns when ``run`` has ended."""
         self._stopping.set()
-        if self._sender is not None:
+        if self._limiter is not None:
             await self._stopped.wait()
 
     # -- sessions
@@ -308,53 +316,13 @@ class Worker:
             if self._session is session:
                 self._core.window = session.prefetch
 
-    # -- the sender: a call is asked for only when the core has something to send, and the batch is cut
-    #    only once the call is granted, so it carries everything that arrived meanwhile
-    async def _send_loop(self) -> None:
-        assert self._limiter is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._until_sendable()
-            grant = await self._limiter.acquire("batches")
-            batch = self._core.take(loop.time())
-            if batch is None:  # what was pending left with a lost session meanwhile
-                self._limiter.release()
-                continue
-            self.stats.count_batch(batch)
-            self._spawn(self._send(batch, grant))
-            self._progress.set()
-            self._maybe_widen()
-
-    async def _until_sendable(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            self._wake.clear()  # before looking: a wake-up while we look is not lost
-            now = loop.time()
-            if self._core.sendable(now):
-                return
-            deadline = self._core.next_deadline(now)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline):
-                    await self._wake.wait()
-
     # -- sending and results
-    async def _send(self, batch: Batch, grant: Grant) -> None:
-        assert self._sender is not None
-        try:
-            # the deadline of the batch's oldest request (both on the loop's monotonic clock)
-            deadline = batch.opened_at + self.settings.request_deadline_s
-            outcome = await self._sender.send(batch, grant=grant, deadline=deadline)
-        except Exception as exc:  # a bug must not leave requests without a result
-            log.exception("sending batch %d failed unexpectedly", batch.id)
-            outcome = (
-                ResultError(
-                    desktop_ids=batch.desktop_ids,
-                    http_status=None,
-                    error_code="SNAPWORKER.INTERNAL",
-                    error_msg=f"internal error: {exc!r}"[:2000],
-                    retryable=True,
-                ),
-            )
+    def _on_cut(self, batch: Batch) -> None:
+        self.stats.count_batch(batch)
+        self._progress.set()
+        self._maybe_widen()
+
+    async def _on_outcome(self, batch: Batch, outcome: Outcome) -> None:
         for entry in outcome:
             job_id = getattr(entry, "job_id", None)
             log.debug(

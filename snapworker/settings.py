@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         le=600_000,
         description="Longest a ready batch that is still filling fast may wait past LINGER_MS to be sent full.",
     )
+    starve_ms: int = Field(
+        default=60_000,
+        ge=0,
+        le=3_600_000,
+        description="Longest a batch that is not full waits while full batches of other keys take the calls.",
+    )
 
     # -- Workspace API
     region: str = Field(default="cn-north-4", pattern=r"^[a-z0-9-]+$")
@@ -161,6 +167,10 @@ class Settings(BaseSettings):
     @property
     def hold_max_s(self) -> float:
         return self.hold_max_ms / 1000
+
+    @property
+    def starve_s(self) -> float:
+        return self.starve_ms / 1000
 
     @property
     def auth_mode(self) -> Literal["token", "aksk", "none"]:

@@ -56,6 +56,7 @@ class Worker:
             settings.max_batch,
             settings.linger_s,
             hold_s=settings.hold_max_s,
+            starve_s=settings.starve_s,
             # calls the limiter grants without making anyone wait: beyond this, calls are scarce
             calls_at_once=settings.rate_burst + settings.rate_limit * settings.linger_s,
             window=settings.prefetch,

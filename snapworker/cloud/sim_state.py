@@ -6,7 +6,9 @@ aiohttp layer in :mod:`snapworker.cloud.simulator` stays thin and the state is c
 
 from __future__ import annotations
 
+import bisect
 import math
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,8 +58,25 @@ class SimConfig:
 # --------------------------------------------------------------------------------------------------- stats
 
 
+def _busiest(window: deque[float], at: float, span_s: float) -> int:
+    """Add an event at ``at`` to a sliding window of ``span_s`` seconds; the events inside it, which ends at the
+    newest event. Kept sorted: an event may be recorded a moment after a later one (the body was read meanwhile)."""
+    if not window or at >= window[-1]:
+        window.append(at)
+    else:
+        bisect.insort(window, at)
+    newest = window[-1]
+    while window[0] <= newest - span_s:
+        window.popleft()
+    return len(window)
+
+
+#: Statuses of calls the gateway refused before the service saw them: authentication and flow control.
+_NOT_ADMITTED = frozenset({401, 429})
+
+
 class SimStats:
-    """Counters over batch-create calls. Memory: O(distinct desktops + calls in the last second)."""
+    """Counters over batch-create calls. Memory: O(distinct desktops + calls in the last minute)."""
 
     def __init__(self) -> None:
         self.calls_total = 0
@@ -67,20 +86,30 @@ class SimStats:
         self.batch_sizes: Counter[int] = Counter()
         self.desktops: set[str] = set()
         self.max_calls_in_one_second = 0
+        self.max_arrivals_in_any_60_s = 0
+        self.max_calls_in_any_60_s = 0
         self._last_second: deque[float] = deque()
+        self._arrivals_last_minute: deque[float] = deque()
+        self._admitted_last_minute: deque[float] = deque()
 
     def record_arrival(self, now: float) -> None:
-        """A batch-create call arrived (before any check). Tracks the busiest sliding 1 s window."""
+        """A batch-create call arrived (before any check). Tracks the busiest sliding 1 s and 60 s windows."""
         self.calls_total += 1
-        window = self._last_second
-        window.append(now)
-        while window[0] <= now - 1.0:
-            window.popleft()
-        if len(window) > self.max_calls_in_one_second:
-            self.max_calls_in_one_second = len(window)
+        self.max_calls_in_one_second = max(self.max_calls_in_one_second, _busiest(self._last_second, now, 1.0))
+        in_minute = _busiest(self._arrivals_last_minute, now, 60.0)
+        self.max_arrivals_in_any_60_s = max(self.max_arrivals_in_any_60_s, in_minute)
 
-    def record_status(self, status: int) -> None:
+    def record_status(self, status: int, now: float | None = None) -> None:
+        """The answer to a call that arrived at ``now`` (its :meth:`record_arrival` time; default: the present).
+
+        Calls past authentication and flow control (any status but 401 and 429) are *admitted*: the busiest
+        sliding 60 s window of their arrivals is ``max_calls_in_any_60_s``, what the per-minute limit counts.
+        """
         self.calls_by_status[status] += 1
+        if status not in _NOT_ADMITTED:
+            at = time.monotonic() if now is None else now
+            in_minute = _busiest(self._admitted_last_minute, at, 60.0)
+            self.max_calls_in_any_60_s = max(self.max_calls_in_any_60_s, in_minute)
 
     def record_job(self, desktop_ids: tuple[str, ...]) -> None:
         self.jobs_created += 1
@@ -95,6 +124,8 @@ class SimStats:
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
             "distinct_desktops": len(self.desktops),
             "max_calls_in_one_second": self.max_calls_in_one_second,
+            "max_calls_in_any_60_s": self.max_calls_in_any_60_s,
+            "max_arrivals_in_any_60_s": self.max_arrivals_in_any_60_s,
             "jobs_created": self.jobs_created,
             "job_queries": self.job_queries,
         }

@@ -194,7 +194,7 @@ class Simulator:
         stats.record_arrival(now)
         body = await request.read()
         response = self._decide_batch_create(request, body, now)
-        stats.record_status(response.status)
+        stats.record_status(response.status, now)
         return await self._answer(response)
 
     def _decide_batch_create(self, request: web.Request, body: bytes, now: float) -> web.Response:

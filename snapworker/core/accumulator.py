@@ -10,15 +10,17 @@ Which key a granted call goes to, and when a key may take one (see :meth:`Accumu
 
 * a key is **ready** when it holds ``max_batch`` desktops (*full*), or when its oldest desktop has waited
   ``linger_s``;
-* a ready key that is not full is **held** while calls are *scarce* (what is pending needs more calls than the
-  limiter grants at once, ``calls_at_once``) and it is still filling fast: on the pace it has filled so far it will
-  be full before its oldest desktop has waited ``hold_s``. A batch of ``n`` desktops that stops growing is thus
-  held at most ``hold_s * n / max_batch`` after its oldest desktop arrived, and never past ``hold_s``. When calls
-  are not scarce (a lone request, a light load) nothing is held: a ready batch goes at linger.
-* the granted key is chosen **round-robin over projects** (the project served longest ago first); within a
-  project, a batch whose oldest desktop has waited ``hold_s`` first, then full keys, then the oldest. A small
-  project's ready batch therefore waits for at most one grant per other project with work, however many full
-  batches big projects have queued, and a small key of a big project waits at most ``hold_s`` for its turn.
+* when calls are not *scarce* (what is pending needs no more calls than the limiter grants at once,
+  ``calls_at_once``: a lone request, a light load), every ready key may take a call: a batch goes at linger.
+* while calls are scarce, a call is worth the most carried by a full batch, so a ready key that is not full
+  waits while any key is full, and, when none is, while it is still filling fast: on the pace it has filled so
+  far it will be full before its oldest desktop has waited ``hold_s`` (a batch of ``n`` desktops that stops
+  growing is held at most ``hold_s * n / max_batch`` after its oldest desktop arrived). Fairness bounds the
+  wait: a batch whose oldest desktop has waited ``starve_s`` takes the next call, full batches or not.
+* the granted key is chosen: starving batches first (oldest first), then full ones **round-robin over
+  projects** (the project served longest ago first), then the rest, oldest first. A big project with many full
+  batches therefore shares calls with other projects' full batches, and cannot hold a small project's batch
+  back for longer than ``starve_s``.
 
 Time is only ever passed in.
 """
@@ -52,7 +54,15 @@ class Accumulator:
     The caller makes sure a desktop is not added twice to a key while it is pending (see BatchingCore).
     """
 
-    def __init__(self, max_batch: int, linger_s: float, *, hold_s: float = 0.0, calls_at_once: float = math.inf):
+    def __init__(
+        self,
+        max_batch: int,
+        linger_s: float,
+        *,
+        hold_s: float = 0.0,
+        starve_s: float = math.inf,
+        calls_at_once: float = math.inf,
+    ):
         if not max_batch >= 1:
             raise ValueError("max_batch must be at least 1")
         if linger_s < 0 or hold_s < 0:
@@ -60,6 +70,7 @@ class Accumulator:
         self.max_batch = max_batch
         self.linger_s = linger_s
         self.hold_s = max(hold_s, linger_s)
+        self.starve_s = max(starve_s, self.hold_s)
         self.calls_at_once = calls_at_once
         self._pending: dict[MergeKey, _Pending] = {}
         self._full: set[MergeKey] = set()
@@ -133,8 +144,8 @@ class Accumulator:
                 return True
         return False
 
-    def _state(self, key: MergeKey, pending: _Pending, now: float, scarce: bool) -> float:
-        """0.0 if ``key`` may take a call at ``now``, else the time at which that may change without appends."""
+    def _state(self, pending: _Pending, now: float, scarce: bool) -> float:
+        """0.0 if the key may take a call at ``now``, else the time at which that may change without events."""
         n = len(pending.desktops)
         if n >= self.max_batch:
             return 0.0
@@ -144,6 +155,9 @@ class Accumulator:
             return ready_at
         if not scarce:
             return 0.0
+        if self._full:  # a full batch takes the call, unless this one starves
+            starves_at = opened + self.starve_s
+            return starves_at if now < starves_at else 0.0
         # Held while on pace to fill by opened + hold_s: n / age * hold_s >= max_batch.
         held_until = opened + self.hold_s * n / self.max_batch
         return held_until if now < held_until else 0.0
@@ -153,12 +167,12 @@ class Accumulator:
         if everything:
             return list(self._pending)
         scarce = self.scarce()
-        return [key for key, pending in self._pending.items() if self._state(key, pending, now, scarce) == 0.0]
+        return [key for key, pending in self._pending.items() if self._state(pending, now, scarce) == 0.0]
 
     def next_change(self, now: float) -> float | None:
         """The earliest time after ``now`` at which a key not sendable now becomes so (None: no such time)."""
         scarce = self.scarce()
-        times = [t for key, p in self._pending.items() if (t := self._state(key, p, now, scarce)) > 0.0]
+        times = [t for p in self._pending.values() if (t := self._state(p, now, scarce)) > 0.0]
         return min(times, default=None)
 
     def fullest(self) -> MergeKey | None:
@@ -168,19 +182,21 @@ class Accumulator:
 
     # -- cutting
     def choose(self, candidates: list[MergeKey], now: float) -> MergeKey | None:
-        """The key a granted call goes to: least recently served project; in it overdue, then full, then oldest."""
+        """The key a granted call goes to: starving ones, then full ones round-robin over projects, then the
+        oldest."""
         if not candidates:
             return None
-        aged_before = now - self.hold_s
-        return min(
-            candidates,
-            key=lambda k: (
-                self._served.get(k.project_id, 0),
-                self._pending[k].opened_at > aged_before,
-                k not in self._full,
-                self._pending[k].opened_at,
-            ),
-        )
+        starving_before = now - self.starve_s
+
+        def rank(key: MergeKey) -> tuple[int, int, float]:
+            opened = self._pending[key].opened_at
+            if opened <= starving_before:
+                return (0, 0, opened)
+            if key in self._full:
+                return (1, self._served.get(key.project_id, 0), opened)
+            return (2, 0, opened)
+
+        return min(candidates, key=rank)
 
     def cut(self, key: MergeKey, reason: FlushReason) -> Batch:
         """Take up to ``max_batch`` of ``key``'s oldest pending desktops as a batch to send now."""

@@ -54,10 +54,11 @@ class BatchingCore:
         linger_s: float,
         *,
         hold_s: float = 0.0,
+        starve_s: float = math.inf,
         calls_at_once: float = math.inf,
         window: int | None = None,
     ) -> None:
-        self._acc = Accumulator(max_batch, linger_s, hold_s=hold_s, calls_at_once=calls_at_once)
+        self._acc = Accumulator(max_batch, linger_s, hold_s=hold_s, starve_s=starve_s, calls_at_once=calls_at_once)
         self._ledger = Ledger()
         # (key, desktop) -> tickets waiting for its outcome: the set of pending desktops.
         self._waiters: dict[tuple[MergeKey, str], list[Ticket]] = {}

@@ -12,6 +12,7 @@ from tests.core.helpers import job_for, request, take_all
 
 LINGER = 0.25
 HOLD = 5.0
+STARVE = 60.0
 
 
 def ids(n: int, prefix: str = "d") -> list[str]:
@@ -52,7 +53,7 @@ def test_take_returns_none_when_nothing_is_pending() -> None:
     assert BatchingCore(100, LINGER).take(10.0) is None
 
 
-def test_within_a_project_a_full_key_goes_before_an_older_partial_one() -> None:
+def test_a_full_batch_goes_before_an_older_partial_one() -> None:
     c = BatchingCore(100, LINGER)
     c.submit("t1", request("p1", "old", disk_type="ALL"), "r1", None, now=0.0)
     c.submit("t2", request("p1", *ids(100)), "r2", None, now=0.1)
@@ -61,20 +62,30 @@ def test_within_a_project_a_full_key_goes_before_an_older_partial_one() -> None:
     assert first.reason == "full"
 
 
-def test_projects_take_turns_so_a_small_project_is_not_starved_by_full_batches() -> None:
+def test_full_batches_take_turns_between_projects() -> None:
     c = BatchingCore(100, LINGER)
     c.submit("big", request("p1", *ids(300)), "r1", None, now=0.0)
+    c.submit("other", request("p2", *ids(200, "e")), "r2", None, now=0.1)
+    order = [b.key.project_id for b in take_all(c, now=0.1)]
+    assert order == ["p1", "p2", "p1", "p2", "p1"]
+
+
+def test_while_calls_are_scarce_a_partial_batch_waits_while_any_batch_is_full() -> None:
+    c = scarce_core(calls_at_once=1)
     c.submit("small", request("p2", "x"), "r2", None, now=0.0)
-    order = [b.key.project_id for b in take_all(c, now=1.0)]
-    assert order[:2] == ["p1", "p2"]
-    assert order.count("p1") == 3
+    c.submit("big", request("p1", *ids(300)), "r1", None, now=0.0)
+    taken = [c.take(10.0) for _ in range(3)]
+    assert [b.key.project_id for b in taken if b is not None] == ["p1", "p1", "p1"]
+    last = c.take(10.0)
+    assert last is not None
+    assert last.desktop_ids == ("x",)
 
 
-def test_within_a_project_a_batch_waiting_past_hold_goes_before_full_ones() -> None:
-    c = BatchingCore(100, LINGER, hold_s=HOLD)
-    c.submit("small", request("p1", "x", disk_type="ALL"), "r1", None, now=0.0)
-    c.submit("big", request("p1", *ids(300)), "r2", None, now=HOLD)
-    first = c.take(HOLD)
+def test_a_partial_batch_is_not_starved_by_full_ones() -> None:
+    c = BatchingCore(100, LINGER, hold_s=HOLD, starve_s=STARVE, calls_at_once=1)
+    c.submit("small", request("p2", "x"), "r2", None, now=0.0)
+    c.submit("big", request("p1", *ids(300)), "r1", None, now=0.0)
+    first = c.take(STARVE)
     assert first is not None
     assert first.desktop_ids == ("x",)
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import scenarios, steady
+from bench import fleet, limited, ratebound, scenarios, steady
 from bench.broker import Broker, check_loopback
 from bench.infra import SimProcess
 from bench.procs import kill_leftovers, machine_info
@@ -28,8 +28,19 @@ from bench.report import format_table
 from bench.scenarios import SYSTEMS, Context, Sizes
 from bench.summary import summarize
 
-FIGURES = ("throughput", "economy", "latency", "memory", "rate", "cpu")
+#: The worker's own cost against an unlimited API (bench settings, RATE_LIMIT 1000).
+UNLIMITED_FIGURES = ("throughput", "economy", "latency", "memory", "rate", "cpu")
+#: The rate-bound regime: worker defaults against a simulator enforcing the real limit (bench/README.md).
+BOUND_FIGURES = ("ratebound", "ratebound100", "throttled", "fleet", "latency_defaults")
+FIGURES = UNLIMITED_FIGURES + BOUND_FIGURES
 Scenario = Callable[[Context, int], Awaitable[dict[str, Any]]]
+BOUND_SCENARIOS: dict[str, Scenario] = {
+    "ratebound": ratebound.ratebound,
+    "ratebound100": ratebound.ratebound100,
+    "throttled": ratebound.throttled,
+    "fleet": fleet.fleet,
+    "latency_defaults": steady.latency_defaults,
+}
 
 
 def plan(figures: set[str]) -> dict[str, Scenario]:
@@ -48,6 +59,9 @@ def plan(figures: set[str]) -> dict[str, Scenario]:
         chosen["rate"] = scenarios.rate
     if "memory" in figures:
         chosen["memory"] = scenarios.memory
+    for name, scenario in BOUND_SCENARIOS.items():
+        if name in figures:
+            chosen[name] = scenario
     return chosen
 
 
@@ -74,6 +88,17 @@ def _brief(name: str, data: dict[str, Any]) -> str:
         )
     if name == "rate":
         return f"rate: max {data.get('max_calls_in_one_second')} calls in 1 s, {data.get('outcome')}"
+    if name in ("ratebound", "ratebound100", "throttled"):
+        return limited.brief(name, data)
+    if name == "fleet":
+        return "; ".join(
+            f"{mode} {data[mode]['skipped']}" if "skipped" in data[mode] else limited.brief(f"fleet {mode}", data[mode])
+            for mode in data["modes"]
+        )
+    if name == "latency_defaults":
+        lat = data["latency_ms"]
+        p50, p99 = lat["p50"] or 0, lat["p99"] or 0
+        return f"latency_defaults: p50 {p50:.0f} ms, p99 {p99:.0f} ms, calls {data['calls_total']}"
     return f"memory: VmHWM {data.get('vm_hwm_mb') or 0:.1f} MB, {data.get('requests_per_s') or 0:,.0f} req/s"
 
 
@@ -124,13 +149,21 @@ async def run(args: argparse.Namespace) -> int:
     print(f"machine: {json.dumps(machine)}", flush=True)
     print(f"sizes: {json.dumps(sizes.__dict__)}; runs: {runs} (memory: {min(runs, args.memory_runs)})", flush=True)
     print(f"scenarios: {', '.join(chosen)}", flush=True)
-    print(f"worker settings (SNAPWORKER_*, the rest default): {json.dumps(worker_settings)}", flush=True)
+    print(f"unlimited-API worker settings (SNAPWORKER_*, the rest default): {json.dumps(worker_settings)}", flush=True)
     print(f"backlog scenarios (throughput, memory) also: {json.dumps(backlog_settings)}", flush=True)
+    if set(chosen) & set(BOUND_FIGURES):
+        print(
+            f"rate-bound scenarios: worker defaults (bar each scenario's own overrides), a simulator each run with "
+            f"--rate-per-minute {limited.API_PER_MINUTE} (fleet: {fleet.FLEET_PER_MINUTE})",
+            flush=True,
+        )
     raw: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
     broker = await Broker.open(amqp_url)
     sim = await SimProcess.start(log_dir / "simulator.log", token=f"bench-token-{uuid.uuid4().hex}")
     check_loopback(sim.url)
     ctx = Context(amqp_url, broker, sim, log_dir, sizes, worker_settings, backlog_settings)
+    ctx.redis_url, ctx.bound_timeout_s = args.redis_url, args.bound_timeout_s
+    ctx.fleet_modes = tuple(m for m in args.fleet_modes.split(",") if m)
     try:
         for index in range(runs):
             for name, scenario in chosen.items():
@@ -208,9 +241,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--backlog-linger-ms", type=int, default=10_000, help="LINGER_MS of the worker in the backlog scenarios"
     )
     parser.add_argument("--concurrency", type=int, default=16, help="MAX_CONCURRENCY / baseline (b) connections")
+    parser.add_argument(
+        "--fleet-modes",
+        default=",".join(fleet.FLEET_MODES),
+        help="fleet scenario: redis (shared budget in Redis), shares (per-process shares), or both (default)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/13",
+        help="fleet redis mode: the database the workers share; FLUSHED before each run (loopback only)",
+    )
+    parser.add_argument(
+        "--bound-timeout-s",
+        type=float,
+        default=None,
+        help="timeout of every rate-bound run (default: 180 s, ratebound100 2 x its ideal drain + 30 s)",
+    )
     args = parser.parse_args(argv)
     if args.runs is not None and not 1 <= args.runs <= 20:
         parser.error("--runs must be between 1 and 20")
+    modes = [m for m in args.fleet_modes.split(",") if m]
+    if not modes or set(modes) - set(fleet.FLEET_MODES):
+        parser.error(f"--fleet-modes: choose among {','.join(fleet.FLEET_MODES)}")
+    check_loopback(args.redis_url)
+    if args.bound_timeout_s is not None and not 10 <= args.bound_timeout_s <= 3600:
+        parser.error("--bound-timeout-s must be between 10 and 3600")
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:

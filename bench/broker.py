@@ -196,6 +196,38 @@ class Broker:
             out.append((int(result.message_count or 0), int(result.consumer_count or 0)))
         return out
 
+    async def collect(self, names: list[str], *, timeout_s: float = 60.0) -> list[tuple[str | None, str | None]]:
+        """Consume every message now in ``names`` (auto-ack; call it once nothing publishes to them any more):
+        the correlation_id and the ``x-snapworker-status`` header of each."""
+        got: list[tuple[str | None, str | None]] = []
+        channel = await self._conn.channel()
+        try:
+            await channel.set_qos(prefetch_count=1000)
+            for name in names:
+                queue = await channel.declare_queue(name, passive=True)
+                count = int(queue.declaration_result.message_count or 0)
+                if count == 0:
+                    continue
+                seen: list[tuple[str | None, str | None]] = []
+                done = asyncio.Event()
+
+                async def callback(
+                    message: AbstractIncomingMessage, seen: list[Any] = seen, n: int = count, done: Any = done
+                ) -> None:
+                    status = (message.headers or {}).get("x-snapworker-status")
+                    seen.append((message.correlation_id, str(status) if status is not None else None))
+                    if len(seen) >= n:
+                        done.set()
+
+                tag = await queue.consume(callback, no_ack=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), timeout=timeout_s)
+                await queue.cancel(tag)
+                got += seen
+        finally:
+            await channel.close()
+        return got
+
     async def subscribe(
         self, names: list[str], on_message: Callable[[AbstractIncomingMessage], None]
     ) -> AbstractChannel:

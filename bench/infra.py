@@ -27,7 +27,8 @@ POLL_S = 0.05
 
 
 class SimProcess:
-    """``snapworker simulate`` as a child process on a free loopback port, without limits or latency."""
+    """``snapworker simulate`` as a child process on a free loopback port, without latency; without limits
+    unless ``rate_per_minute`` is given (the real API's is about 100 batch-create calls a minute per user)."""
 
     def __init__(self, proc: Measured, url: str, token: str) -> None:
         self.proc = proc
@@ -36,8 +37,12 @@ class SimProcess:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
 
     @classmethod
-    async def start(cls, log_path: Path, token: str, timeout_s: float = 30.0) -> SimProcess:
+    async def start(
+        cls, log_path: Path, token: str, timeout_s: float = 30.0, *, rate_per_minute: int | None = None
+    ) -> SimProcess:
         argv = ["-m", "snapworker", "simulate", "--host", "127.0.0.1", "--port", "0", "--token", token]
+        if rate_per_minute is not None:
+            argv += ["--rate-per-minute", str(rate_per_minute)]
         proc = Measured("simulator", argv, log_path)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "Row",
     "Spread",
+    "budget_rate",
+    "floor_setting",
     "format_table",
+    "ideal_drain_s",
     "minimum_calls",
+    "minimum_calls_of_requests",
     "minimum_calls_with_linger",
     "percentile",
     "ratio",
+    "request_merge_key",
     "spread",
 ]
 
@@ -60,6 +67,51 @@ def minimum_calls(pairs: Iterable[tuple[Hashable, str]], max_batch: int = 100) -
     for key, desktop in pairs:
         distinct[key].add(desktop)
     return sum(math.ceil(len(d) / max_batch) for d in distinct.values())
+
+
+def _settings_key(info: Any) -> str | None:
+    """A snapshot-info object as part of a merge key: absent stays None; null fields count as absent."""
+    if info is None:
+        return None
+    if isinstance(info, Mapping):
+        info = {k: v for k, v in info.items() if v is not None}
+    return json.dumps(info, sort_keys=True)
+
+
+def request_merge_key(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The merge key of a request body, as the worker's ``MergeKey``: the project and the snapshot settings."""
+    return (
+        body.get("project_id"),
+        body.get("disk_type"),
+        _settings_key(body.get("system_disk_snapshot")),
+        _settings_key(body.get("data_disk_snapshot")),
+    )
+
+
+def minimum_calls_of_requests(bodies: Iterable[bytes | str | Mapping[str, Any]], max_batch: int = 100) -> int:
+    """:func:`minimum_calls` over request bodies (JSON or parsed): every desktop under its request's merge key."""
+    pairs: list[tuple[Hashable, str]] = []
+    for raw in bodies:
+        body = raw if isinstance(raw, Mapping) else json.loads(raw)
+        key = request_merge_key(body)
+        pairs += [(key, desktop) for desktop in body.get("desktop_ids", ())]
+    return minimum_calls(pairs, max_batch)
+
+
+def ideal_drain_s(calls: int, rate_per_s: float, burst: int) -> float:
+    """The least time ``calls`` calls take through a token bucket of ``rate_per_s`` that starts with ``burst``."""
+    return max(0, calls - burst) / rate_per_s
+
+
+def budget_rate(per_minute: int, burst: int) -> float:
+    """The steady rate (per second) that keeps any 60 s window at or under ``per_minute`` with ``burst`` on top."""
+    return (per_minute - burst) / 60
+
+
+def floor_setting(value: float, decimals: int = 4) -> str:
+    """``value`` rounded *down* for an environment setting, so a rate limit never ends up above its budget."""
+    scale = 10**decimals
+    return f"{math.floor(value * scale) / scale:.{decimals}f}".rstrip("0").rstrip(".")
 
 
 def minimum_calls_with_linger(arrivals: Iterable[tuple[Hashable, float]], linger_s: float, max_batch: int = 100) -> int:

@@ -34,10 +34,32 @@ class Sizes:
     steady_projects: int = 5
     rate_requests: int = 1_500
     rate_projects: int = 10
+    # the rate-bound regime: worker defaults against the API's real limit
+    ratebound_requests: int = 5_000
+    ratebound_projects: int = 12
+    ratebound100_requests: int = 5_000
+    ratebound100_projects: int = 100
+    fleet_requests: int = 8_000
+    fleet_projects: int = 15
+    throttled_requests: int = 3_000
+    throttled_projects: int = 150  # 150 calls at least: more than the 100 a minute allowed, so 429s happen
+    light_rate: float = 1.0
+    light_seconds: float = 30.0
+    light_projects: int = 5
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(throughput=5_000, memory=20_000, steady_seconds=8.0, rate_requests=600)
+        return cls(
+            throughput=5_000,
+            memory=20_000,
+            steady_seconds=8.0,
+            rate_requests=600,
+            ratebound_requests=1_200,
+            ratebound100_requests=2_000,
+            fleet_requests=2_000,
+            throttled_requests=1_000,
+            light_seconds=10.0,
+        )
 
 
 @dataclass
@@ -53,18 +75,35 @@ class Context:
     #: settings a bulk backlog is run with (throughput, memory): a linger long enough for batches to fill
     backlog_settings: dict[str, str] = field(default_factory=dict)
     worker_settings_seen: dict[str, str] = field(default_factory=dict)
+    #: the fleet scenario: the Redis database its shared-budget mode may flush, and which modes to run
+    redis_url: str = "redis://127.0.0.1:6379/13"
+    fleet_modes: tuple[str, ...] = ("redis", "shares")
+    #: overrides the timeout of every rate-bound run (ratebound, ratebound100, throttled, fleet)
+    bound_timeout_s: float | None = None
 
     def cpu_watch(self) -> CpuWatch:
         return CpuWatch({"broker": find_pid("beam.smp"), "simulator": self.sim.proc.pid})
 
-    def spawn(self, system: str, queues: Queues, log_name: str, overrides: Mapping[str, str]) -> Measured:
+    def spawn(
+        self,
+        system: str,
+        queues: Queues,
+        log_name: str,
+        overrides: Mapping[str, str],
+        *,
+        sim: SimProcess | None = None,
+        base: Mapping[str, str] | None = None,
+    ) -> Measured:
+        """Start ``system`` on ``queues`` against ``sim`` (default: the unlimited one), with ``base`` settings
+        (default: the bench's worker settings; ``{}`` for the worker's own defaults) plus ``overrides``."""
         log = self.log_dir / f"{log_name}.log"
-        settings = {**self.worker_settings, **overrides}
+        sim = sim or self.sim
+        settings = {**(self.worker_settings if base is None else base), **overrides}
         if system == "worker":
             env = {
                 "amqp_url": self.amqp_url,
-                "api_url": self.sim.url,
-                "auth_token": self.sim.token,
+                "api_url": sim.url,
+                "auth_token": sim.token,
                 "log_level": "INFO",
                 **queues.settings(),
                 **settings,

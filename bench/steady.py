@@ -17,16 +17,18 @@ import itertools
 import random
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
 from bench.broker import Queues
-from bench.infra import parse_totals
+from bench.infra import SimProcess, parse_settings_line, parse_totals
+from bench.limited import API_PER_MINUTE, limited_sim
 from bench.report import minimum_calls_with_linger, percentile
 from bench.scenarios import Context
 
-__all__ = ["steady"]
+__all__ = ["latency_defaults", "steady", "steady_load"]
 
 
 async def _wait_consuming(ctx: Context, queue: str, alive: Any, timeout_s: float) -> float:
@@ -42,10 +44,53 @@ async def _wait_consuming(ctx: Context, queue: str, alive: Any, timeout_s: float
 
 
 async def steady(ctx: Context, run_index: int) -> dict[str, Any]:
+    """The bench's worker settings (RATE_LIMIT 1000) against the unlimited simulator: the worker's own latency."""
     sizes = ctx.sizes
-    n = int(sizes.steady_rate * sizes.steady_seconds)
-    linger_s = int(ctx.worker_settings.get("linger_ms", "250")) / 1000
-    queues = Queues.fresh("steady")
+    return await steady_load(
+        ctx,
+        f"steady-r{run_index}",
+        seed=1000 + run_index,
+        rate=sizes.steady_rate,
+        seconds=sizes.steady_seconds,
+        projects=sizes.steady_projects,
+        sim=ctx.sim,
+        base=None,
+    )
+
+
+async def latency_defaults(ctx: Context, run_index: int) -> dict[str, Any]:
+    """The worker at its DEFAULT settings against a simulator enforcing the real 100 calls a minute."""
+    sizes = ctx.sizes
+    async with limited_sim(ctx, f"latency_defaults-r{run_index}-simulator", API_PER_MINUTE) as sim:
+        data = await steady_load(
+            ctx,
+            f"latency_defaults-r{run_index}",
+            seed=2000 + run_index,
+            rate=sizes.light_rate,
+            seconds=sizes.light_seconds,
+            projects=sizes.light_projects,
+            sim=sim,
+            base={},
+        )
+    data["simulator_rate_per_minute"] = API_PER_MINUTE
+    return data
+
+
+async def steady_load(
+    ctx: Context,
+    name: str,
+    *,
+    seed: int,
+    rate: float,
+    seconds: float,
+    projects: int,
+    sim: SimProcess,
+    base: Mapping[str, str] | None,
+) -> dict[str, Any]:
+    """Poisson arrivals at ``rate`` a second for ``seconds`` over ``projects``, the worker (settings ``base``,
+    None = the bench's) already consuming, against ``sim``: latency of every request, calls, flush reasons."""
+    n = int(rate * seconds)
+    queues = Queues.fresh(name)
     await ctx.broker.declare(queues)
     tag = uuid.uuid4().hex[:6]
     sent: dict[str, float] = {}
@@ -59,20 +104,20 @@ async def steady(ctx: Context, run_index: int) -> dict[str, Any]:
             all_in.set()
 
     try:
-        await ctx.sim.reset()
-        proc = ctx.spawn("worker", queues, f"steady-r{run_index}-worker", {})
+        await sim.reset()
+        proc = ctx.spawn("worker", queues, f"{name}-worker", {}, sim=sim, base=base)
         publishes: set[asyncio.Task[None]] = set()
         try:
             await _wait_consuming(ctx, queues.request, proc.alive, 60.0)
             subscription = await ctx.broker.subscribe([queues.result, queues.error], on_result)
-            rng = random.Random(1000 + run_index)
-            offsets = list(itertools.accumulate(rng.expovariate(sizes.steady_rate) for _ in range(n)))
+            rng = random.Random(seed)
+            offsets = list(itertools.accumulate(rng.expovariate(rate) for _ in range(n)))
             begin = time.perf_counter()
             for i, offset in enumerate(offsets):
-                delay = begin + min(offset, 2 * sizes.steady_seconds) - time.perf_counter()
+                delay = begin + min(offset, 2 * seconds) - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                body = f'{{"project_id":"p{i % sizes.steady_projects:03d}-{tag}","desktop_ids":["d-{tag}-{i:07d}"]}}'
+                body = f'{{"project_id":"p{i % projects:03d}-{tag}","desktop_ids":["d-{tag}-{i:07d}"]}}'
                 sent[str(i)] = time.perf_counter()
                 task = asyncio.create_task(ctx.broker.publish_one(queues.request, (body.encode(), str(i))))
                 publishes.add(task)
@@ -85,21 +130,24 @@ async def steady(ctx: Context, run_index: int) -> dict[str, Any]:
             await subscription.close()
         finally:
             exit_code = await proc.stop()
-        sim = await ctx.sim.stats()
+        stats = await sim.stats()
     finally:
         await ctx.broker.delete(queues)
+    log = proc.log_text()
+    linger_s = int(parse_settings_line(log).get("LINGER_MS", "250")) / 1000
     latencies_ms = [(arrived[c] - t) * 1000 for c, t in sent.items() if c in arrived]
-    project_of = {str(i): i % sizes.steady_projects for i in range(n)}
+    project_of = {str(i): i % projects for i in range(n)}
     calls_minimum = minimum_calls_with_linger(((project_of[c], t) for c, t in sent.items()), linger_s)
-    calls = int(sim.get("calls_total") or 0)
-    totals = parse_totals(proc.log_text(), "worker totals ")
+    calls = int(stats.get("calls_total") or 0)
+    totals = parse_totals(log, "worker totals ")
     return {
         "requests": n,
         "results": len(arrived),
         "publish_s": round(publish_s, 2),
-        "rate_per_s": sizes.steady_rate,
-        "projects": sizes.steady_projects,
+        "rate_per_s": rate,
+        "projects": projects,
         "linger_ms": linger_s * 1000,
+        "settings_base": "bench" if base is None else dict(base),
         "latency_ms": {
             "p50": percentile(latencies_ms, 50),
             "p90": percentile(latencies_ms, 90),
@@ -111,7 +159,8 @@ async def steady(ctx: Context, run_index: int) -> dict[str, Any]:
         "calls_minimum_with_linger": calls_minimum,
         "economy": calls_minimum / calls if calls else None,
         "batches_by_reason": (totals or {}).get("batches_by_reason"),
-        "batch_sizes": sim.get("batch_sizes"),
+        "batch_sizes": stats.get("batch_sizes"),
+        "calls_by_status": stats.get("calls_by_status"),
         "cpu_s": cpu_s,
         "exit_code": exit_code,
         "totals": totals,

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bench.report import Row, ratio, spread, verdict
+from bench.summary_bound import bound_rows
 
 __all__ = ["summarize"]
 
@@ -181,9 +182,15 @@ def _rate(runs: Runs, medians: dict[str, Any]) -> list[Row]:
     ]
 
 
+UNLIMITED = "**unlimited API: the worker's own cost (bench settings, RATE_LIMIT 1000 unless said)**"
+RATE_BOUND = "**rate-bound: the API's real limit (100 calls/min per credential), worker defaults**"
+
+
 def summarize(scenarios: Mapping[str, Runs]) -> tuple[list[Row], dict[str, Any]]:
     rows: list[Row] = []
     medians: dict[str, Any] = {}
+    if any(scenarios.get(name) for name in ("throughput", "steady", "memory", "rate")):
+        rows.append(Row(UNLIMITED, "", "", "", "", ""))
     if scenarios.get("throughput"):
         rows += _throughput(scenarios["throughput"], medians)
     if scenarios.get("steady"):
@@ -192,4 +199,7 @@ def summarize(scenarios: Mapping[str, Runs]) -> tuple[list[Row], dict[str, Any]]
         rows += _memory(scenarios["memory"], medians)
     if scenarios.get("rate"):
         rows += _rate(scenarios["rate"], medians)
+    bound = bound_rows(scenarios, medians)
+    if bound:
+        rows += [Row(RATE_BOUND, "", "", "", "", ""), *bound]
     return rows, medians

@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench.broker import check_loopback
+from bench.fleet import fleet_budget, fleet_settings
 from bench.infra import parse_settings_line, parse_totals
+from bench.limited import Workload, add_call_figures, answered_once, lost, tally
 from bench.procs import parse_proc_stat_busy, parse_stat_cpu_ticks, parse_status_kb
+from bench.ratebound import timeout_for
 from bench.report import (
     Row,
+    budget_rate,
+    floor_setting,
     format_table,
+    ideal_drain_s,
     minimum_calls,
+    minimum_calls_of_requests,
     minimum_calls_with_linger,
     percentile,
     ratio,
+    request_merge_key,
     spread,
 )
 from bench.scenarios import backlog, backlog_minimum_calls, rotated
 from bench.summary import summarize
+from snapworker.cloud.sim_state import SimStats
+from snapworker.models import SnapshotRequest
 
 
 def test_spread_is_median_min_max_and_skips_missing_runs() -> None:
@@ -129,3 +140,212 @@ def test_summary_verdicts_on_synthetic_runs() -> None:
     assert verdicts == {"(a) no-API loop": "PASS", "(b) per-message API": "PASS"}
     assert medians["throughput_ratio_vs_noapi"]["median"] == pytest.approx(1.3)
     assert next(r for r in rows if r.figure.startswith("API economy")).verdict == "PASS"
+
+
+# --------------------------------------------------------------------------------------------------- rate-bound
+
+
+def test_minimum_calls_put_the_snapshot_settings_in_the_merge_key() -> None:
+    plain = {"project_id": "p", "desktop_ids": ["d1"]}
+    named = {"project_id": "p", "desktop_ids": ["d2"], "system_disk_snapshot": {"name": "nightly"}}
+    same_named = {
+        "project_id": "p",
+        "desktop_ids": ["d3"],
+        "system_disk_snapshot": {"name": "nightly", "description": None},
+    }
+    typed = {"project_id": "p", "desktop_ids": ["d4"], "disk_type": "SYSTEM_DISK"}
+    assert request_merge_key(named) == request_merge_key(same_named)
+    assert len({request_merge_key(b) for b in (plain, named, typed)}) == 3
+    assert minimum_calls_of_requests([plain, named, same_named, typed]) == 3
+    bodies = [f'{{"project_id":"p","desktop_ids":["d{i}","x{i}"]}}'.encode() for i in range(60)]
+    assert minimum_calls_of_requests(bodies) == 2  # 120 distinct desktops under one key
+
+
+def test_workload_cycles_projects_and_settings_evenly() -> None:
+    workload = Workload(5_000, 12, variants=2)
+    assert workload.keys == 24
+    messages = workload.messages("t")
+    assert len({body for body, _ in messages}) == 5_000
+    assert [cid for _, cid in messages[:3]] == ["0", "1", "2"]
+    assert b"nightly" not in messages[0][0]
+    assert b'"system_disk_snapshot":{"name":"nightly"}' in messages[12][0]
+    assert all(SnapshotRequest.model_validate_json(body) for body, _ in messages[:48])
+    # 5,000 over 24 keys: 208 or 209 desktops each -> 3 calls each
+    assert workload.minimum_calls() == 72
+    assert Workload(5_000, 100, variants=2).minimum_calls() == 200
+    assert Workload(8_000, 15).minimum_calls() == 90
+    assert Workload(3_000, 10).minimum_calls() == 30
+    assert workload.minimum_calls(answered=["0", "1", "24"]) == 2  # "0" and "24" share project 0, plain
+
+
+def test_ideal_drain_and_fleet_budget_arithmetic() -> None:
+    assert ideal_drain_s(72, 1.5, 5) == pytest.approx(44.667, abs=1e-3)
+    assert ideal_drain_s(3, 1.5, 5) == 0.0
+    assert budget_rate(240, 5) == pytest.approx(235 / 60)
+    assert floor_setting(235 / 60) == "3.9166"
+    assert floor_setting(235 / 240) == "0.9791"
+    assert floor_setting(1.5) == "1.5"
+    redis = fleet_settings("redis", "redis://127.0.0.1:6379/13")
+    assert redis == [{"redis_url": "redis://127.0.0.1:6379/13", "rate_limit": "3.9166"}] * 4
+    shares = fleet_settings("shares", "unused")
+    assert shares == [{"rate_limit": "0.9791", "rate_burst": "1"}] * 4
+    for mode, settings in (("redis", redis), ("shares", shares)):
+        rate, burst = fleet_budget(mode, settings)
+        assert burst + rate * 60 <= 240  # no 60 s window can hold more than the credential's budget
+    with pytest.raises(ValueError, match="unknown fleet mode"):
+        fleet_settings("both", "x")
+    assert timeout_for(Workload(5_000, 12, variants=2)) == 180.0
+    assert timeout_for(Workload(5_000, 100, variants=2)) == pytest.approx(2 * 130 + 30)
+
+
+def test_tally_finds_missing_duplicated_and_unknown_results() -> None:
+    read = [("0", "accepted"), ("1", "failed"), ("1", "accepted"), ("9", "accepted"), (None, None)]
+    counted = tally(read, ["0", "1", "2"])
+    assert counted["results"] == 5
+    assert counted["statuses"] == {"accepted": 3, "failed": 1, "unknown": 1}
+    assert (counted["requests_failed"], counted["missing"], counted["duplicated"], counted["unknown"]) == (1, 1, 1, 2)
+    assert lost(counted)
+    assert not lost({"missing": 0, "duplicated": 0, "unknown": 0, "request_queue_ready_after_stop": 0})
+
+
+def test_sim_stats_window_of_admitted_calls_over_60_s() -> None:
+    stats = SimStats()
+    for i in range(300):
+        at = i * 0.5  # 2 calls a second for 150 s
+        stats.record_arrival(at)
+        stats.record_status(429 if i % 3 == 0 else 200, at)
+    data = stats.to_dict()
+    assert data["max_arrivals_in_any_60_s"] == 120
+    assert data["max_calls_in_any_60_s"] == 80  # two of every three admitted
+    assert data["max_calls_in_one_second"] == 2
+    late = SimStats()  # a call recorded a moment after a later one still counts in the right window
+    for at in (0.0, 59.5, 59.0, 120.0):
+        late.record_status(200, at)
+    assert late.to_dict()["max_calls_in_any_60_s"] == 3
+
+
+def _bound_run(**overrides: object) -> dict[str, object]:
+    run: dict[str, object] = {
+        "outcome": "ok",
+        "seconds": 46.0,
+        "elapsed_s": 46.0,
+        "requests": 5_000,
+        "projects": 12,
+        "variants": 2,
+        "merge_keys": 24,
+        "calls_total": 72,
+        "calls_minimum": 72,
+        "economy": 1.0,
+        "calls_429": 0,
+        "calls_429_share": 0.0,
+        "requests_failed": 0,
+        "missing": 0,
+        "duplicated": 0,
+        "unknown": 0,
+        "request_queue_ready_after_stop": 0,
+        "request_queue_after": {"ready": 0, "unacked": 0},
+        "ideal_drain_s": 44.667,
+        "ideal_rate_limit": 1.5,
+        "ideal_rate_burst": 5.0,
+        "drain_vs_ideal": 46.0 / 44.667,
+        "settings_overrides": [{}],
+    }
+    run.update(overrides)
+    return run
+
+
+def test_ratebound_verdicts() -> None:
+    rows, medians = summarize({"ratebound": [_bound_run()]})
+    verdicts = [row.verdict for row in rows]
+    assert rows[0].figure.startswith("**rate-bound")
+    assert verdicts[1:] == ["PASS", "PASS", "PASS"]
+    assert medians["ratebound_drain"]["ideal_s"] == pytest.approx(44.667)
+    slow = _bound_run(seconds=60.0, drain_vs_ideal=60 / 44.667, calls_total=120, economy=0.6)
+    rows, _ = summarize({"ratebound": [slow]})
+    assert [row.verdict for row in rows[1:3]] == ["FAIL", "FAIL"]
+    cut = _bound_run(outcome="timeout", seconds=None, drain_vs_ideal=None, economy=0.99, results_in_queues=4_000)
+    rows, _ = summarize({"ratebound": [cut]})
+    assert rows[1].verdict == "FAIL"  # unfinished: no economy verdict on a part
+    assert "timeout: 4,000 of 5,000" in rows[1].worker
+    assert rows[2].verdict == "FAIL"  # did not drain within the timeout
+
+
+def test_throttled_and_fleet_verdicts() -> None:
+    throttled = _bound_run(calls_total=100, calls_429=8, calls_429_share=0.08, requests_failed=0)
+    rows, _ = summarize({"throttled": [throttled]})
+    assert [r.verdict for r in rows[2:4]] == ["PASS", "PASS"]
+    rows, _ = summarize(
+        {"throttled": [_bound_run(calls_total=100, calls_429=20, calls_429_share=0.2, requests_failed=3)]}
+    )
+    assert [r.verdict for r in rows[2:4]] == ["FAIL", "FAIL"]
+    fleet_run = _bound_run(
+        workers=4,
+        calls_total=90,
+        calls_minimum=90,
+        calls_429_share=0.0,
+        allowed_in_any_60_s=240,
+        sim={"max_calls_in_any_60_s": 90, "max_arrivals_in_any_60_s": 90},
+    )
+    runs = [{"modes": ["redis", "shares"], "redis": {"skipped": "no shared limiter"}, "shares": fleet_run}]
+    rows, medians = summarize({"fleet": runs})
+    assert rows[1].verdict == "n/a"
+    assert [r.verdict for r in rows[2:6]] == ["PASS", "PASS", "PASS", "PASS"]
+    assert medians["fleet_shares_max_calls_in_any_60_s"]["median"] == 90
+    over = dict(fleet_run, calls_429_share=0.05, sim={"max_calls_in_any_60_s": 240, "max_arrivals_in_any_60_s": 300})
+    rows, _ = summarize({"fleet": [{"modes": ["shares"], "shares": over}]})
+    assert [r.verdict for r in rows[2:4]] == ["FAIL", "PASS"]  # 429 share, 60 s window
+
+
+def test_latency_defaults_verdict() -> None:
+    run = {
+        "requests": 30,
+        "results": 30,
+        "rate_per_s": 1.0,
+        "projects": 5,
+        "linger_ms": 250.0,
+        "latency_ms": {"p50": 255.0, "p99": 340.0, "max": 340.0},
+        "calls_total": 30,
+        "calls_by_status": {"200": 30},
+    }
+    rows, _ = summarize({"latency_defaults": [run]})
+    assert rows[1].verdict == "PASS"
+    assert rows[1].target == "p99 <= 350"
+    rows, _ = summarize({"latency_defaults": [dict(run, latency_ms={"p50": 255.0, "p99": 400.0, "max": 400.0})]})
+    assert rows[1].verdict == "FAIL"
+
+
+def test_unfinished_runs_are_projected_and_requeued_requests_are_not_lost() -> None:
+    workload = Workload(5_000, 12, variants=2)
+    data: dict[str, Any] = {
+        "outcome": "timeout",
+        "sim": {"calls_total": 100, "calls_by_status": {"200": 90, "429": 10}, "batch_sizes": {"5": 80, "20": 10}},
+        "missing": 3_000,
+        "request_queue_ready_after_stop": 3_000,
+    }
+    add_call_figures(data, workload, ["0", "1"])
+    assert (data["calls_total"], data["calls_429"], data["calls_minimum"]) == (100, 10, 72)
+    assert data["desktops_per_call"] == pytest.approx(6.0)  # 600 desktops in jobs over 100 calls
+    assert data["economy"] == pytest.approx(6.0 / (5_000 / 72))
+    assert data["economy_projected"] is True
+    assert data["calls_minimum_answered"] == 2
+    assert data["lost"] == 0
+    assert not lost(data)
+    assert not answered_once(data)
+    data["request_queue_ready_after_stop"] = 2_990
+    assert lost(data)
+    done = dict(_bound_run(), sim={"calls_total": 72, "batch_sizes": {"69": 64, "70": 8}})
+    add_call_figures(done, workload, [])
+    assert done["economy"] == 1.0
+    assert "economy_projected" not in done
+    assert answered_once(done)
+
+
+def test_outcome_row_tells_unfinished_from_lost() -> None:
+    unfinished = _bound_run(outcome="timeout", missing=3_000, request_queue_ready_after_stop=3_000, lost=0)
+    rows, _ = summarize({"ratebound": [unfinished]})
+    assert rows[3].verdict == "n/a"
+    assert "unanswered 3,000, 3,000 back in the queue" in rows[3].worker
+    rows, _ = summarize({"ratebound": [_bound_run(missing=5, lost=5)]})
+    assert rows[3].verdict == "FAIL"
+    rows, _ = summarize({"ratebound": [_bound_run()]})
+    assert rows[3].verdict == "PASS"

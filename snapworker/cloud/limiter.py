@@ -10,7 +10,8 @@ project called with one credential. A call may start when all of these hold:
 
 **Adaptive** (AIMD): a throttle answer (:meth:`RateLimiter.on_throttle`) multiplies the rate by
 ``decrease_factor`` (never below ``min_rate``), empties the bucket and pauses every call for Retry-After, or a
-jittered ``pause_range_s`` when the answer had none. Each ``recovery_period_s`` without a throttle after the
+jittered ``pause_range_s`` when the answer had none, doubled for each overload that follows the last pause within
+a recovery period (see :mod:`snapworker.cloud.pause`). Each ``recovery_period_s`` without a throttle after the
 pause then adds ``recovery_step`` per second back, up to the configured rate. Throttles of calls granted before
 the last cut do not cut again: they answer for the old rate, and eight calls in flight meeting one overload
 must not divide the rate by 256.
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from snapworker.cloud.bucket import TokenBucket
+from snapworker.cloud.pause import ThrottlePause
 from snapworker.settings import Settings
 
 __all__ = ["Clock", "Grant", "Limiter", "RateLimiter", "Sleep"]
@@ -108,8 +110,7 @@ class RateLimiter:
         self._decrease_factor = decrease_factor
         self._recovery_period_s = recovery_period_s
         self._recovery_step = recovery_step if recovery_step is not None else rate / 10
-        self._pause_range_s = pause_range_s
-        self._max_pause_s = max_pause_s
+        self._pause = ThrottlePause(pause_range_s, max_pause_s=max_pause_s, calm_s=recovery_period_s, rng=self._rng)
         self._max_concurrency = max_concurrency
 
         now = clock()
@@ -210,14 +211,12 @@ class RateLimiter:
         """
         now = self._clock()
         self._throttles_total += 1
-        if sent_at is None or sent_at > self._last_cut:
+        new_overload = sent_at is None or sent_at > self._last_cut
+        if new_overload:
             self._recover(now)
             self._bucket.set_rate(max(self._min_rate, self._bucket.rate * self._decrease_factor), now)
             self._last_cut = now
-        # Without Retry-After: Huawei advises 2-5 s; jitter keeps workers sharing a credential from coming back
-        # together.
-        pause = self._rng.uniform(*self._pause_range_s) if retry_after_s is None else retry_after_s
-        pause = min(max(pause, 0.0), self._max_pause_s)
+        pause = self._pause.pause(now, retry_after_s, new_overload=new_overload)
         self._bucket.block_until(now + pause, now)
         self._calm_since = max(self._calm_since, now + pause)
         self._cancel_timer()  # it may be due before the pause ends; dispatch sets the right one

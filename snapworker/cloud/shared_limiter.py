@@ -36,6 +36,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from snapworker.cloud.limiter import Grant, RateLimiter
+from snapworker.cloud.pause import ThrottlePause
 from snapworker.errors import ConfigError
 from snapworker.settings import Settings, redact_url
 
@@ -84,8 +85,9 @@ if op == 'take' then
 elseif op == 'throttle' then
   local pause, sent_at = tonumber(ARGV[9]), tonumber(ARGV[10])
   if sent_at == nil or sent_at > last_cut then rate = math.max(min_rate, rate * factor); last_cut = now end
-  tokens = 0 -- a saved-up burst fired when the pause ends would overload the gateway again at once
   blocked = math.max(blocked, now + pause)
+  -- one token when the pause ends, none saved up meanwhile: a burst then would overload the gateway again at once
+  tokens = math.min(1, cap); updated = math.max(updated, blocked)
   calm = math.max(calm, now + pause)
 end
 if op ~= 'peek' then
@@ -171,7 +173,8 @@ class SharedRateLimiter:
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._rng = rng or random.Random()
         self._max_rate, self._burst, self._max_concurrency = rate, burst, max_concurrency
-        self._pause_range_s, self._max_pause_s, self._decrease_factor = pause_range_s, max_pause_s, decrease_factor
+        self._max_pause_s, self._decrease_factor = max_pause_s, decrease_factor
+        self._pause = ThrottlePause(pause_range_s, max_pause_s=max_pause_s, calm_s=recovery_period_s, rng=self._rng)
         self._heartbeat_s = heartbeat_s
         # An expired key reads as a full bucket at max_rate, unpaused: expire only once the state is that anyway.
         recovery_s = recovery_period_s * math.ceil((rate - self._min_rate) / self._recovery_step)
@@ -282,10 +285,10 @@ class SharedRateLimiter:
             # Outlives the episode: back on Redis, this process still waits the pause out.
             self._paused_until = max(self._paused_until, time.monotonic() + pause)
             return pause
-        pause = self._rng.uniform(*self._pause_range_s) if retry_after_s is None else retry_after_s
-        pause = min(max(pause, 0.0), self._max_pause_s)
+        new_overload = sent_at is None or sent_at > self._last_cut  # what Redis will say; its answer overwrites this
+        pause = self._pause.pause(time.monotonic(), retry_after_s, new_overload=new_overload)
         self._paused_until = max(self._paused_until, time.monotonic() + pause)
-        if sent_at is None or sent_at > self._last_cut:  # what Redis will say; its answer overwrites this
+        if new_overload:
             self._rate = max(self._min_rate, self._rate * self._decrease_factor)
         if not self._closed:
             self._spawn(self._bucket_call("throttle", pause, "" if sent_at is None else repr(sent_at)))

@@ -53,24 +53,26 @@ def test_set_rate_keeps_what_dripped_before_the_change() -> None:
     assert bucket.tokens(2.1) == pytest.approx(3.0)
 
 
-def test_block_until_empties_the_bucket_and_refuses_until_then() -> None:
+def test_block_until_refuses_until_then() -> None:
     bucket = TokenBucket(rate=100.0, capacity=5, now=0.0)
     bucket.block_until(3.0, now=0.0)
-    assert bucket.tokens(0.0) == 0.0
     assert bucket.try_take(1.0) == pytest.approx(2.0)
     assert bucket.try_take(3.0) == 0.0
 
 
-def test_tokens_keep_dripping_during_a_block() -> None:
+def test_a_block_ends_with_one_token_not_a_saved_up_burst() -> None:
     bucket = TokenBucket(rate=1.0, capacity=5, now=0.0)
-    bucket.block_until(2.0, now=0.0)
-    assert bucket.tokens(2.0) == pytest.approx(2.0)
+    bucket.block_until(10.0, now=0.0)
+    assert bucket.tokens(10.0) == pytest.approx(1.0)
+    assert bucket.tokens(12.0) == pytest.approx(3.0)
 
 
-def test_a_block_waits_for_a_token_when_the_rate_is_slow() -> None:
+def test_after_a_block_the_next_calls_follow_at_the_rate() -> None:
     bucket = TokenBucket(rate=0.1, capacity=5, now=0.0)
     bucket.block_until(2.0, now=0.0)
-    assert bucket.delay(0.0) == pytest.approx(10.0)
+    assert bucket.delay(0.0) == pytest.approx(2.0)
+    assert bucket.try_take(2.0) == 0.0
+    assert bucket.delay(2.0) == pytest.approx(10.0)
 
 
 def test_an_earlier_block_does_not_shorten_a_later_one() -> None:

@@ -28,29 +28,19 @@ import asyncio
 import math
 import random
 import time
-from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from snapworker.cloud.bucket import TokenBucket
 from snapworker.cloud.pause import ThrottlePause
+from snapworker.cloud.waiters import Grant, Waiters
 from snapworker.settings import Settings
 
 __all__ = ["Clock", "Grant", "Limiter", "RateLimiter", "Sleep"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """Permission for one call. ``granted_at`` (limiter clock) goes back in :meth:`RateLimiter.on_throttle`."""
-
-    project_id: str
-    granted_at: float
-    waited_s: float
 
 
 class Limiter(Protocol):
@@ -118,7 +108,7 @@ class RateLimiter:
         self._calm_since = now  # recovery steps count from here: the end of the latest throttle pause
         self._last_cut = -math.inf  # when the rate was last cut
         # project -> its waiters, FIFO; the dict's order is the round-robin order (served project goes last).
-        self._queues: OrderedDict[str, deque[tuple[asyncio.Future[Grant], float]]] = OrderedDict()
+        self._waiters = Waiters()
         self._in_flight = 0
         self._timer: asyncio.Task[None] | None = None
         self._timer_due = math.inf
@@ -151,7 +141,7 @@ class RateLimiter:
 
     @property
     def queued(self) -> int:
-        return sum(len(queue) for queue in self._queues.values())
+        return len(self._waiters)
 
     @property
     def wait_seconds_total(self) -> float:
@@ -187,8 +177,7 @@ class RateLimiter:
 
     async def acquire(self, project_id: str) -> Grant:
         """Wait for a grant; pair with exactly one :meth:`release` (prefer :meth:`slot`)."""
-        future: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(project_id, deque()).append((future, self._clock()))
+        future = self._waiters.add(project_id, self._clock())
         self._dispatch()
         try:
             return await future
@@ -196,7 +185,9 @@ class RateLimiter:
             if future.done() and not future.cancelled():
                 self.release()  # granted just as the caller gave up: the place goes to the next waiter
             else:
-                self._forget(project_id, future)
+                self._waiters.forget(project_id, future)
+                if not self._waiters:
+                    self._cancel_timer()
             raise
 
     def release(self) -> None:
@@ -238,48 +229,18 @@ class RateLimiter:
         now = self._clock()
         self._recover(now)
         while self._in_flight < self._max_concurrency:
-            head = self._head()
-            if head is None:
+            if not self._waiters:
                 self._cancel_timer()
                 return
-            project_id, (future, since) = head
             wait = self._bucket.try_take(now)
             if wait > 0:
                 self._arm_timer(now, wait)
                 return
-            queue = self._queues[project_id]
-            queue.popleft()
-            if queue:
-                self._queues.move_to_end(project_id)  # its next call queues behind the other projects
-            else:
-                del self._queues[project_id]
+            waited = self._waiters.grant(now, now)
+            assert waited is not None  # someone was waiting: checked above, nothing awaited since
             self._in_flight += 1
-            self._wait_seconds_total += now - since
-            future.set_result(Grant(project_id, now, now - since))
+            self._wait_seconds_total += waited
         # Full: the next release() dispatches again; no timer needed for that.
-
-    def _head(self) -> tuple[str, tuple[asyncio.Future[Grant], float]] | None:
-        """The next waiter in round-robin order, dropping waiters cancelled but not yet forgotten."""
-        while self._queues:
-            project_id, queue = next(iter(self._queues.items()))
-            while queue and queue[0][0].done():
-                queue.popleft()
-            if queue:
-                return project_id, queue[0]
-            del self._queues[project_id]
-        return None
-
-    def _forget(self, project_id: str, future: asyncio.Future[Grant]) -> None:
-        queue = self._queues.get(project_id)
-        if queue is not None:
-            for item in queue:
-                if item[0] is future:
-                    queue.remove(item)
-                    break
-            if not queue:
-                del self._queues[project_id]
-        if not self._queues:
-            self._cancel_timer()
 
     def _arm_timer(self, now: float, wait: float) -> None:
         if self._bucket.rate < self._max_rate:

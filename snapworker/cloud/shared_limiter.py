@@ -30,13 +30,14 @@ import socket
 import sys
 import time
 import uuid
-from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager, suppress
+from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-from snapworker.cloud.limiter import Grant, RateLimiter
+from snapworker.cloud.limiter import RateLimiter
 from snapworker.cloud.pause import ThrottlePause
+from snapworker.cloud.waiters import Grant, Waiters
 from snapworker.errors import ConfigError
 from snapworker.settings import Settings, redact_url
 
@@ -48,66 +49,9 @@ __all__ = ["SharedRateLimiter", "build_limiter", "credential_id"]
 
 log = logging.getLogger("snapworker.cloud")
 
-# KEYS[1]: the bucket hash. ARGV: op (take|throttle|peek), max_rate, burst, min_rate, decrease_factor,
-# recovery_period_s, recovery_step, ttl_ms, then take: n | throttle: pause, sent_at ('' = always cut).
-# Returns {granted, wait, now, rate, blocked_until, last_cut}, floats as strings.
-_BUCKET_LUA = """
-if redis.replicate_commands then redis.replicate_commands() end -- servers before 5.0: TIME before writes
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local function f(x) return string.format('%.17g', x) end -- full precision: Redis would truncate a Lua number
-local op, max_rate, cap, min_rate = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local factor, period, step = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local s = redis.call('HMGET', KEYS[1], 'tokens', 'updated', 'rate', 'blocked_until', 'last_cut', 'calm_since')
-local tokens, updated = math.min(tonumber(s[1]) or cap, cap), tonumber(s[2]) or now
-local rate = math.min(tonumber(s[3]) or max_rate, max_rate) -- a worker configured lower is obeyed
-local blocked, last_cut, calm = tonumber(s[4]) or 0, tonumber(s[5]) or 0, tonumber(s[6]) or now
-local function refill() -- a clock that steps back (failover) must not remove tokens
-  if now > updated then tokens = math.min(cap, tokens + (now - updated) * rate); updated = now end
-end
-if rate < max_rate and now >= calm + period then -- additive increase: one step per whole calm period
-  local steps = math.floor((now - calm) / period)
-  calm = calm + steps * period
-  refill()
-  rate = math.min(max_rate, rate + steps * step)
-end
-refill()
-local granted, wait = 0, 0
-if op == 'take' then
-  if now >= blocked then
-    granted = math.min(tonumber(ARGV[9]), math.floor(tokens + 1e-9)) -- 1e-9: float drift, as in bucket.py
-    tokens = math.max(tokens - granted, 0)
-  end
-  if tokens < 1 - 1e-9 then wait = (1 - tokens) / rate end
-  wait = math.max(wait, blocked - now, 0)
-  -- a long wait at a cut rate must not outlive the next recovery step, which shortens it
-  if rate < max_rate then wait = math.min(wait, math.max(calm + period - now, 0)) end
-elseif op == 'throttle' then
-  local pause, sent_at = tonumber(ARGV[9]), tonumber(ARGV[10])
-  if sent_at == nil or sent_at > last_cut then rate = math.max(min_rate, rate * factor); last_cut = now end
-  blocked = math.max(blocked, now + pause)
-  -- one token when the pause ends, none saved up meanwhile: a burst then would overload the gateway again at once
-  tokens = math.min(1, cap); updated = math.max(updated, blocked)
-  calm = math.max(calm, now + pause)
-end
-if op ~= 'peek' then
-  redis.call('HSET', KEYS[1], 'tokens', f(tokens), 'updated', f(updated), 'rate', f(rate), 'blocked_until',
-    f(blocked), 'last_cut', f(last_cut), 'calm_since', f(calm))
-  redis.call('PEXPIRE', KEYS[1], ARGV[8])
-end
-return {granted, f(wait), f(now), f(rate), f(blocked), f(last_cut)}
-"""
-
-# KEYS[1]: the live-workers sorted set. ARGV: worker id, stale_s, ttl_ms. Returns {live workers, now}.
-_HEARTBEAT_LUA = """
-if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZADD', KEYS[1], string.format('%.17g', now), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.17g', now - tonumber(ARGV[2])))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {redis.call('ZCARD', KEYS[1]), string.format('%.17g', now)}
-"""
+# The two Lua scripts (one atomic step each, on Redis's clock) live beside this module; each says its contract.
+_BUCKET_LUA = (files("snapworker.cloud") / "shared_bucket.lua").read_text(encoding="utf-8")
+_HEARTBEAT_LUA = (files("snapworker.cloud") / "shared_workers.lua").read_text(encoding="utf-8")
 
 
 def credential_id(secret: str) -> str:
@@ -186,7 +130,7 @@ class SharedRateLimiter:
         self._live_workers = 0  # 0: never seen
         self._paused_until = 0.0  # monotonic: a throttle seen here, before Redis has it
         self._local: RateLimiter | None = None  # set while degraded
-        self._queues: OrderedDict[str, deque[tuple[asyncio.Future[Grant], float]]] = OrderedDict()
+        self._waiters = Waiters()
         self._in_flight = 0
         self._kick = asyncio.Event()  # a waiter came or a place freed up
         self._interrupt = asyncio.Event()  # the mode changed or we are closing: stop any nap
@@ -226,7 +170,7 @@ class SharedRateLimiter:
 
     @property
     def queued(self) -> int:
-        return sum(1 for queue in self._queues.values() for future, _ in queue if not future.done())
+        return len(self._waiters)
 
     @property
     def wait_seconds_total(self) -> float:
@@ -258,8 +202,7 @@ class SharedRateLimiter:
         if self._closed:
             raise RuntimeError("SharedRateLimiter is closed")
         self._start()
-        future: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(project_id, deque()).append((future, time.monotonic()))
+        future = self._waiters.add(project_id, time.monotonic())
         self._kick.set()
         try:
             return await future
@@ -267,7 +210,7 @@ class SharedRateLimiter:
             if future.done() and not future.cancelled():
                 self.release()  # granted just as the caller gave up
             else:
-                self._forget(project_id, future)
+                self._waiters.forget(project_id, future)
             raise
 
     def release(self) -> None:
@@ -305,9 +248,7 @@ class SharedRateLimiter:
             task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=2 * self._call_timeout_s)
-        for queue in self._queues.values():
-            for future, _ in queue:
-                future.cancel()
+        self._waiters.cancel_all()
         with suppress(Exception):  # best effort: a stale id is pruned by the others anyway
             async with asyncio.timeout(self._call_timeout_s):
                 await self._redis.zrem(self._workers_key, self._worker_id)
@@ -431,30 +372,7 @@ class SharedRateLimiter:
 
     def _grant(self, granted_at: float) -> None:
         """Give one token to the next waiter, round-robin over projects; with none left (cancelled), it lapses."""
-        while self._queues:
-            project_id, queue = next(iter(self._queues.items()))
-            while queue and queue[0][0].done():
-                queue.popleft()
-            if not queue:
-                del self._queues[project_id]
-                continue
-            future, since = queue.popleft()
-            if queue:
-                self._queues.move_to_end(project_id)
-            else:
-                del self._queues[project_id]
-            waited = time.monotonic() - since
+        waited = self._waiters.grant(granted_at, time.monotonic())
+        if waited is not None:
             self._in_flight += 1
             self._wait_seconds_total += waited
-            future.set_result(Grant(project_id, granted_at, waited))
-            return
-
-    def _forget(self, project_id: str, future: asyncio.Future[Grant]) -> None:
-        queue = self._queues.get(project_id)
-        if queue is not None:
-            for item in queue:
-                if item[0] is future:
-                    queue.remove(item)
-                    break
-            if not queue:
-                del self._queues[project_id]

@@ -59,3 +59,10 @@ def test_compose_and_procfile_commands_exist_in_the_cli() -> None:
 def test_compose_gives_workers_more_time_to_stop_than_the_default_shutdown_timeout() -> None:
     grace = _compose()["services"]["worker"]["stop_grace_period"]
     assert int(grace.rstrip("s")) > Settings().shutdown_timeout_s
+
+
+def test_compose_workers_share_one_rate_budget_in_redis() -> None:
+    services = _compose()["services"]
+    assert services["worker"]["environment"]["SNAPWORKER_REDIS_URL"].startswith("redis://redis:")
+    assert "redis" in services["worker"]["depends_on"]
+    assert "[redis]" in services["worker"]["entrypoint"][2]

@@ -57,7 +57,11 @@ class Dispatcher:
         while True:
             await self._until_sendable()
             grant = await self._limiter.acquire(_BATCHES)
-            batch = self._core.take(loop.time())
+            # While the call was awaited the core may have changed its mind (a batch it was about to release
+            # started filling again). The token is spent either way: keep the grant until a batch may go,
+            # rather than waste it.
+            while (batch := self._core.take(loop.time())) is None and self._core.buffered_desktops:
+                await self._until_sendable()
             if batch is None:  # what was pending left with a lost session meanwhile
                 self._limiter.release()
                 continue

@@ -95,9 +95,6 @@ class Accumulator:
     def has_full(self) -> bool:
         return bool(self._full)
 
-    def pending_keys(self) -> list[MergeKey]:
-        return list(self._pending)
-
     def pending_count(self, key: MergeKey) -> int:
         pending = self._pending.get(key)
         return 0 if pending is None else len(pending.desktops)

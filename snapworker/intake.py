@@ -82,7 +82,7 @@ def _salvage(body: bytes) -> _Salvage:
     """Whatever readable fields an invalid request has, so its result can name them."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: thousands of nested arrays
         return _Salvage()
     if not isinstance(data, dict):
         return _Salvage()

@@ -93,3 +93,10 @@ def test_a_json_array_is_invalid() -> None:
 def test_an_unreadable_project_id_is_not_echoed() -> None:
     body = json.dumps({"project_id": {"x": 1}, "desktop_ids": ["a"]}).encode()
     assert rejected(body).result.project_id is None
+
+
+def test_thousands_of_nested_arrays_are_invalid_not_a_crash() -> None:
+    body = b"[" * 5000 + b"]" * 5000  # deeper than json.loads can recurse
+    outcome = read_request(Envelope(body), max_bytes=len(body), now=NOW)
+    assert isinstance(outcome, Rejected)
+    assert outcome.result.status == "invalid"

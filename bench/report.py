@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "P99_MARGIN_MS",
     "Row",
     "Spread",
     "budget_rate",
@@ -25,6 +26,9 @@ __all__ = [
     "request_merge_key",
     "spread",
 ]
+
+#: the latency targets: p99 at most LINGER_MS plus this
+P99_MARGIN_MS = 100.0
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bench.report import Row, ratio, spread, verdict
+from bench.report import P99_MARGIN_MS, Row, ratio, spread, verdict
 from bench.summary_bound import bound_rows
 
 __all__ = ["summarize"]
@@ -15,7 +15,6 @@ Runs = Sequence[dict[str, Any]]
 THROUGHPUT_VS_NOAPI = 1.2
 THROUGHPUT_VS_PERAPI = 3.0
 ECONOMY_BACKLOG = 0.98
-P99_MARGIN_MS = 100.0
 PEAK_RSS_MB = 150.0
 
 

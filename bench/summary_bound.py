@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bench.limited import answered_once, lost
-from bench.report import Row, spread, verdict
+from bench.report import P99_MARGIN_MS, Row, spread, verdict
 
 __all__ = [
     "ECONOMY_FLEET",
@@ -23,7 +23,6 @@ ECONOMY_FLEET = 0.95
 DRAIN_VS_IDEAL = 1.1
 THROTTLED_429_SHARE = 0.10
 FLEET_429_SHARE = 0.01
-P99_MARGIN_MS = 100.0
 
 
 def _unfinished(runs: Runs) -> str:

@@ -107,7 +107,11 @@ class Worker:
         dispatcher = Dispatcher(
             self._core,
             self._limiter,
-            BatchSender(self._api, max_extra_calls=self.settings.isolate_max_extra_calls),
+            BatchSender(
+                self._api,
+                max_extra_calls=self.settings.isolate_max_extra_calls,
+                busy_retry_max_s=self.settings.retry_max_time_s,  # busy desktops: tried again this long at most
+            ),
             wake=self._wake,
             deadline_s=self.settings.request_deadline_s,
             spawn=self._spawn,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from snapworker.errors import (
     ApiAuthError,
     ApiClientError,
+    ApiError,
     ApiServerError,
     ApiStatusError,
     ApiThrottled,
@@ -24,10 +26,15 @@ from snapworker.errors import (
 
 __all__ = [
     "BAD_RESPONSE_CODE",
+    "BUSY_CODE",
+    "DOCUMENTED_ERRORS",
     "RETRYABLE_5XX",
     "THROTTLE_CODE",
+    "DocumentedError",
     "body_snippet",
     "error_from_response",
+    "is_busy",
+    "named_desktops",
     "parse_created_job",
     "parse_json_object",
     "parse_retry_after",
@@ -35,6 +42,34 @@ __all__ = [
 
 #: The API gateway's flow-control error code; a throttle whatever the HTTP status.
 THROTTLE_CODE = "APIG.0308"
+#: "The desktop is busy, try again later" (409). Not in Huawei's published list: the simulator's code for it.
+BUSY_CODE = "WKS.0110"
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentedError:
+    """An error code Huawei documents for batch-create: its usual status, and whether the same call may succeed
+    later (what a result's ``retryable`` says)."""
+
+    http_status: int
+    retryable: bool
+    meaning: str
+
+
+#: The codes Huawei documents for Workspace (its error-code list and the batch-create page), plus BUSY_CODE.
+#: ``retryable`` here overrides the class default, whatever the status the code comes with.
+DOCUMENTED_ERRORS: Mapping[str, DocumentedError] = {
+    "WKS.0001": DocumentedError(400, False, "empty or invalid input: the same body is refused again"),
+    "WKS.0005": DocumentedError(500, True, "an ECS call failed inside the service: usually passes"),
+    "WKS.0009": DocumentedError(500, True, "an IAM call failed inside the service: usually passes"),
+    "WKS.00010099": DocumentedError(403, False, "the service is disabled for the account"),
+    "WKS.0202": DocumentedError(404, False, "the desktop (resource) does not exist"),
+    THROTTLE_CODE: DocumentedError(429, True, "flow control: retry after 2-5 s"),
+    BUSY_CODE: DocumentedError(409, True, "the desktop is busy (another operation): try again later"),
+}
+#: Statuses whose answers are retryable whatever their code: 409 is "Operation conflict" on the batch-create
+#: page, a desktop in another task's hands, which passes.
+_RETRYABLE_4XX = frozenset({409})
 #: 5xx statuses worth retrying; others (501 Not Implemented, 505, ...) will not change.
 RETRYABLE_5XX = frozenset({500, 502, 503, 504})
 #: A 2xx answer whose body we cannot read. The call may have created a job: not retryable, maybe_created.
@@ -112,8 +147,9 @@ def error_from_response(
     """The typed error for a non-2xx answer (``headers`` case-insensitive, as aiohttp gives them).
 
     Classification: 429 or APIG.0308 (any status) -> ApiThrottled; 401/403 -> ApiAuthError; other 4xx ->
-    ApiClientError; 5xx -> ApiServerError (retryable only for 500/502/503/504); anything else
-    (an unfollowed 3xx) -> ApiStatusError, not retryable.
+    ApiClientError (retryable only for 409, a busy desktop); 5xx -> ApiServerError (retryable only for
+    500/502/503/504); anything else (an unfollowed 3xx) -> ApiStatusError, not retryable. A code in
+    :data:`DOCUMENTED_ERRORS` has the ``retryable`` given there.
     """
     data = parse_json_object(body)
     code, msg, detail = _huawei_fields(data) if data is not None else (None, None, None)
@@ -147,7 +183,38 @@ def error_from_response(
     )
     if cls is ApiServerError and status not in RETRYABLE_5XX:
         error.retryable = False
+    if cls is ApiClientError and status in _RETRYABLE_4XX:
+        error.retryable = True
+    documented = DOCUMENTED_ERRORS.get(code)
+    if documented is not None:
+        error.retryable = documented.retryable
     return error
+
+
+def is_busy(error: ApiError) -> bool:
+    """A 409 (or WKS.0110): some desktop of the call is busy with another operation; sending it later may work.
+
+    The client does not retry it: the sender sets the busy desktop aside and retries it alone, later, so the
+    rest of its batch need not wait (see :mod:`snapworker.sending`).
+    """
+    return isinstance(error, ApiClientError) and (error.http_status == 409 or error.error_code == BUSY_CODE)
+
+
+_ID_TOKEN = re.compile(r"[A-Za-z0-9_-]+")  # the charset of a desktop ID (models.DesktopId)
+
+
+def named_desktops(error: ApiError, desktop_ids: Sequence[str]) -> list[str]:
+    """The desktops of a rejected call that its answer names (``error_detail`` first, then ``error_msg``), in the
+    call's order; [] if it names none. Huawei's messages carry the ID of the resource at fault
+    ("... the group id is '{0}'"); matched as whole IDs, so ``d1`` is not found in ``d10``."""
+    if not isinstance(error, ApiStatusError):
+        return []
+    wanted = set(desktop_ids)
+    for text in (error.error_detail, error.error_msg):
+        named = wanted.intersection(_ID_TOKEN.findall(text)) if text else set()
+        if named:
+            return [d for d in desktop_ids if d in named]
+    return []
 
 
 def _bad_response(status: int, headers: Mapping[str, str], body: bytes, what: str) -> ApiStatusError:

@@ -15,6 +15,7 @@ from typing import cast
 
 import backoff
 
+from snapworker.cloud.responses import is_busy
 from snapworker.errors import ApiError, ApiResponseTimeout, ApiStatusError
 from snapworker.settings import Settings
 
@@ -51,13 +52,14 @@ class RetryPolicy:
         """Seconds to wait before the next try, or None to give up and raise ``error``.
 
         ``attempt`` is the number of tries made (1 after the first); ``elapsed_s`` the time since the first try
-        started; ``backoff_s`` the jittered backoff for this retry. Give up when the error is permanent; when
-        a non-idempotent call's response timed out and ``retry_on_response_timeout`` is off (it may have
+        started; ``backoff_s`` the jittered backoff for this retry. Give up when the error is permanent; on a
+        busy desktop (409: retryable, but the sender retries it alone, so the rest of the batch need not wait);
+        when a non-idempotent call's response timed out and ``retry_on_response_timeout`` is off (it may have
         worked); after ``max_tries`` tries; when the time budget is spent; or when ``Retry-After`` asks for
         more than the budget has left (a retry before then is refused again). Otherwise wait the backoff, at
         least Retry-After, at most what the budget has left.
         """
-        if not error.retryable:
+        if not error.retryable or is_busy(error):
             return None
         if isinstance(error, ApiResponseTimeout) and not idempotent and not self.retry_on_response_timeout:
             return None

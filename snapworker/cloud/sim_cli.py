@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-s", type=float, default=0.0, help="delay before every answer")
     parser.add_argument("--unknown-desktop", action="append", default=[], help="desktop ID answered 404")
     parser.add_argument("--busy-desktop", action="append", default=[], help="desktop ID answered 409")
+    parser.add_argument(
+        "--busy-for-s", type=float, default=None, help="a busy desktop is free this long after its first 409"
+    )
+    parser.add_argument(
+        "--unnamed-culprits", action="store_true", help="404/409 answers do not name the desktop at fault"
+    )
     parser.add_argument("--failing-desktop", action="append", default=[], help="desktop ID whose sub-job fails")
     parser.add_argument("--job-duration-s", type=float, default=0.0, help="seconds a job stays RUNNING")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
@@ -49,6 +55,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         latency_s=args.latency_s,
         unknown_desktops=frozenset(args.unknown_desktop),
         busy_desktops=frozenset(args.busy_desktop),
+        busy_for_s=args.busy_for_s,
+        name_culprits=not args.unnamed_culprits,
         failing_desktops=frozenset(args.failing_desktop),
         job_duration_s=args.job_duration_s,
         seed=args.seed,

@@ -43,9 +43,13 @@ class SimConfig:
     latency_s: float = 0.0
     """Delay before every API answer. Jobs are created before it, as a slow real API would."""
     unknown_desktops: frozenset[str] = frozenset()
-    """A batch containing one is refused 404 WKS.0202, naming the first one."""
+    """A batch containing one is refused 404 WKS.0202, naming the first one (see ``name_culprits``)."""
     busy_desktops: frozenset[str] = frozenset()
-    """A batch containing one is refused 409, naming the first one."""
+    """A batch containing one is refused 409 WKS.0110, naming the first one (see ``name_culprits``)."""
+    busy_for_s: float | None = None
+    """How long a busy desktop stays busy after its first 409; None = for ever."""
+    name_culprits: bool = True
+    """404/409 answers name the desktop at fault (in ``error_msg`` and ``error_detail``); False: they do not."""
     failing_desktops: frozenset[str] = frozenset()
     """Accepted, but their sub-jobs (and so the job) end FAIL."""
     job_duration_s: float = 0.0

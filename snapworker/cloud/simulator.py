@@ -18,9 +18,11 @@ What it answers, in the order the real gateway and service decide:
    "policy user over ratelimit" message. Job queries are not limited.
 3. Injected faults (batch-create only): ``html_error_ratio`` 502 text/html pages, ``error_5xx_ratio``
    500 WKS.0005 / 502 / 503 JSON. No job is created.
-4. The service: 400 WKS.0001 for a body the real API refuses, 404 WKS.0202 for an unknown desktop, 409 for
-   a busy one, else 200 ``{"job_id"}``. Service errors use ``{error_code, error_msg, error_detail,
-   encoded_authorization_message}``.
+4. The service: 400 WKS.0001 for a body the real API refuses, 404 WKS.0202 for an unknown desktop, 409
+   WKS.0110 for a busy one (for ``busy_for_s`` after the first call that found it busy, or for ever), else 200
+   ``{"job_id"}``. Service errors use ``{error_code, error_msg, error_detail, encoded_authorization_message}``;
+   404/409 name the first desktop at fault in ``error_msg`` and ``error_detail`` unless ``name_culprits`` is off
+   (then the batch has to be bisected to find it).
 
 Every response, errors and unknown paths included, carries an ``X-Request-Id`` (uuid hex). ``/_sim/stats``
 (GET) and ``/_sim/reset`` (POST) need no credentials. Error codes and messages follow Huawei's published
@@ -100,6 +102,7 @@ class Simulator:
         self._stats = SimStats()
         self._limiter = FlowLimiter()
         self._jobs = JobStore()
+        self._busy_since: dict[str, float] = {}  # monotonic time a busy desktop was first refused
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
         self.app = web.Application(middlewares=[_gateway])
@@ -223,12 +226,13 @@ class Simulator:
         if config.unknown_desktops:
             unknown = next((d for d in desktop_ids if d in config.unknown_desktops), None)
             if unknown is not None:
-                return _service_error(404, "WKS.0202", f"The desktop does not exist: {unknown}", unknown)
+                return self._desktop_error(404, "WKS.0202", "The desktop does not exist", unknown)
         if config.busy_desktops:
-            busy = next((d for d in desktop_ids if d in config.busy_desktops), None)
+            busy = next((d for d in desktop_ids if self._busy(d, now)), None)
             if busy is not None:
-                message = f"The desktop is being operated by another task, try again later: {busy}"
-                return _service_error(409, _BUSY_CODE, message, busy)
+                return self._desktop_error(
+                    409, _BUSY_CODE, "The desktop is being operated by another task, try again later", busy
+                )
         job = self._jobs.create(
             request.match_info["project_id"],
             desktop_ids,
@@ -240,6 +244,20 @@ class Simulator:
         )
         self._stats.record_job(job.desktop_ids)
         return web.json_response({"job_id": job.id})
+
+    def _busy(self, desktop_id: str, now: float) -> bool:
+        """A busy desktop stays busy ``busy_for_s`` after the first call that found it so (for ever if None)."""
+        if desktop_id not in self.config.busy_desktops:
+            return False
+        since = self._busy_since.setdefault(desktop_id, now)
+        busy_for_s = self.config.busy_for_s
+        return busy_for_s is None or now - since < busy_for_s
+
+    def _desktop_error(self, status: int, code: str, message: str, desktop_id: str) -> web.Response:
+        """A service error caused by one desktop: naming it, unless ``name_culprits`` is off."""
+        if self.config.name_culprits:
+            return _service_error(status, code, f"{message}: {desktop_id}", desktop_id)
+        return _service_error(status, code, f"{message}.")
 
     def _injected_fault(self, request: web.Request) -> web.Response | None:
         config = self.config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -9,8 +10,11 @@ from multidict import CIMultiDict
 
 from snapworker.cloud.responses import (
     BAD_RESPONSE_CODE,
+    DOCUMENTED_ERRORS,
     body_snippet,
     error_from_response,
+    is_busy,
+    named_desktops,
     parse_created_job,
     parse_job,
     parse_retry_after,
@@ -18,6 +22,7 @@ from snapworker.cloud.responses import (
 from snapworker.errors import (
     ApiAuthError,
     ApiClientError,
+    ApiResponseTimeout,
     ApiServerError,
     ApiStatusError,
     ApiThrottled,
@@ -61,7 +66,9 @@ def test_an_absent_or_unreadable_retry_after_is_none(value: str | None) -> None:
         (403, "WKS.00010099", ApiAuthError, False),
         (400, "WKS.0001", ApiClientError, False),
         (404, "WKS.0202", ApiClientError, False),
-        (409, "WKS.0110", ApiClientError, False),
+        (409, "WKS.0110", ApiClientError, True),
+        (409, None, ApiClientError, True),
+        (404, None, ApiClientError, False),
         (500, "WKS.0005", ApiServerError, True),
         (502, None, ApiServerError, True),
         (503, None, ApiServerError, True),
@@ -79,6 +86,68 @@ def test_status_and_code_decide_the_error_class(
     assert error.retryable is retryable
     assert error.http_status == status
     assert not error.maybe_created
+
+
+# Every error code the API documents (shared reference workspace-api.md, "Known error codes", and the
+# batch-create page's statuses), with its status and whether the same call may succeed later. Written out here
+# rather than read from responses.DOCUMENTED_ERRORS, so a change to either has to agree with the other.
+DOCUMENTED = [
+    ("WKS.0001", 400, ApiClientError, False),  # empty/invalid input: the same body is refused again
+    ("WKS.0005", 500, ApiServerError, True),  # an ECS call failed inside the service
+    ("WKS.0009", 500, ApiServerError, True),  # an IAM call failed inside the service
+    ("WKS.00010099", 403, ApiAuthError, False),  # the service is disabled
+    ("WKS.0202", 404, ApiClientError, False),  # resource (desktop) not found
+    ("APIG.0308", 429, ApiThrottled, True),  # flow control: retry after 2-5 s
+    ("WKS.0110", 409, ApiClientError, True),  # busy desktop ("try again later"); 409 is "operation conflict"
+]
+
+
+@pytest.mark.parametrize(("code", "status", "cls", "retryable"), DOCUMENTED, ids=[row[0] for row in DOCUMENTED])
+def test_every_documented_error_code_says_retryable_truthfully(
+    code: str, status: int, cls: type[ApiStatusError], retryable: bool
+) -> None:
+    body = f'{{"error_code": "{code}", "error_msg": "m", "error_detail": null}}'.encode()
+    error = error_from_response(status, None, NO_HEADERS, body)
+    assert (type(error), error.error_code, error.retryable) == (cls, code, retryable)
+    documented = DOCUMENTED_ERRORS[code]
+    assert (documented.http_status, documented.retryable) == (status, retryable)
+
+
+def test_the_table_of_documented_codes_has_no_code_the_test_does_not_check() -> None:
+    assert set(DOCUMENTED_ERRORS) == {row[0] for row in DOCUMENTED}
+
+
+def test_a_documented_code_keeps_its_retryable_in_an_unusual_status() -> None:
+    # an IAM failure behind a 501 still passes; an invalid body answered 500 is still invalid
+    assert error_from_response(501, None, NO_HEADERS, b'{"error_code": "WKS.0009", "error_msg": "m"}').retryable
+    assert not error_from_response(500, None, NO_HEADERS, b'{"error_code": "WKS.0001", "error_msg": "m"}').retryable
+
+
+def test_a_409_is_a_busy_desktop_and_a_404_or_a_5xx_is_not() -> None:
+    assert is_busy(error_from_response(409, None, NO_HEADERS, b'{"error_code": "WKS.0110", "error_msg": "m"}'))
+    assert is_busy(error_from_response(409, "Conflict", NO_HEADERS, b""))
+    assert not is_busy(error_from_response(404, None, NO_HEADERS, b'{"error_code": "WKS.0202", "error_msg": "m"}'))
+    assert not is_busy(error_from_response(503, None, NO_HEADERS, b""))
+
+
+def _not_found(msg: str, detail: str | None) -> ApiStatusError:
+    body = {"error_code": "WKS.0202", "error_msg": msg, "error_detail": detail}
+    return error_from_response(404, None, NO_HEADERS, json.dumps(body).encode())
+
+
+def test_the_desktop_an_answer_names_is_found_in_its_detail_or_message() -> None:
+    assert named_desktops(_not_found("The desktop does not exist", "d-2"), ["d-1", "d-2", "d-3"]) == ["d-2"]
+    assert named_desktops(_not_found("The desktop does not exist: d-3", None), ["d-1", "d-2", "d-3"]) == ["d-3"]
+
+
+def test_a_desktop_id_is_matched_whole_not_inside_another() -> None:
+    assert named_desktops(_not_found("The desktop does not exist: d10", None), ["d1", "d10"]) == ["d10"]
+    assert named_desktops(_not_found("The desktop does not exist: d10", None), ["d1", "d2"]) == []
+
+
+def test_an_answer_naming_no_desktop_of_the_call_names_none() -> None:
+    assert named_desktops(_not_found("The desktop does not exist.", None), ["d-1", "d-2"]) == []
+    assert named_desktops(ApiResponseTimeout("no answer: d-1"), ["d-1"]) == []
 
 
 def test_huawei_error_body_fields_and_request_id_are_kept() -> None:

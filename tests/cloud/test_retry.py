@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from snapworker.cloud.responses import error_from_response
 from snapworker.cloud.retry import RetryPolicy
 from snapworker.errors import (
     ApiClientError,
@@ -46,6 +47,12 @@ def test_retryable_errors_wait_the_backoff(error: ApiError) -> None:
 
 def test_a_permanent_error_is_not_retried() -> None:
     assert delay(ApiClientError("bad", http_status=400, error_code="WKS.0001")) is None
+
+
+def test_a_busy_desktop_is_retryable_but_left_to_the_sender() -> None:
+    busy = error_from_response(409, None, {}, b'{"error_code": "WKS.0110", "error_msg": "busy: d-1"}')
+    assert busy.retryable
+    assert delay(busy) is None
 
 
 def test_a_post_whose_response_timed_out_is_not_retried_by_default() -> None:

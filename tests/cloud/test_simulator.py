@@ -162,8 +162,34 @@ async def test_busy_desktop_is_refused_409_naming_it(simulator: Simulator, sessi
     assert answer.status == 409
     body = answer.json()
     assert set(body) == SERVICE_ERROR_KEYS
-    assert body["error_code"].startswith("WKS.")
+    assert body["error_code"] == "WKS.0110"
     assert body["error_detail"] == "d-000001"
+
+
+async def test_a_busy_desktop_is_free_busy_for_s_after_its_first_409(
+    simulator: Simulator, session: aiohttp.ClientSession
+) -> None:
+    simulator.config.busy_desktops = frozenset({"d-000001"})
+    simulator.config.busy_for_s = 0.3
+    payload = {"desktop_ids": ["d-000001"]}
+    assert (await _batch(session, simulator, payload)).status == 409
+    assert (await _batch(session, simulator, payload)).status == 409
+    await asyncio.sleep(0.35)
+    assert (await _batch(session, simulator, payload)).status == 200
+
+
+async def test_without_name_culprits_404_and_409_do_not_name_the_desktop(
+    simulator: Simulator, session: aiohttp.ClientSession
+) -> None:
+    simulator.config.name_culprits = False
+    simulator.config.unknown_desktops = frozenset({"d-000002"})
+    simulator.config.busy_desktops = frozenset({"d-000001"})
+    for desktops, status in ((["d-000002", "d-000003"], 404), (["d-000001"], 409)):
+        answer = await _batch(session, simulator, {"desktop_ids": desktops})
+        body = answer.json()
+        assert answer.status == status
+        assert body["error_detail"] is None
+        assert not any(d in body["error_msg"] for d in desktops)
 
 
 # ------------------------------------------------------------------------------------------ authentication
@@ -471,7 +497,7 @@ def test_cli_options_build_the_config() -> None:
     options = (
         "--port 0 --token t --access-key ak --secret-key sk --rate-per-minute 100 --rate-per-second 5 "
         "--error-5xx-ratio 0.1 --latency-s 0.5 --unknown-desktop u1 --unknown-desktop u2 --busy-desktop b1 "
-        "--job-duration-s 2"
+        "--job-duration-s 2 --busy-for-s 30 --unnamed-culprits"
     )
     args = parser.parse_args(options.split(" "))
     config = config_from_args(args)
@@ -482,6 +508,7 @@ def test_cli_options_build_the_config() -> None:
     assert (config.error_5xx_ratio, config.latency_s, config.job_duration_s) == (0.1, 0.5, 2.0)
     assert config.unknown_desktops == frozenset({"u1", "u2"})
     assert config.busy_desktops == frozenset({"b1"})
+    assert (config.busy_for_s, config.name_culprits) == (30.0, False)
 
 
 async def test_cli_run_serves_until_sigterm(session: aiohttp.ClientSession) -> None:

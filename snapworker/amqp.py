@@ -30,11 +30,15 @@ from snapworker.errors import BrokerError, ConfigError, UnroutableResult
 from snapworker.intake import Envelope
 from snapworker.settings import Settings, redact_url
 
-__all__ = ["AmqpSession", "Delivery", "Message", "Settle"]
+__all__ = ["REASON_HEADER", "REASON_MAX_CHARS", "AmqpSession", "Delivery", "Message", "Settle"]
 
 log = logging.getLogger("snapworker.amqp")
 
 Settle = Literal["ack", "dead-letter", "requeue"]
+
+#: Header of a dead-lettered request copy: why the worker dead-lettered it (at most REASON_MAX_CHARS).
+REASON_HEADER = "x-snapworker-reason"
+REASON_MAX_CHARS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +362,48 @@ class AmqpSession:
         [outcome] = await self.publish_many([message])
         if outcome is not None:
             raise outcome
+
+    async def dead_letter(self, deliveries: Sequence[tuple[Delivery, str]]) -> int:
+        """Move deliveries of this session to the dead-letter queue, each with its reason; how many went there.
+
+        A nack cannot add a header, so a copy (body and properties as delivered, plus the ``x-snapworker-reason``
+        header) is published to the dead-letter queue and confirmed, and only then is the original acked: at
+        least once, never lost. A copy the broker refuses (nacked or returned): the original is nacked without
+        requeue and lands there through the queue's own dead-lettering, without the reason. When the session
+        is lost meanwhile, the rest stay unsettled and return to the queue.
+        """
+        moved = 0
+        for delivery, reason in deliveries:
+            if delivery.settled or delivery.session is not self or self.lost.is_set():
+                continue
+            envelope = delivery.envelope
+            properties = spec.Basic.Properties(
+                content_type=envelope.content_type,
+                delivery_mode=2,  # persistent
+                correlation_id=envelope.correlation_id,
+                message_id=envelope.message_id,
+                reply_to=delivery.reply_to,
+                headers={REASON_HEADER: reason[:REASON_MAX_CHARS]},
+            )
+            try:
+                channel = self._publish_underlay or await self._open_publish_underlay()
+                # basic_publish, not the batched fast path: a request body may span several frames
+                await channel.basic_publish(
+                    envelope.body,
+                    routing_key=self._settings.dead_letter_queue,
+                    properties=properties,
+                    mandatory=True,
+                )
+            except (aiormq.exceptions.PublishError, aiormq.exceptions.DeliveryError) as exc:
+                log.error("the dead-letter copy was refused (%r): dead-lettering the message without its reason", exc)
+                self.settle([delivery], "dead-letter")
+            except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
+                self._on_close(self, exc)
+                return moved
+            else:
+                self.settle([delivery], "ack")
+            moved += 1
+        return moved
 
     async def _open_publish_underlay(self) -> aiormq.Channel:
         channel = cast(aiormq.Channel, await self._publish_channel.get_underlay_channel())

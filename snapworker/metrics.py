@@ -72,7 +72,22 @@ class WorkerCollector(Collector):
             "snapworker_results_published", "Results confirmed by the broker.", value=stats.results_published
         )
         yield CounterMetricFamily(
-            "snapworker_dead_lettered", "Invalid messages sent to the dead-letter queue.", value=stats.dead_lettered
+            "snapworker_dead_lettered",
+            "Request messages sent to the dead-letter queue (invalid, or settled by the guard).",
+            value=stats.dead_lettered,
+        )
+        failures = CounterMetricFamily(
+            "snapworker_delivery_failures",
+            "Messages whose handling failed and that the last-resort guard answered or dead-lettered, by reason.",
+            labels=["reason"],
+        )
+        for reason in ("internal", "unpublishable"):
+            failures.add_metric([reason], stats.failures_by_reason[reason])
+        yield failures
+        yield CounterMetricFamily(
+            "snapworker_results_truncated",
+            "Results cut to fit the size limit (marked truncated: true).",
+            value=stats.results_truncated,
         )
         core = self._worker.core
         yield GaugeMetricFamily(

@@ -118,6 +118,12 @@ class SnapshotResult(BaseModel):
     finished_at: datetime
     jobs: tuple[JobEntry, ...] = ()
     errors: tuple[ResultError, ...] = ()
+    truncated: bool = Field(
+        default=False,
+        description="True when the worker cut the result to fit its size limit: some error texts end with "
+        "'…[truncated]', errors of one kind may be merged into one entry, and an invalid result may echo only "
+        "the first of the desktop IDs it read. Sent only when true.",
+    )
 
     @field_validator("finished_at")
     @classmethod

@@ -13,6 +13,7 @@ import logging
 from snapworker.amqp import AmqpSession, Delivery, Message, Settle
 from snapworker.errors import UnroutableResult
 from snapworker.models import SnapshotResult
+from snapworker.result_size import encode_result
 from snapworker.settings import Settings
 from snapworker.stats import WorkerStats
 
@@ -35,6 +36,11 @@ class ResultPublisher:
     async def publish(self, answered: list[tuple[Delivery, SnapshotResult]], *, settle: Settle) -> None:
         """Publish the results (confirmed), then settle their messages. Skipped for a session that is gone.
 
+        ``settle="dead-letter"``: each message then goes to the dead-letter queue with its result's first error
+        as the reason. Never raises: a result that cannot be published while the session lives (too large, a
+        bug, refused by the broker) sends its message to the dead-letter queue with the reason instead, and is
+        counted under ``unpublishable``; one not published because the session was lost is redelivered.
+
         A batch's results go out together (one write, confirms awaited together); PUBLISH_GROUPS bounds how
         many groups wait for confirms at once, because aiormq's confirm handling slows down with thousands
         of publishes outstanding.
@@ -44,35 +50,43 @@ class ResultPublisher:
             if not delivery.session.lost.is_set():
                 by_session.setdefault(delivery.session, []).append((delivery, result))
         for session, items in by_session.items():
-            messages = [self._result_message(delivery, result) for delivery, result in items]
+            outcomes: list[BaseException | None] = []
+            messages: list[Message | None] = []
+            for delivery, result in items:
+                try:
+                    messages.append(self._result_message(delivery, result))
+                    outcomes.append(None)
+                except Exception as exc:  # e.g. ResultTooLarge: no result, but the message is still settled
+                    messages.append(None)
+                    outcomes.append(exc)
+            ready = [i for i, m in enumerate(messages) if m is not None]
             async with self._slots:
-                outcomes = await session.publish_many(messages)
+                sent = await _publish(session, [m for m in messages if m is not None])
+            for i, outcome in zip(ready, sent, strict=True):
+                outcomes[i] = outcome
             # a reply_to queue that does not exist: the result goes to the error queue instead, never dropped
             detours = [
                 i
-                for i, outcome in enumerate(outcomes)
-                if isinstance(outcome, UnroutableResult) and messages[i].queue != self._settings.error_queue
+                for i, (message, outcome) in enumerate(zip(messages, outcomes, strict=True))
+                if isinstance(outcome, UnroutableResult)
+                and message is not None
+                and message.queue != self._settings.error_queue
             ]
             if detours:
-                rerouted = [self._detour(messages[i]) for i in detours]
-                for i, message, outcome in zip(detours, rerouted, await session.publish_many(rerouted), strict=True):
-                    outcomes[i], messages[i] = outcome, message
-            published: list[Delivery] = []
+                rerouted = [self._detour(m) for i in detours if (m := messages[i]) is not None]
+                for i, detour, outcome in zip(detours, rerouted, await _publish(session, rerouted), strict=True):
+                    outcomes[i], messages[i] = outcome, detour
+            published: list[tuple[Delivery, SnapshotResult]] = []
+            refused: list[tuple[Delivery, str]] = []
             for (delivery, result), message, outcome in zip(items, messages, outcomes, strict=True):
                 if outcome is not None:
-                    # Not confirmed: leave the message unsettled; it returns to the queue with its channel.
-                    log.error(
-                        "result %s not published (%s); its request will be redelivered",
-                        result.request_id,
-                        outcome,
-                        extra={"request_id": result.request_id},
-                    )
+                    self._not_published(session, delivery, result, outcome, refused)
                     continue
-                published.append(delivery)
+                published.append((delivery, result))
                 log.debug(
                     "result %s published to %r",
                     result.status,
-                    message.queue,
+                    message.queue if message is not None else None,
                     extra={
                         "request_id": result.request_id,
                         "project_id": result.project_id,
@@ -81,15 +95,55 @@ class ResultPublisher:
                 )
             self._stats.results_published += len(published)
             if settle == "dead-letter":
-                self._stats.dead_lettered += len(published)
-            session.settle(published, settle)
+                self._stats.dead_lettered += await session.dead_letter([(d, _reason(r)) for d, r in published])
+            else:
+                session.settle([d for d, _ in published], settle)
+            if refused:
+                self._stats.failures_by_reason["unpublishable"] += len(refused)
+                self._stats.dead_lettered += await session.dead_letter(refused)
+
+    def _not_published(
+        self,
+        session: AmqpSession,
+        delivery: Delivery,
+        result: SnapshotResult,
+        outcome: BaseException,
+        refused: list[tuple[Delivery, str]],
+    ) -> None:
+        if session.lost.is_set():
+            # Not confirmed and the channel is gone: the message returns to the queue with it.
+            log.error(
+                "result %s not published (%s); its request will be redelivered",
+                result.request_id,
+                outcome,
+                extra={"request_id": result.request_id},
+            )
+            return
+        # The session lives, so this result would fail again: answered by the dead-letter queue instead of
+        # being held (or redelivered) forever.
+        log.error(
+            "result %s cannot be published (%r); its request goes to the dead-letter queue",
+            result.request_id,
+            outcome,
+            extra={"request_id": result.request_id},
+        )
+        refused.append((delivery, f"result not published: {outcome!r}"))
 
     def _result_message(self, delivery: Delivery, result: SnapshotResult) -> Message:
         queue = delivery.reply_to or (
             self._settings.result_queue if result.status == "accepted" else self._settings.error_queue
         )
+        sent, body = encode_result(result)
+        if sent.truncated:
+            self._stats.results_truncated += 1
+            log.warning(
+                "result %s cut to %d bytes to fit the size limit",
+                result.request_id,
+                len(body),
+                extra={"request_id": result.request_id},
+            )
         return Message(
-            result.model_dump_json().encode(),
+            body,
             queue,
             correlation_id=result.correlation_id,
             headers={"x-snapworker-status": result.status},
@@ -100,3 +154,26 @@ class ResultPublisher:
         log.warning("reply_to queue %r does not exist: its result goes to %r", message.queue, error_queue)
         headers = {**(message.headers or {}), "x-snapworker-undeliverable-reply-to": message.queue}
         return Message(message.body, error_queue, correlation_id=message.correlation_id, headers=headers)
+
+
+async def _publish(session: AmqpSession, messages: list[Message]) -> list[BaseException | None]:
+    """``session.publish_many``, with any exception it raises (a bug, an oversized body) as every outcome.
+
+    A group that raised is published again one message at a time, so one bad message fails only itself.
+    """
+    if not messages:
+        return []
+    try:
+        return list(await session.publish_many(messages))
+    except Exception as exc:
+        if len(messages) == 1:
+            return [exc]
+    return [outcome for message in messages for outcome in await _publish(session, [message])]
+
+
+def _reason(result: SnapshotResult) -> str:
+    """Why a message answered with ``result`` is dead-lettered: its first error, code and message."""
+    if not result.errors:
+        return result.status
+    error = result.errors[0]
+    return f"{error.error_code}: {error.error_msg}"

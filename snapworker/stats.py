@@ -21,6 +21,9 @@ class WorkerStats:
     batch_sizes: Counter[int] = field(default_factory=Counter)
     results_published: int = 0
     dead_lettered: int = 0
+    #: messages the last-resort guard settled (see guard.py), by reason: "internal" or "unpublishable"
+    failures_by_reason: Counter[str] = field(default_factory=Counter)
+    results_truncated: int = 0
 
     def count_batch(self, batch: Batch) -> None:
         self.batches_by_reason[batch.reason] += 1
@@ -42,6 +45,8 @@ class WorkerStats:
             "desktops_sent": self.desktops_sent,
             "results_published": self.results_published,
             "dead_lettered": self.dead_lettered,
+            "failures_by_reason": dict(self.failures_by_reason),
+            "results_truncated": self.results_truncated,
         }
 
     @property

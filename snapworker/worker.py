@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from snapworker.cloud.limiter import Limiter
 from snapworker.core import Batch, BatchingCore, Outcome, WindowPolicy
 from snapworker.dispatch import Dispatcher
 from snapworker.errors import BrokerError
+from snapworker.guard import DeliveryGuard
 from snapworker.intake import Rejected, read_request
 from snapworker.models import SnapshotResult
 from snapworker.results import ResultPublisher
@@ -79,6 +80,7 @@ class Worker:
         self._stopped = asyncio.Event()
         self.consuming = asyncio.Event()
         self._results = ResultPublisher(settings, self.stats)
+        self._guard = DeliveryGuard(self.stats, self._results, self._spawn)
 
     # -- public lifecycle
     async def run(self) -> None:
@@ -280,10 +282,19 @@ class Worker:
     def _on_delivery(self, delivery: Delivery) -> None:
         if self._stopping.is_set():
             return  # delivered while stopping: the drain requeues it
+        try:
+            self._take(delivery)
+        except Exception as exc:  # last resort: a bug must not leave the message held, nor stop the consumer
+            # forget what the core took of it, or a batch outcome would answer it a second time
+            with contextlib.suppress(Exception):
+                self._core.drop([delivery])
+            self._guard.fail([delivery], exc, doing="reading and holding a request")
+
+    def _take(self, delivery: Delivery) -> None:
         read = read_request(delivery.envelope, max_bytes=self.settings.max_message_bytes, now=datetime.now(UTC))
         if isinstance(read, Rejected):
             self.stats.count_result(read.result)
-            self._spawn(self._results.publish([(delivery, read.result)], settle="dead-letter"))
+            self._spawn(self._results.publish([(delivery, read.result)], settle="dead-letter"), (delivery,))
             return
         loop = asyncio.get_running_loop()
         if self._core.submit(delivery, read.request, read.request_id, read.correlation_id, loop.time()):
@@ -349,14 +360,17 @@ class Worker:
             await self._results.publish(answered, settle="ack")
 
     # -- helpers
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], deliveries: Sequence[Delivery] = ()) -> None:
+        """Run ``coro`` as a tracked task; if it raises, the guard settles ``deliveries`` (the messages it handles)."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(lambda done: self._task_done(done, deliveries))
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[None], deliveries: Sequence[Delivery]) -> None:
         self._tasks.discard(task)
         self._progress.set()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._guard.fail(deliveries, exc, doing="a worker task")
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -9,6 +9,8 @@ Two ways to share the credential's budget, each run on its own queues and its ow
   ``snapworker.cloud.shared_limiter`` does not exist: without it each worker would spend the whole budget.
 - ``shares``: no Redis; each worker ``RATE_LIMIT`` = that budget / 4 and ``RATE_BURST=1``.
 
+Both set ``PARTITIONS=16``, as the README tells a fleet to.
+
 Rounded down to 4 decimals, so the budget is never exceeded by rounding.
 """
 
@@ -30,6 +32,7 @@ __all__ = ["FLEET_MODES", "RedisDb", "fleet", "fleet_budget", "fleet_settings"]
 FLEET_MODES = ("redis", "shares")
 FLEET_WORKERS = 4
 FLEET_PER_MINUTE = 240
+FLEET_PARTITIONS = 16
 DEFAULT_RATE_BURST = 5
 FLEET_TIMEOUT_S = 180.0
 SHARED_LIMITER_MODULE = "snapworker.cloud.shared_limiter"
@@ -40,10 +43,12 @@ def fleet_settings(
 ) -> list[dict[str, str]]:
     """The SNAPWORKER_* overrides of each worker of the fleet in ``mode``."""
     budget = budget_rate(per_minute, DEFAULT_RATE_BURST)
+    # what the README tells a fleet to set: each project's requests meet in one worker
+    partitions = {"partitions": str(FLEET_PARTITIONS)}
     if mode == "redis":
-        return [{"redis_url": redis_url, "rate_limit": floor_setting(budget)} for _ in range(workers)]
+        return [{"redis_url": redis_url, "rate_limit": floor_setting(budget)} | partitions for _ in range(workers)]
     if mode == "shares":
-        return [{"rate_limit": floor_setting(budget / workers), "rate_burst": "1"} for _ in range(workers)]
+        return [{"rate_limit": floor_setting(budget / workers), "rate_burst": "1"} | partitions for _ in range(workers)]
     raise ValueError(f"unknown fleet mode {mode!r}; choose from {', '.join(FLEET_MODES)}")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from pamqp import commands as spec
 from snapworker.amqp_publish import Outgoing, publish_confirmed
 from snapworker.errors import BrokerError, ConfigError, UnroutableResult
 from snapworker.intake import Envelope
+from snapworker.partitioning import partition_queue
 from snapworker.settings import Settings, redact_url
 
 __all__ = ["REASON_HEADER", "REASON_MAX_CHARS", "AmqpSession", "Delivery", "Message", "Settle"]
@@ -82,7 +84,10 @@ class AmqpSession:
         self._publish_conn = publish_conn
         self._consume_channel = consume_channel
         self._publish_channel = publish_channel
-        self._consumer_tag: str | None = None
+        # queue -> consumer tag on the consume channel: the request queue, or the partitions this worker owns
+        self._consumers: dict[str, str] = {}
+        self._consumer_lock = asyncio.Lock()
+        self._consuming = False
         self._on_message: Callable[[DeliveredMessage], Coroutine[Any, Any, None]] | None = None
         self.prefetch = settings.prefetch
         self._underlay: aiormq.Channel | None = None
@@ -146,12 +151,14 @@ class AmqpSession:
             self.lost.set()
 
     # -- consuming
-    async def consume(self, on_delivery: Callable[[Delivery], None]) -> None:
+    async def consume(self, on_delivery: Callable[[Delivery], None], *, queues: Sequence[str] | None = None) -> None:
         """Start delivering request messages to ``on_delivery`` in delivery order.
 
-        The hot path speaks aiormq (aio-pika's own transport) directly: aio-pika's per-message wrapper and the
-        extra task it spawns per delivery cost more than the rest of our work on a message (profiled).
-        ``on_delivery`` is called synchronously, so deliveries reach the core in the order the broker sent them.
+        ``queues`` defaults to the request queue; a partitioned worker passes none and :meth:`attach`-es the
+        partitions it owns later. The hot path speaks aiormq (aio-pika's own transport) directly: aio-pika's
+        per-message wrapper and the extra task it spawns per delivery cost more than the rest of our work on a
+        message (profiled). ``on_delivery`` is called synchronously, so deliveries reach the core in the order
+        the broker sent them.
         """
 
         async def callback(message: DeliveredMessage) -> None:
@@ -173,57 +180,109 @@ class AmqpSession:
 
         self._on_message = callback
         try:
-            underlay = cast(aiormq.Channel, await self._consume_channel.get_underlay_channel())
-            self._underlay = underlay
-            ok = await underlay.basic_consume(self._settings.request_queue, callback, no_ack=False)
-            self._consumer_tag = ok.consumer_tag
+            self._underlay = cast(aiormq.Channel, await self._consume_channel.get_underlay_channel())
         except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
-            # a channel closed before or while we asked is a broker failure like any other, not a bug
-            raise BrokerError(f"cannot consume from {self._settings.request_queue!r}: {exc!r}") from exc
+            raise BrokerError(f"cannot open the consume channel: {exc!r}") from exc
+        self._consuming = True
+        for queue in [self._settings.request_queue] if queues is None else queues:
+            await self.attach(queue)
+
+    async def attach(self, queue: str) -> None:
+        """Consume ``queue`` too, with an equal part of the window (see :meth:`widen`)."""
+        async with self._consumer_lock:
+            underlay, callback = self._underlay, self._on_message
+            if underlay is None or callback is None or queue in self._consumers:
+                return
+            try:
+                await underlay.basic_qos(prefetch_count=self._share(len(self._consumers) + 1))
+                ok = await underlay.basic_consume(queue, callback, no_ack=False)
+            except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+                # a channel closed before or while we asked is a broker failure like any other, not a bug
+                raise BrokerError(f"cannot consume from {queue!r}: {exc!r}") from exc
+            assert ok.consumer_tag is not None
+            self._consumers[queue] = ok.consumer_tag
+
+    async def detach(self, queue: str) -> None:
+        """Stop consuming ``queue``. What it delivered stays held until settled."""
+        async with self._consumer_lock:
+            tag = self._consumers.pop(queue, None)
+            if tag is None or self._underlay is None or self.lost.is_set():
+                return
+            try:
+                await self._underlay.basic_cancel(tag)
+            except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+                raise BrokerError(f"cannot stop consuming {queue!r}: {exc!r}") from exc
+
+    def _share(self, consumers: int) -> int:
+        # The window is the worker's, not each consumer's: more requests held than the API can send before the
+        # broker's consumer timeout would expire them (see core/window.py).
+        return max(1, math.ceil(self.prefetch / max(1, consumers)))
 
     async def widen(self, prefetch: int) -> None:
         """Let the broker deliver up to ``prefetch`` unacked requests (only ever widened within a session).
 
         RabbitMQ applies basic.qos (global=false) to consumers started after it, and quorum queues refuse the
-        channel-wide kind, so a new consumer takes over with the new limit and the old one is cancelled. What
-        the old consumer delivered stays held on this channel and is settled as usual.
+        channel-wide kind, so for each queue a new consumer takes over with the new limit and the old one is
+        cancelled (in that order: a queue is never without our consumer, which a partition's owner relies on).
+        What the old consumers delivered stays held on this channel and is settled as usual.
         """
-        underlay, old = self._underlay, self._consumer_tag
-        if underlay is None or old is None or self._on_message is None or prefetch <= self.prefetch:
-            return
-        try:
-            await underlay.basic_qos(prefetch_count=prefetch)
-            ok = await underlay.basic_consume(self._settings.request_queue, self._on_message, no_ack=False)
-            self._consumer_tag = ok.consumer_tag
-            self.prefetch = prefetch
-            await underlay.basic_cancel(old)
-        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
-            raise BrokerError(f"cannot widen the prefetch window to {prefetch}: {exc!r}") from exc
+        async with self._consumer_lock:
+            underlay, callback = self._underlay, self._on_message
+            if underlay is None or callback is None or prefetch <= self.prefetch:
+                return
+            try:
+                self.prefetch = prefetch
+                if not self._consumers:
+                    return
+                await underlay.basic_qos(prefetch_count=self._share(len(self._consumers)))
+                for queue, old in list(self._consumers.items()):
+                    ok = await underlay.basic_consume(queue, callback, no_ack=False)
+                    assert ok.consumer_tag is not None
+                    self._consumers[queue] = ok.consumer_tag
+                    await underlay.basic_cancel(old)
+            except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+                raise BrokerError(f"cannot widen the prefetch window to {prefetch}: {exc!r}") from exc
 
     async def stop_consuming(self) -> None:
         """Ask the broker to stop delivering. What was delivered stays held until settled."""
-        if self._consumer_tag is None or self._underlay is None or self.lost.is_set():
-            return
-        tag, self._consumer_tag = self._consumer_tag, None
-        try:
-            await self._underlay.basic_cancel(tag)
-        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
-            raise BrokerError(f"cannot cancel the consumer: {exc!r}") from exc
+        self._consuming = False
+        for queue in list(self._consumers):
+            await self.detach(queue)
 
     def consumer_attached(self) -> bool:
-        """Whether our consumer is still registered on an open channel.
+        """Whether every consumer of ours is still registered on an open channel.
 
         The broker cancels a consumer on its own (queue deleted, node failover) with a basic.cancel that
         aiormq handles by forgetting the consumer: the connection stays up but nothing arrives. That is the
-        "connected but not consuming" state a worker must notice.
+        "connected but not consuming" state a worker must notice. (A partitioned worker may own no partition
+        yet; its router is watched by the partition runner.)
         """
         underlay = self._underlay
-        return (
-            self._consumer_tag is not None
-            and underlay is not None
-            and not underlay.is_closed
-            and self._consumer_tag in underlay.consumers
-        )
+        if underlay is None or underlay.is_closed or not self._consuming:
+            return False
+        if not self._consumers and self._settings.partitions == 0:
+            return False
+        return all(tag in underlay.consumers for tag in self._consumers.values())
+
+    @property
+    def consumer_lock(self) -> asyncio.Lock:
+        """Held while consumers change; the partition claimer counts consumers under it (a widening swap
+        briefly shows two consumers of ours on a queue)."""
+        return self._consumer_lock
+
+    def attached(self) -> frozenset[str]:
+        """The queues this session consumes."""
+        return frozenset(self._consumers)
+
+    async def open_channel(self) -> aiormq.Channel:
+        """A channel of its own on the consuming connection (for the partition router and its probes); when it
+        closes under an error, the session is lost."""
+        try:
+            channel = await self._consume_conn.channel(publisher_confirms=False)
+            channel.close_callbacks.add(self._on_close)
+            return cast(aiormq.Channel, await channel.get_underlay_channel())
+        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+            raise BrokerError(f"cannot open a channel: {exc!r}") from exc
 
     def held(self) -> list[Delivery]:
         """Deliveries of this session not yet settled."""
@@ -231,7 +290,7 @@ class AmqpSession:
 
     @property
     def consuming(self) -> bool:
-        return self._consumer_tag is not None and not self.lost.is_set()
+        return self._consuming and not self.lost.is_set()
 
     async def subscribe(self, queue: str, on_body: Callable[[bytes, Mapping[str, Any]], None]) -> None:
         """Read every message of ``queue`` (auto-ack) into ``on_body(body, headers)``: for tools and the demo."""
@@ -321,8 +380,9 @@ class AmqpSession:
     async def publish_many(self, messages: Sequence[Message]) -> list[BrokerError | None]:
         """Publish persistent messages (mandatory) and wait for their confirms; one outcome per message.
 
-        ``None`` means confirmed; UnroutableResult means no such queue (the broker returned it); another
-        BrokerError means the broker refused it or the connection failed (the session is then lost). Many
+        ``None`` means confirmed; UnroutableResult means no such queue (the broker returned it); MessageTooLarge
+        means it was too large to send (nothing was); another BrokerError means the broker refused it or the
+        connection failed (the session is then lost). Many
         calls may wait for confirms at once; a call's messages share one channel lock and one write.
         """
         outgoing = [
@@ -351,6 +411,8 @@ class AmqpSession:
     def _translate(self, message: Message, outcome: BaseException | None) -> BrokerError | None:
         if outcome is None:
             return None
+        if isinstance(outcome, BrokerError):  # MessageTooLarge: refused before it was sent, the channel is fine
+            return outcome
         if isinstance(outcome, aiormq.exceptions.PublishError):
             return UnroutableResult(f"no queue {message.queue!r} to take the message")
         if not isinstance(outcome, aiormq.exceptions.DeliveryError):
@@ -362,6 +424,20 @@ class AmqpSession:
         [outcome] = await self.publish_many([message])
         if outcome is not None:
             raise outcome
+
+    async def forward(self, messages: Sequence[Outgoing]) -> list[BrokerError | None]:
+        """Publish messages as they are (properties untouched) and wait for their confirms, like
+        :meth:`publish_many`: the partition router moves requests with it."""
+        try:
+            channel = self._publish_underlay or await self._open_publish_underlay()
+            outcomes = await publish_confirmed(channel, messages)
+        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
+            self._on_close(self, exc)
+            return [BrokerError(f"forwarding failed: {exc!r}") for _ in messages]
+        return [
+            None if outcome is None else BrokerError(f"forwarding to {m.queue!r} failed: {outcome!r}")
+            for m, outcome in zip(messages, outcomes, strict=True)
+        ]
 
     async def dead_letter(self, deliveries: Sequence[tuple[Delivery, str]]) -> int:
         """Move deliveries of this session to the dead-letter queue, each with its reason; how many went there.
@@ -422,3 +498,8 @@ async def declare_topology(channel: AbstractChannel, settings: Settings) -> None
     for name in (settings.result_queue, settings.error_queue, settings.dead_letter_queue):
         await channel.declare_queue(name, durable=True)
     await channel.declare_queue(settings.request_queue, durable=True, arguments=arguments)
+    # Partitions are request queues too: same type, same dead-lettering.
+    for partition in range(settings.partitions):
+        await channel.declare_queue(
+            partition_queue(settings.request_queue, partition), durable=True, arguments=arguments
+        )

@@ -48,6 +48,15 @@ class Settings(BaseSettings):
         le=65535,
         description="Most unacked requests one worker may hold (the window's ceiling, for memory).",
     )
+    partitions: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description=(
+            "Several workers on one credential: route each project's requests to one of this many partition "
+            "queues, each consumed by one worker, so that a project's batches fill (0: one shared queue)."
+        ),
+    )
     max_message_bytes: int = Field(default=256 * 1024, ge=1024, description="Larger request bodies are invalid.")
     heartbeat_s: int = Field(default=15, ge=0, le=600)
     consumer_check_s: float = Field(default=10.0, gt=0, description="How often to check the consumer is attached.")

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from snapworker.amqp import AmqpSession, Delivery
+from snapworker.amqp_partitions import Partitions
 from snapworker.cloud.limiter import Limiter
 from snapworker.core import Batch, BatchingCore, Outcome, WindowPolicy
 from snapworker.dispatch import Dispatcher
@@ -193,7 +194,11 @@ class Worker:
 
     async def _serve(self, session: AmqpSession) -> None:
         self._core.window = session.prefetch
-        await session.consume(self._on_delivery)
+        # Partitioned, the worker consumes only the partitions it claims; its router feeds them all.
+        partitions = Partitions(session, self.settings) if self.settings.partitions else None
+        await session.consume(self._on_delivery, queues=[] if partitions else None)
+        if partitions is not None:
+            await partitions.start()
         self.consuming.set()
         log.info(
             "consuming %r (prefetch %d, up to %d as merge keys grow; batches of up to %d, linger %d ms); "
@@ -207,7 +212,7 @@ class Worker:
             self.settings.error_queue,
             self.settings.dead_letter_queue,
         )
-        watchdog = asyncio.create_task(self._watch_consumer(session))
+        watchdog = asyncio.create_task(self._watch_consumer(session, partitions))
         stop = asyncio.create_task(self._stopping.wait())
         lost = asyncio.create_task(session.lost.wait())
         try:
@@ -215,6 +220,8 @@ class Worker:
         finally:
             for task in (watchdog, stop, lost):
                 task.cancel()
+            if partitions is not None:
+                await partitions.stop()
         if session.lost.is_set():
             log.warning(
                 "broker session lost (%s): held requests return to the queue; reconnecting", session.lost_reason
@@ -222,10 +229,10 @@ class Worker:
             return
         await self._drain(session)
 
-    async def _watch_consumer(self, session: AmqpSession) -> None:
+    async def _watch_consumer(self, session: AmqpSession, partitions: Partitions | None) -> None:
         while True:
             await asyncio.sleep(self.settings.consumer_check_s)
-            if not session.consumer_attached():
+            if not session.consumer_attached() or (partitions is not None and not partitions.attached()):
                 log.error("connected but not consuming: the broker cancelled our consumer; starting a new session")
                 session.lost_reason = "consumer cancelled by the broker"
                 session.lost.set()

@@ -186,9 +186,9 @@ def test_ideal_drain_and_fleet_budget_arithmetic() -> None:
     assert floor_setting(235 / 240) == "0.9791"
     assert floor_setting(1.5) == "1.5"
     redis = fleet_settings("redis", "redis://127.0.0.1:6379/13")
-    assert redis == [{"redis_url": "redis://127.0.0.1:6379/13", "rate_limit": "3.9166"}] * 4
+    assert redis == [{"redis_url": "redis://127.0.0.1:6379/13", "rate_limit": "3.9166", "partitions": "16"}] * 4
     shares = fleet_settings("shares", "unused")
-    assert shares == [{"rate_limit": "0.9791", "rate_burst": "1"}] * 4
+    assert shares == [{"rate_limit": "0.9791", "rate_burst": "1", "partitions": "16"}] * 4
     for mode, settings in (("redis", redis), ("shares", shares)):
         rate, burst = fleet_budget(mode, settings)
         assert burst + rate * 60 <= 240  # no 60 s window can hold more than the credential's budget

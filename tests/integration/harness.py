@@ -26,6 +26,7 @@ from pydantic import SecretStr
 
 from snapworker.amqp import declare_topology
 from snapworker.models import SnapshotResult
+from snapworker.partitioning import partition_queue
 from snapworker.settings import Settings
 
 
@@ -61,6 +62,7 @@ class BrokerProbe:
         await declare_topology(self.channel, self.settings)
         s = self.settings
         self._declared |= {s.request_queue, s.result_queue, s.error_queue, s.dead_letter_queue}
+        self._declared |= {partition_queue(s.request_queue, p) for p in range(s.partitions)}
         for queue in (s.result_queue, s.error_queue, s.dead_letter_queue):
             await self.watch(queue, declare=False)
         return self

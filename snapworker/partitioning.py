@@ -1,0 +1,76 @@
+"""Key affinity for a fleet, without I/O: which partition a request belongs to, and which partitions to own.
+
+A fleet of workers reading one queue gets each project's requests spread over every worker, so each worker cuts
+its own partial batch of every project and the fleet spends up to one extra call per project and worker. With
+``PARTITIONS`` set, every request is routed by its project to one of N partition queues, and each partition is
+consumed by one worker at a time: a project's desktops meet in one worker again and its batches fill.
+
+Ownership needs no coordinator: every worker looks at the broker's consumer counts (how many workers are routing,
+which partitions nobody consumes) and claims or releases one partition per step, aiming at an equal share. A
+partition whose owner died has no consumer any more, so another worker claims it at its next step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["ClaimStep", "next_claim_step", "partition_of", "partition_queue"]
+
+
+def partition_queue(request_queue: str, partition: int) -> str:
+    """The name of partition ``partition`` of ``request_queue``."""
+    return f"{request_queue}.p{partition:03d}"
+
+
+def partition_of(body: bytes, partitions: int) -> int:
+    """The partition of a request body: by its project_id, stable across processes and hosts (CRC-32, not
+    Python's salted ``hash``). A body without a readable project goes anywhere: its owner answers it invalid."""
+    try:
+        project = json.loads(body).get("project_id")
+    except (ValueError, RecursionError, AttributeError, TypeError):
+        project = None
+    key = project.encode("utf-8", "surrogatepass") if isinstance(project, str) else body
+    return zlib.crc32(key) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimStep:
+    """Start (``claim``) or stop (``release``) consuming one partition."""
+
+    action: Literal["claim", "release"]
+    partition: int
+
+
+def next_claim_step(
+    owned: frozenset[int],
+    consumers: Mapping[int, int],
+    workers: int,
+    order: Sequence[int],
+    coin: float,
+) -> ClaimStep | None:
+    """The one change this worker makes now, or None.
+
+    ``consumers`` is the broker's consumer count of each partition (ours included), ``workers`` how many workers
+    route requests (consumers of the request queue), ``order`` this worker's preference of partitions (a
+    shuffled range, so that workers starting together try different ones first) and ``coin`` a random number
+    in [0, 1). One step at a time, because the counts lag: a worker that claimed everything before the others
+    showed up would split every project again when it gives partitions back.
+    """
+    share = math.ceil(len(order) / max(1, workers))
+    # Two workers that claimed the same free partition at once: each gives it up on a coin toss, so that one of
+    # them soon keeps it alone (both leaving only delays it by a step).
+    contested = [p for p in order if p in owned and consumers.get(p, 0) > 1]
+    if contested and coin < 0.5:
+        return ClaimStep("release", contested[0])
+    if len(owned) > share:
+        return ClaimStep("release", next(p for p in reversed(order) if p in owned))
+    if len(owned) < share:
+        free = [p for p in order if p not in owned and consumers.get(p, 0) == 0]
+        if free:
+            return ClaimStep("claim", free[0])
+    return None

@@ -57,7 +57,10 @@ def read_request(envelope: Envelope, *, max_bytes: int, now: datetime) -> Accept
     try:
         request = SnapshotRequest.model_validate_json(envelope.body)
     except ValidationError as exc:
-        return _rejected(envelope, fallback_id, validation_problems(exc), now, _salvage(envelope.body))
+        problems = validation_problems(exc)
+        if any(err["type"] == "json_invalid" for err in exc.errors(include_url=False)):
+            problems += _why_unreadable(envelope.body)
+        return _rejected(envelope, fallback_id, problems, now, _salvage(envelope.body))
     request_id = request.request_id or fallback_id
     return Accepted(request, request_id, envelope.correlation_id)
 
@@ -69,6 +72,35 @@ def validation_problems(exc: ValidationError) -> list[str]:
         where = ".".join(str(part) for part in err["loc"])
         problems.append(f"{where}: {err['msg']}" if where else err["msg"])
     return problems
+
+
+_UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
+
+
+def _why_unreadable(body: bytes) -> list[str]:
+    """What a publisher most likely did wrong when the body does not parse as JSON at all (empty if no idea)."""
+    if not body.strip():
+        return ["the body is empty"]
+    if body.startswith(b"\x1f\x8b"):
+        return ["the body is gzip-compressed: send uncompressed UTF-8 JSON (no content encoding)"]
+    if body.startswith(b"\xef\xbb\xbf"):
+        return ["the body starts with a UTF-8 byte order mark: send UTF-8 JSON without one"]
+    if body.startswith(_UTF16_32_BOMS) or b"\x00" in body[:4]:
+        return ["the body looks like UTF-16 or UTF-32 text: JSON requests must be UTF-8"]
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [f"the body is not UTF-8 text (byte {exc.start}): JSON requests must be UTF-8"]
+    return []
+
+
+def _utf8(value: str) -> bool:
+    """Whether ``value`` can be written as UTF-8: json.loads lets lone surrogates (``"\\ud800"``) through."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +119,14 @@ def _salvage(body: bytes) -> _Salvage:
     if not isinstance(data, dict):
         return _Salvage()
 
+    # Only text the result can carry: a lone surrogate would make the result impossible to serialise.
     def text(value: object, limit: int) -> str | None:
-        return value if isinstance(value, str) and 0 < len(value) <= limit else None
+        return value if isinstance(value, str) and 0 < len(value) <= limit and _utf8(value) else None
 
     raw_ids = data.get("desktop_ids")
     desktop_ids: tuple[str, ...] = ()
     if isinstance(raw_ids, list):
-        readable = (d for d in raw_ids if isinstance(d, str) and 0 < len(d) <= 128)
+        readable = (d for d in raw_ids if isinstance(d, str) and text(d, 128) is not None)
         desktop_ids = tuple(dict.fromkeys(readable))[:1000]
     return _Salvage(text(data.get("request_id"), 128), text(data.get("project_id"), 64), desktop_ids)
 

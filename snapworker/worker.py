@@ -357,8 +357,16 @@ class Worker:
                 extra={"project_id": batch.key.project_id, "batch_id": batch.id, "job_id": job_id},
             )
         answered: list[tuple[Delivery, SnapshotResult]] = []
-        finished_requests = self._core.complete(batch.id, outcome, datetime.now(UTC))
-        self._wake.set()  # with nothing in flight, a full window may now be sent as it is (pressure)
+        waiting = self._core.waiting_on(batch.id)
+        try:
+            finished_requests = self._core.complete(batch.id, outcome, datetime.now(UTC))
+        except Exception as exc:  # a bug must not leave the batch's requests held until the session ends
+            with contextlib.suppress(Exception):
+                self._core.drop(waiting)
+            self._guard.fail([t for t in waiting if isinstance(t, Delivery)], exc, doing=f"finishing batch {batch.id}")
+            return
+        finally:
+            self._wake.set()  # with nothing in flight, a full window may now be sent as it is (pressure)
         for finished in finished_requests:
             assert isinstance(finished.ticket, Delivery)
             self.stats.count_result(finished.result)

@@ -114,3 +114,27 @@ async def test_guarded_failures_are_a_metric_by_reason(monkeypatch: pytest.Monke
     lines = generate_latest(registry).decode().splitlines()
     assert 'snapworker_delivery_failures_total{reason="internal"} 1.0' in lines
     assert "snapworker_dead_lettered_total 1.0" in lines
+
+
+async def test_the_requests_of_a_batch_whose_completion_raises_are_dead_lettered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker, session = Worker(Settings()), FakeSession()
+    first = session.delivery(REQUEST, tag=1)
+    second = session.delivery(json.dumps({"project_id": "p1", "desktop_ids": ["d3"]}).encode(), tag=2)
+    worker._on_delivery(first)
+    worker._on_delivery(second)
+    worker.core.close()  # everything pending may go now
+    batch = worker.core.take(asyncio.get_running_loop().time())
+    assert batch is not None
+
+    def broken_complete(*_: object) -> None:
+        raise RuntimeError("a bug while completing")
+
+    monkeypatch.setattr(worker.core, "complete", broken_complete)
+    await worker._on_outcome(batch, ())
+    await _tasks_done(worker)
+
+    assert {id(d) for d, _ in session.dead_letters} == {id(first), id(second)}
+    assert all("a bug while completing" in reason for _, reason in session.dead_letters)
+    assert worker.core.open_requests == 0  # forgotten: a late outcome cannot answer them twice

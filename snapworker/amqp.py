@@ -26,11 +26,12 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
+from snapworker.amqp_errors import connect_error
 from snapworker.amqp_publish import Outgoing, publish_confirmed
 from snapworker.errors import BrokerError, ConfigError, UnroutableResult
 from snapworker.intake import Envelope
 from snapworker.partitioning import partition_queue
-from snapworker.settings import Settings, redact_url
+from snapworker.settings import Settings
 
 __all__ = ["REASON_HEADER", "REASON_MAX_CHARS", "AmqpSession", "Delivery", "Message", "Settle"]
 
@@ -133,7 +134,7 @@ class AmqpSession:
                     f"delete it or change the settings"
                 ) from exc
             if isinstance(exc, (TimeoutError, aiormq.exceptions.AMQPError, OSError)):
-                raise BrokerError(f"cannot reach RabbitMQ at {redact_url(url)}: {exc!r}") from exc
+                raise connect_error(exc, url) from exc  # BrokerRefused when retrying cannot help
             raise
         return cls(settings, consume_conn, publish_conn, consume_channel, publish_channel)
 

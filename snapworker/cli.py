@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from snapworker.errors import ConfigError
+from snapworker.errors import BrokerRefused, ConfigError
 
 __all__ = ["main"]
 
@@ -105,7 +105,10 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="run the worker until SIGTERM",
         description="Consume snapshot requests, batch them into API calls, publish one result per request.",
-        epilog=_SETTINGS_HELP + "\nexample: SNAPWORKER_AUTH_TOKEN=... snapworker run",
+        epilog=_SETTINGS_HELP
+        + "\nexit codes: 0 stopped (SIGTERM/SIGINT), 2 invalid settings, 3 the broker refused the login or the\n"
+        "vhost (retrying cannot help; an unreachable broker is retried with a backoff of up to 30 s)\n"
+        "\nexample: SNAPWORKER_AUTH_TOKEN=... snapworker run",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.set_defaults(handler=_cmd_run)
@@ -223,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"snapworker: {exc}", file=sys.stderr)
         return 2
+    except BrokerRefused as exc:  # a wrong broker password or vhost: retrying cannot help
+        print(f"snapworker: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
     return code

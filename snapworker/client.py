@@ -39,10 +39,11 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from pydantic import SecretStr, ValidationError
 
+from snapworker.amqp_errors import connect_error
 from snapworker.errors import BrokerError, InvalidMessage, ResultTimeout
 from snapworker.intake import validation_problems
 from snapworker.models import DiskSnapshotInfo, DiskType, SnapshotRequest, SnapshotResult
-from snapworker.settings import Settings, redact_url
+from snapworker.settings import Settings
 
 __all__ = ["SnapshotClient"]
 
@@ -274,10 +275,8 @@ async def open_connection(settings: Settings, name: str) -> AbstractConnection:
             heartbeat=settings.heartbeat_s,
             client_properties={"connection_name": name},
         )
-    except aiormq.exceptions.ProbableAuthenticationError as exc:
-        raise BrokerError(f"RabbitMQ at {redact_url(url)} refused the credentials (or the vhost): {exc!r}") from exc
     except BROKER_ERRORS as exc:
-        raise BrokerError(f"cannot reach RabbitMQ at {redact_url(url)}: {exc!r}") from exc
+        raise connect_error(exc, url) from exc  # BrokerRefused for a wrong password or vhost
 
 
 def _check_shortstr(**values: str | None) -> None:

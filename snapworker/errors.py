@@ -19,6 +19,7 @@ Third-party errors (aiohttp, aio-pika, pydantic) are translated at the edge that
     │       └── ApiClientError      other 4xx: permanent
     │           └── ApiAuthError    401 / 403
     └── BrokerError                 RabbitMQ refused or lost something
+        ├── BrokerRefused           permanent: wrong credentials or vhost; retrying cannot help
         └── UnroutableResult        a result was returned by the broker (no such queue)
 """
 
@@ -35,6 +36,7 @@ __all__ = [
     "ApiThrottled",
     "ApiTransportError",
     "BrokerError",
+    "BrokerRefused",
     "ConfigError",
     "InvalidMessage",
     "ResultTimeout",
@@ -161,6 +163,12 @@ class ApiAuthError(ApiClientError):
 
 class BrokerError(SnapworkerError):
     """RabbitMQ refused or lost something."""
+
+
+class BrokerRefused(BrokerError):
+    """RabbitMQ refused the connection for a reason that retrying cannot fix: a wrong user name or password
+    (ACCESS_REFUSED), or a virtual host that does not exist or that the user may not use. The message names the
+    broker (password hidden) and what to change."""
 
 
 class UnroutableResult(BrokerError):

@@ -6,6 +6,10 @@ Every field can be set as ``SNAPWORKER_<NAME>`` (for example ``SNAPWORKER_MAX_BA
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
+from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,7 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from snapworker.errors import ConfigError
 
-__all__ = ["Settings", "load_settings", "redact_url"]
+__all__ = ["Settings", "load_settings", "redact_url", "unknown_variables"]
+
+log = logging.getLogger("snapworker.settings")
 
 # RabbitMQ's default delivery acknowledgement timeout (consumer_timeout): a message held longer is redelivered.
 RABBITMQ_ACK_TIMEOUT_S = 1800.0
@@ -156,8 +162,18 @@ class Settings(BaseSettings):
                 f"PREFETCH ({self.prefetch}) is below MAX_BATCH ({self.max_batch}): no batch could ever fill. "
                 f"Set PREFETCH to at least MAX_BATCH times the number of projects you batch at once."
             )
+        for name in ("auth_token", "access_key", "secret_key", "redis_url"):
+            secret = getattr(self, name)
+            if secret is not None and not secret.get_secret_value().strip():
+                # an empty variable (SNAPWORKER_AUTH_TOKEN=) would make every API call a 401
+                raise ValueError(f"{name.upper()} is set but empty: give it a value or unset it")
         if (self.access_key is None) != (self.secret_key is None):
             raise ValueError("ACCESS_KEY and SECRET_KEY go together: set both or neither")
+        if self.auth_token is not None and self.access_key is not None:
+            raise ValueError(
+                "two kinds of API credentials are set: remove AUTH_TOKEN to sign with ACCESS_KEY/SECRET_KEY, or "
+                "remove ACCESS_KEY and SECRET_KEY to send the IAM token"
+            )
         held_s = self.linger_ms / 1000 + self.retry_max_time_s + self.read_timeout_s
         if held_s >= self.ack_timeout_s:
             raise ValueError(
@@ -189,7 +205,13 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Build settings from the environment plus ``overrides``; raise ConfigError with readable messages."""
+    """Build settings from the environment plus ``overrides``; raise ConfigError with readable messages.
+
+    Unknown ``SNAPWORKER_*`` variables (a typo such as ``SNAPWORKER_LINGERMS``) are not an error, but each is
+    logged as a warning with the closest setting name (see :func:`unknown_variables`).
+    """
+    for warning in unknown_variables(os.environ):
+        log.warning("%s", warning)
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -199,6 +221,28 @@ def load_settings(**overrides: object) -> Settings:
             prefix = f"SNAPWORKER_{where}: " if where else ""
             problems.append(prefix + err["msg"].removeprefix("Value error, "))
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from exc
+
+
+#: SNAPWORKER_* variables that are not settings: the test suite's own.
+_NOT_SETTINGS_PREFIXES = ("SNAPWORKER_TEST_",)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning per ``SNAPWORKER_*`` variable in ``environ`` that names no setting, with a "did you mean"."""
+    known = [name.upper() for name in Settings.model_fields]
+    warnings = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith("SNAPWORKER_") or upper.startswith(_NOT_SETTINGS_PREFIXES):
+            continue
+        name = upper.removeprefix("SNAPWORKER_")
+        if name in known:
+            continue
+        # compared without the prefix they all share, which would make any two names look alike
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean SNAPWORKER_{close[0]}?" if close else "; see README.md, Settings"
+        warnings.append(f"ignoring unknown variable {variable}{hint}")
+    return warnings
 
 
 def redact_url(url: str) -> str:

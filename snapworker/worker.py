@@ -22,7 +22,7 @@ from snapworker.amqp_partitions import Partitions
 from snapworker.cloud.limiter import Limiter
 from snapworker.core import Batch, BatchingCore, Outcome, WindowPolicy
 from snapworker.dispatch import Dispatcher
-from snapworker.errors import BrokerError
+from snapworker.errors import BrokerError, BrokerRefused
 from snapworker.guard import DeliveryGuard
 from snapworker.intake import Rejected, read_request
 from snapworker.models import SnapshotResult
@@ -170,6 +170,8 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 session = await AmqpSession.open(self.settings)
+            except BrokerRefused:
+                raise  # a wrong password or vhost: retrying cannot help, so run() ends (exit code 3)
             except BrokerError as exc:
                 log.warning("broker unavailable (%s); retrying in %.1f s", exc, delay)
                 await self._sleep_unless_stopping(delay)

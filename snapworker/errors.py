@@ -20,7 +20,8 @@ Third-party errors (aiohttp, aio-pika, pydantic) are translated at the edge that
     │           └── ApiAuthError    401 / 403
     └── BrokerError                 RabbitMQ refused or lost something
         ├── BrokerRefused           permanent: wrong credentials or vhost; retrying cannot help
-        └── UnroutableResult        a result was returned by the broker (no such queue)
+        ├── UnroutableResult        a result was returned by the broker (no such queue)
+        └── MessageTooLarge         a message too large to publish: refused before anything was sent
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "BrokerRefused",
     "ConfigError",
     "InvalidMessage",
+    "MessageTooLarge",
     "ResultTimeout",
     "SnapworkerError",
     "UnroutableResult",
@@ -173,3 +175,20 @@ class BrokerRefused(BrokerError):
 
 class UnroutableResult(BrokerError):
     """The broker returned a published result: the queue it was addressed to does not exist."""
+
+
+class MessageTooLarge(BrokerError):
+    """A message was not published because it is too large; nothing of it reached the channel.
+
+    ``part`` is ``"body"`` (over the body limit: RabbitMQ closes the channel of a message over its
+    ``max_message_size``) or ``"properties"`` (the content header, mostly headers, over one frame: RabbitMQ closes
+    the connection). ``size`` is that part's size in bytes, ``limit`` the most allowed. Other messages of the same
+    call are published as usual.
+    """
+
+    def __init__(self, queue: str, *, part: str, size: int, limit: int) -> None:
+        super().__init__(f"message to {queue!r} not published: its {part} is {size} bytes, over {limit}")
+        self.queue = queue
+        self.part = part
+        self.size = size
+        self.limit = limit

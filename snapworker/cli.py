@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from snapworker.errors import BrokerRefused, ConfigError
+from snapworker.errors import BrokerRefused, ConfigError, SnapworkerError
 
 __all__ = ["main"]
 
@@ -153,6 +153,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     raw = argparse.RawDescriptionHelpFormatter
     publish = commands.add_parser(
@@ -176,7 +186,10 @@ def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     publish.add_argument("--reply-to", metavar="Q", help="queue for the results (default: result/error queue)")
     publish.add_argument("--wait", action="store_true", help="wait for the result and print it (with --project)")
     publish.add_argument(
-        "--timeout", type=float, metavar="S", help="with --wait: at most S s (default: the worker's worst case)"
+        "--timeout",
+        type=_positive_float,
+        metavar="S",
+        help="with --wait: at most S s (default: the worker's worst case)",
     )
     publish.add_argument(
         "--in-flight", type=_positive_int, default=256, metavar="N", help="messages awaiting confirms at once (256)"
@@ -196,7 +209,7 @@ def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     results.add_argument("--queue", action="append", metavar="Q", help="queue to read, repeatable (default: both)")
     results.add_argument("--count", type=_positive_int, metavar="N", help="stop after N results; takes no more")
-    results.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    results.add_argument("--timeout", type=_positive_float, metavar="S", help="stop after S seconds")
     results.add_argument("--jsonl", action="store_true", help="print each result as one JSON line")
     results.set_defaults(handler=_cmd_results)
 
@@ -219,6 +232,12 @@ def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     check.set_defaults(handler=_cmd_check)
 
 
+def _describe_os_error(exc: OSError) -> str:
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -229,6 +248,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokerRefused as exc:  # a wrong broker password or vhost: retrying cannot help
         print(f"snapworker: {exc}", file=sys.stderr)
         return 3
+    except SnapworkerError as exc:  # e.g. the demo's broker is unreachable: the message says it all
+        print(f"snapworker {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a path or port the user gave cannot be used: theirs to fix, no traceback
+        print(f"snapworker {args.command}: {_describe_os_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return code

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from snapworker.errors import ConfigError
+
 __all__ = ["HealthServer"]
 
 
@@ -39,7 +41,14 @@ class HealthServer:
         self._runner = web.AppRunner(self._app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # a port in use or not ours to bind: a setting to change, not a crash
+            await self.stop()
+            raise ConfigError(
+                f"cannot serve metrics on {self._host}:{self._port} ({exc.strerror or exc}): choose another "
+                f"SNAPWORKER_METRICS_PORT"
+            ) from exc
         if self._port == 0:  # tests ask for a free port: learn which one we got
             self._port = int(self._runner.addresses[0][1])
 

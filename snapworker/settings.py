@@ -123,6 +123,21 @@ class Settings(BaseSettings):
         description="Extra calls allowed to find the bad request in a rejected merged batch.",
     )
 
+    # -- tracking jobs to their end (snapworker/tracking)
+    track_jobs: bool = Field(default=True, description="Follow every created job and publish completions.")
+    tracking_queue: str = Field(default="snapworker.tracking", min_length=1, max_length=200)
+    completion_queue: str = Field(default="snapworker.completions", min_length=1, max_length=255)
+    track_first_poll_s: float = Field(default=10.0, gt=0, description="First look at a job after it was created.")
+    track_max_poll_s: float = Field(default=60.0, gt=0, description="Polls back off (doubling) up to this.")
+    track_deadline_s: float = Field(
+        default=3600.0, gt=0, description="A job not finished this long after it was created ends 'unknown'."
+    )
+    track_prefetch: int = Field(default=32, ge=1, le=65535, description="Tracking messages one worker holds.")
+    read_rate_limit: float = Field(
+        default=3.0, gt=0, description="Job reads (GET) per second, a budget apart from batch-create's."
+    )
+    read_rate_burst: int = Field(default=5, ge=1, description="Reads allowed at once above the steady rate.")
+
     # -- process
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
     ack_timeout_s: float = Field(
@@ -181,8 +196,16 @@ class Settings(BaseSettings):
                 f"acknowledgement timeout ACK_TIMEOUT_S ({self.ack_timeout_s:.0f} s), or RabbitMQ closes the "
                 f"channel and redelivers every held request"
             )
-        if len({self.request_queue, self.result_queue, self.error_queue, self.dead_letter_queue}) != 4:
+        if self.track_max_poll_s < self.track_first_poll_s:
+            raise ValueError(
+                f"TRACK_MAX_POLL_S ({self.track_max_poll_s:g}) must be at least TRACK_FIRST_POLL_S "
+                f"({self.track_first_poll_s:g})"
+            )
+        queues = (self.request_queue, self.result_queue, self.error_queue, self.dead_letter_queue)
+        if len(set(queues)) != 4:
             raise ValueError("REQUEST_QUEUE, RESULT_QUEUE, ERROR_QUEUE and DEAD_LETTER_QUEUE must differ")
+        if len({*queues, self.tracking_queue, self.completion_queue}) != 6:
+            raise ValueError("TRACKING_QUEUE and COMPLETION_QUEUE must differ from each other and the other queues")
         return self
 
     @property
@@ -220,6 +243,8 @@ def load_settings(**overrides: object) -> Settings:
             where = ".".join(str(p) for p in err["loc"]).upper()
             prefix = f"SNAPWORKER_{where}: " if where else ""
             problems.append(prefix + err["msg"].removeprefix("Value error, "))
+        if len(problems) == 1:  # the usual case reads as one line
+            raise ConfigError(f"invalid settings: {problems[0]}") from exc
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from exc
 
 

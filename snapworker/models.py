@@ -13,12 +13,17 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator
 
 __all__ = [
+    "COMPLETION_TYPE",
     "INVALID_REQUEST_CODE",
+    "CompletionStatus",
+    "DesktopCompletion",
+    "DesktopOutcome",
     "DiskSnapshotInfo",
     "DiskType",
     "JobEntry",
     "ResultError",
     "ResultStatus",
+    "SnapshotCompletion",
     "SnapshotRequest",
     "SnapshotResult",
 ]
@@ -31,6 +36,11 @@ ProjectId = Annotated[str, StringConstraints(min_length=1, max_length=64, patter
 DesktopId = Annotated[str, StringConstraints(min_length=1, max_length=36, pattern=r"^[A-Za-z0-9_-]+$")]
 DiskType = Literal["SYSTEM_DISK", "DATA_DISKS", "ALL"]
 ResultStatus = Literal["accepted", "partial", "failed", "invalid"]
+CompletionStatus = Literal["succeeded", "partial", "failed", "unknown"]
+DesktopOutcome = Literal["succeeded", "failed", "unknown"]
+
+#: AMQP ``type`` property of a completion (a result has none): tells the two apart on one reply queue.
+COMPLETION_TYPE = "snapworker.completion"
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -135,3 +145,52 @@ class SnapshotResult(BaseModel):
     @field_serializer("finished_at")
     def _rfc3339(self, value: datetime) -> str:
         return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class DesktopCompletion(BaseModel):
+    """How one desktop's snapshot ended, as its job's sub-job told."""
+
+    model_config = _FROZEN
+
+    desktop_id: str
+    job_id: str
+    outcome: DesktopOutcome = Field(
+        description="succeeded / failed: the sub-job ended so (SUCCESS or COMPLETE / FAIL or FAILED); unknown: "
+        "no final status within TRACK_DEADLINE_S, or the API no longer knows the job. Never a guess."
+    )
+    sub_job_status: str | None = Field(description="The sub-job's status as the API last gave it (None: not seen).")
+    error_code: str | None = None
+    fail_reason: str | None = None
+    finished_at: datetime = Field(description="The job's end_time when the API gave one, else when it was seen.")
+
+    @field_serializer("finished_at")
+    def _rfc3339(self, value: datetime) -> str:
+        return _rfc3339(value)
+
+
+class SnapshotCompletion(BaseModel):
+    """One per request with at least one job, once every desktop of its jobs has a final outcome.
+
+    Sent after the request's :class:`SnapshotResult`, to its reply_to (AMQP ``type`` ``snapworker.completion``)
+    or the completion queue. Desktops that got no job are in the result's errors and not repeated here.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="SnapshotCompletion")
+
+    request_id: str
+    correlation_id: str | None = None
+    project_id: str
+    status: CompletionStatus = Field(
+        description="unknown if any desktop's outcome is unknown; else succeeded (all succeeded), failed (all "
+        "failed) or partial."
+    )
+    finished_at: datetime
+    desktops: tuple[DesktopCompletion, ...] = Field(min_length=1)
+
+    @field_serializer("finished_at")
+    def _rfc3339(self, value: datetime) -> str:
+        return _rfc3339(value)

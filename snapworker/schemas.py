@@ -9,13 +9,14 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
-from snapworker.models import SnapshotRequest, SnapshotResult
+from snapworker.models import SnapshotCompletion, SnapshotRequest, SnapshotResult
 
 __all__ = ["SCHEMA_FILES", "render_schemas", "write_schemas"]
 
 SCHEMA_FILES: dict[str, type[BaseModel]] = {
     "snapshot-request.schema.json": SnapshotRequest,
     "snapshot-result.schema.json": SnapshotResult,
+    "snapshot-completion.schema.json": SnapshotCompletion,
 }
 _BASE_ID = "https://snapworker.invalid/schemas/"
 

@@ -34,6 +34,7 @@ from snapworker.stats import WorkerStats
 if TYPE_CHECKING:
     from snapworker.health import HealthServer
     from snapworker.metrics import ApiMetrics
+    from snapworker.tracking import Tracker
 
 __all__ = ["Worker"]
 
@@ -81,6 +82,7 @@ class Worker:
         self._stopped = asyncio.Event()
         self.consuming = asyncio.Event()
         self._results = ResultPublisher(settings, self.stats)
+        self._tracker: Tracker | None = None  # follows created jobs to their end (TRACK_JOBS)
         self._guard = DeliveryGuard(self.stats, self._results, self._spawn)
 
     # -- public lifecycle
@@ -122,6 +124,10 @@ class Worker:
             on_outcome=self._on_outcome,
         )
         send_loop = asyncio.create_task(dispatcher.run())
+        from snapworker.tracking import tracker_for
+
+        self._tracker = tracker_for(self.settings, self._api)
+        tracking = asyncio.create_task(self._tracker.run()) if self._tracker is not None else None
         log.info(
             "snapworker starting: broker %s, API %s (auth: %s), request queue %r",
             redact_url(self.settings.amqp_url.get_secret_value()),
@@ -134,6 +140,9 @@ class Worker:
         finally:
             send_loop.cancel()
             await asyncio.gather(send_loop, return_exceptions=True)
+            if self._tracker is not None and tracking is not None:
+                await self._tracker.close()  # after the drain: the results it published started their tracking
+                await asyncio.gather(tracking, return_exceptions=True)
             if owned_api is not None:
                 await owned_api.close()
                 await owned_api.limiter.close()
@@ -373,6 +382,9 @@ class Worker:
             assert isinstance(finished.ticket, Delivery)
             self.stats.count_result(finished.result)
             answered.append((finished.ticket, finished.result))
+        if answered and self._tracker is not None:
+            # confirmed before the requests are acked: a request whose result went out has its jobs followed
+            await self._tracker.start([(result, delivery.reply_to) for delivery, result in answered])
         if answered:
             await self._results.publish(answered, settle="ack")
 

@@ -10,8 +10,9 @@ batch); waiting for the limiter is never a try. The time budget starts when the 
 try (429 / APIG.0308) is not a retry either: it cuts and pauses the limiter and waits for it, spending neither
 tries nor the time budget, until the caller's ``deadline`` (or, without one, the time budget) would pass. A POST
 whose response timed out is retried only with RETRY_ON_RESPONSE_TIMEOUT; a success then has
-``possible_duplicate=True`` and a final failure has ``maybe_created=True``. Job queries (GET) are not rate
-limited here (reads have their own, higher limit) and always retry timeouts.
+``possible_duplicate=True`` and a final failure has ``maybe_created=True``. Job queries (GET) always retry
+timeouts; they go through the ``limiter`` their caller gives (reads have their own, higher limit: see
+:mod:`snapworker.cloud.jobs`), never through batch-create's.
 """
 
 from __future__ import annotations
@@ -183,10 +184,19 @@ class WorkspaceClient:
         job_id = parse_created_job(response.status, response.headers, response.body)
         return CreatedJob(job_id, response.headers.get("X-Request-Id"), possible_duplicate)
 
-    async def get_job(self, project_id: str, job_id: str) -> dict[str, Any]:
-        """The job document of ``GET /v2/{project_id}/workspace-jobs/{job_id}`` as sent by the API."""
+    async def get_job(self, project_id: str, job_id: str, *, limiter: Limiter | None = None) -> dict[str, Any]:
+        """The job document of ``GET /v2/{project_id}/workspace-jobs/{job_id}`` as sent by the API.
+
+        ``limiter``: the read budget each try waits for (None: not limited; never batch-create's limiter)."""
         path = f"/v2/{quote(project_id, safe='')}/workspace-jobs/{quote(job_id, safe='')}"
-        response, _ = await self._call("GET", path, project_id, b"", idempotent=True, limited=False)
+        return await self.get_json(path, project_id, limiter=limiter)
+
+    async def get_json(self, path: str, project_id: str, *, limiter: Limiter | None = None) -> dict[str, Any]:
+        """A GET of ``path`` (already quoted, with its query) whose 2xx answer is a JSON object; retried like
+        every call, each try through ``limiter`` when given."""
+        response, _ = await self._call(
+            "GET", path, project_id, b"", idempotent=True, limited=limiter is not None, limiter=limiter
+        )
         return parse_job(response.status, response.headers, response.body)
 
     # -- retries
@@ -201,6 +211,7 @@ class WorkspaceClient:
         limited: bool,
         grant: Grant | None = None,
         deadline: float | None = None,
+        limiter: Limiter | None = None,
     ) -> tuple[_Response, bool]:
         """One call with its retries: the 2xx response, and whether an earlier try's response timed out.
 
@@ -209,6 +220,7 @@ class WorkspaceClient:
         throttling, so a worker set above the API's real limit fails requests; this one only waits.
         """
         url = self._base_url + path
+        limiter = limiter if limiter is not None else self._limiter
         delays = self._policy.backoff_delays()
         started: float | None = None
         attempt = 0
@@ -216,7 +228,7 @@ class WorkspaceClient:
         throttled_at: float | None = None
         timed_out_before = False
         while True:
-            async with self._try_slot(project_id, limited, grant, deadline) as slot:
+            async with self._try_slot(limiter, project_id, limited, grant, deadline) as slot:
                 grant = None  # only the first try uses a grant made before the call
                 now = self._clock()
                 if started is None:
@@ -228,7 +240,7 @@ class WorkspaceClient:
                     return await self._try_once(method, url, project_id, body), timed_out_before
                 except ApiThrottled as exc:
                     if slot is not None:
-                        self._limiter.on_throttle(exc.retry_after_s, sent_at=slot.granted_at)
+                        limiter.on_throttle(exc.retry_after_s, sent_at=slot.granted_at)
                     if self._observer is not None:
                         self._observer.on_throttle()
                     error: ApiError = exc
@@ -293,7 +305,7 @@ class WorkspaceClient:
 
     @asynccontextmanager
     async def _try_slot(
-        self, project_id: str, limited: bool, grant: Grant | None, deadline: float | None
+        self, limiter: Limiter, project_id: str, limited: bool, grant: Grant | None, deadline: float | None
     ) -> AsyncIterator[Grant | None]:
         """The limiter's permission for one try: ``grant`` if given, else a new one, waited for until
         ``deadline`` (then the call fails as throttled: it never got its turn)."""
@@ -303,7 +315,7 @@ class WorkspaceClient:
         if grant is None:
             timeout = None if deadline is None else max(deadline - self._clock(), 0.0)
             try:
-                grant = await asyncio.wait_for(self._limiter.acquire(project_id), timeout)
+                grant = await asyncio.wait_for(limiter.acquire(project_id), timeout)
             except TimeoutError as exc:
                 raise ApiDeadlineExceeded(
                     "the request's deadline (REQUEST_DEADLINE_S) passed while it waited for the rate limiter"
@@ -311,7 +323,7 @@ class WorkspaceClient:
         try:
             yield grant
         finally:
-            self._limiter.release()
+            limiter.release()
 
     # -- one try
     async def _try_once(self, method: str, url: str, project_id: str, body: bytes) -> _Response:

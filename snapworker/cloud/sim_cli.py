@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--failing-desktop", action="append", default=[], help="desktop ID whose sub-job fails")
     parser.add_argument("--job-duration-s", type=float, default=0.0, help="seconds a job stays RUNNING")
+    parser.add_argument("--sub-jobs-inline", type=int, default=None, help="sub-jobs a job's GET lists (rest: pages)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
 
 
@@ -59,5 +60,6 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         name_culprits=not args.unnamed_culprits,
         failing_desktops=frozenset(args.failing_desktop),
         job_duration_s=args.job_duration_s,
+        sub_jobs_inline=args.sub_jobs_inline,
         seed=args.seed,
     )

@@ -50,13 +50,31 @@ class Job:
     """Wall clock, UTC."""
     duration_s: float
 
-    def to_dict(self, now: float) -> dict[str, Any]:
-        """The ``GET /v2/{project_id}/workspace-jobs/{job_id}`` document at monotonic time ``now``."""
+    def to_dict(self, now: float, *, inline: int | None = None) -> dict[str, Any]:
+        """The ``GET /v2/{project_id}/workspace-jobs/{job_id}`` document at monotonic time ``now``; ``inline``:
+        how many sub-jobs it lists (None: all; ``sub_jobs_total`` always counts all)."""
         done = now - self.created_at >= self.duration_s
         end_time = _huawei_time(self.begin_time + timedelta(seconds=self.duration_s)) if done else None
+        failed_job = done and not self.failing.isdisjoint(self.desktop_ids)
+        return {
+            "id": self.id,
+            "job_type": "BATCH_CREATE_SNAPSHOTS",
+            "begin_time": _huawei_time(self.begin_time),
+            "end_time": end_time,
+            "status": ("FAIL" if failed_job else "SUCCESS") if done else "RUNNING",
+            "job_error_code": "WKS.0005" if failed_job else None,
+            "fail_reason": "Some snapshots failed to be created." if failed_job else None,
+            "sub_jobs_total": len(self.desktop_ids),
+            "sub_jobs": self.sub_jobs(now, 0, inline),
+        }
+
+    def sub_jobs(self, now: float, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """The sub-jobs from ``offset`` (at most ``limit``), one per desktop, as the job lists them."""
+        done = now - self.created_at >= self.duration_s
         job_uuid = uuid.UUID(self.id)
+        end = len(self.desktop_ids) if limit is None else offset + limit
         sub_jobs = []
-        for desktop_id in self.desktop_ids:
+        for desktop_id in self.desktop_ids[offset:end]:
             failed = done and desktop_id in self.failing
             sub_jobs.append(
                 {
@@ -68,18 +86,7 @@ class Job:
                     "entities": {"desktop_id": desktop_id, "desktop_name": f"desktop-{desktop_id[:8]}"},
                 }
             )
-        failed_job = done and not self.failing.isdisjoint(self.desktop_ids)
-        return {
-            "id": self.id,
-            "job_type": "BATCH_CREATE_SNAPSHOTS",
-            "begin_time": _huawei_time(self.begin_time),
-            "end_time": end_time,
-            "status": ("FAIL" if failed_job else "SUCCESS") if done else "RUNNING",
-            "job_error_code": "WKS.0005" if failed_job else None,
-            "fail_reason": "Some snapshots failed to be created." if failed_job else None,
-            "sub_jobs_total": len(self.desktop_ids),
-            "sub_jobs": sub_jobs,
-        }
+        return sub_jobs
 
 
 class JobStore:

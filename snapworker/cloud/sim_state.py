@@ -53,7 +53,9 @@ class SimConfig:
     failing_desktops: frozenset[str] = frozenset()
     """Accepted, but their sub-jobs (and so the job) end FAIL."""
     job_duration_s: float = 0.0
-    """Jobs stay RUNNING this long, then end SUCCESS or FAIL."""
+    """Jobs stay RUNNING this long, then end SUCCESS or FAIL (``math.inf``: a job that never ends)."""
+    sub_jobs_inline: int | None = None
+    """Sub-jobs a job's GET lists (the rest: ``GET workspace-sub-jobs`` pages); None = all of them."""
     seed: int = 0
     max_jobs: int = 100_000
     """Jobs kept for GET; the oldest are forgotten past this (then 404, like an expired job)."""
@@ -86,6 +88,7 @@ class SimStats:
         self.calls_total = 0
         self.jobs_created = 0
         self.job_queries = 0
+        self.sub_job_queries = 0
         self.calls_by_status: Counter[int] = Counter()
         self.batch_sizes: Counter[int] = Counter()
         self.desktops: set[str] = set()
@@ -132,6 +135,7 @@ class SimStats:
             "max_arrivals_in_any_60_s": self.max_arrivals_in_any_60_s,
             "jobs_created": self.jobs_created,
             "job_queries": self.job_queries,
+            "sub_job_queries": self.sub_job_queries,
         }
 
 

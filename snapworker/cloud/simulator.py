@@ -108,6 +108,7 @@ class Simulator:
         self.app = web.Application(middlewares=[_gateway])
         self.app.router.add_post("/v2/{project_id}/snapshots/batch-create", self._batch_create)
         self.app.router.add_get("/v2/{project_id}/workspace-jobs/{job_id}", self._get_job)
+        self.app.router.add_get("/v2/{project_id}/workspace-sub-jobs", self._list_sub_jobs)
         self.app.router.add_get("/_sim/stats", self._get_stats)
         self.app.router.add_post("/_sim/reset", self._reset)
 
@@ -282,7 +283,29 @@ class Simulator:
         if job is None:
             response = _service_error(404, "WKS.0202", f"The job does not exist: {job_id}", job_id)
         else:
-            response = web.json_response(job.to_dict(time.monotonic()))
+            response = web.json_response(job.to_dict(time.monotonic(), inline=self.config.sub_jobs_inline))
+        return await self._answer(response)
+
+    async def _list_sub_jobs(self, request: web.Request) -> web.Response:
+        """``GET workspace-sub-jobs?job_id=&limit=&offset=`` -> ``{"total_count", "jobs": [sub-job, ...]}``."""
+        self._stats.sub_job_queries += 1
+        user = self._authenticate(request, await request.read())
+        if isinstance(user, web.Response):
+            return await self._answer(user)
+        query = request.query
+        job_id = query.get("job_id", "")
+        try:
+            limit, offset = int(query.get("limit", "10")), int(query.get("offset", "0"))
+        except ValueError:
+            limit, offset = -1, -1
+        job = self._jobs.get(request.match_info["project_id"], job_id)
+        if not 1 <= limit <= 1000 or offset < 0:
+            response = _service_error(400, "WKS.0001", "limit must be 1..1000 and offset at least 0", "limit")
+        elif job is None:
+            response = _service_error(404, "WKS.0202", f"The job does not exist: {job_id}", job_id)
+        else:
+            sub_jobs = job.sub_jobs(time.monotonic(), offset, limit)
+            response = web.json_response({"total_count": len(job.desktop_ids), "jobs": sub_jobs})
         return await self._answer(response)
 
     async def _get_stats(self, request: web.Request) -> web.Response:

@@ -48,6 +48,10 @@ def settings(amqp_url: str, simulator: Simulator, unique_name: str) -> Settings:
         result_queue=f"{unique_name}.results",
         error_queue=f"{unique_name}.errors",
         dead_letter_queue=f"{unique_name}.dead-letter",
+        # tracking is off here (its tests turn it on): completions would land among other tests' results
+        track_jobs=False,
+        tracking_queue=f"{unique_name}.tracking",
+        completion_queue=f"{unique_name}.completions",
         linger_ms=50,
         rate_limit=200.0,
         rate_burst=50,

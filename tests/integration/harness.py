@@ -25,9 +25,10 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from pydantic import SecretStr
 
 from snapworker.amqp import declare_topology
-from snapworker.models import SnapshotResult
+from snapworker.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult
 from snapworker.partitioning import partition_queue
 from snapworker.settings import Settings
+from snapworker.tracking import declare_tracking_topology, tracking_queues
 
 
 class Received:
@@ -39,10 +40,16 @@ class Received:
         self.headers = dict(message.headers or {})
         self.correlation_id = message.correlation_id
         self.persistent = message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        self.type = message.type
+        self.message_id = message.message_id
 
     @functools.cached_property
     def result(self) -> SnapshotResult:
         return SnapshotResult.model_validate_json(self.body)
+
+    @functools.cached_property
+    def completion(self) -> SnapshotCompletion:
+        return SnapshotCompletion.model_validate_json(self.body)
 
 
 class BrokerProbe:
@@ -65,6 +72,10 @@ class BrokerProbe:
         self._declared |= {partition_queue(s.request_queue, p) for p in range(s.partitions)}
         for queue in (s.result_queue, s.error_queue, s.dead_letter_queue):
             await self.watch(queue, declare=False)
+        if s.track_jobs:  # the tracking loop's queues: declared like a worker would, deleted at the end
+            await declare_tracking_topology(self.channel, s)
+            self._declared |= set(tracking_queues(s))
+            await self.watch(s.completion_queue, declare=False)
         return self
 
     async def __aexit__(
@@ -144,8 +155,14 @@ class BrokerProbe:
         return [r for r in self.received if r.queue == queue]
 
     def results(self) -> list[SnapshotResult]:
-        """Results from every queue but the dead-letter queue."""
-        return [r.result for r in self.received if r.queue != self.settings.dead_letter_queue]
+        """Results from every queue but the dead-letter queue (completions are not results)."""
+        return [
+            r.result for r in self.received if r.queue != self.settings.dead_letter_queue and r.type != COMPLETION_TYPE
+        ]
+
+    def completions(self) -> list[SnapshotCompletion]:
+        """Completions, wherever they arrived."""
+        return [r.completion for r in self.received if r.type == COMPLETION_TYPE]
 
     async def wait_for(self, count: int, *, queue: str | None = None, timeout: float = 30.0) -> list[Received]:
         """Wait until ``count`` messages arrived (on ``queue``, or anywhere but the dead-letter queue)."""

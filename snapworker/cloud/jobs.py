@@ -1,0 +1,149 @@
+"""Reading jobs: ``GET workspace-jobs/{job_id}`` and its ``workspace-sub-jobs`` pages, under a read budget.
+
+Reads reuse the :class:`~snapworker.cloud.client.WorkspaceClient`'s session, authentication, retries and error
+translation, but every try waits for a limiter of their own (``READ_RATE_LIMIT`` / ``READ_RATE_BURST``), so
+following jobs never spends a batch-create call. The API's documents become :class:`JobView` values here; what
+the tracking makes of them is decided in :mod:`snapworker.tracking.state`.
+
+Statuses, from the fact sheet: SUCCESS and COMPLETE end well, FAIL and FAILED end badly; anything else (RUNNING,
+WAITING, a status nobody documented) is still running. The sub-job list's shape is not documented: the first
+list found under ``jobs``, ``sub_jobs`` or ``items`` is read, and its total under ``total_count``, ``count`` or
+``sub_jobs_total``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+from urllib.parse import quote, urlencode
+
+from snapworker.cloud.client import WorkspaceClient
+from snapworker.cloud.limiter import Limiter, RateLimiter
+from snapworker.errors import ApiStatusError
+from snapworker.settings import Settings
+
+__all__ = ["SUB_JOB_PAGE", "JobReader", "JobView", "SubJobView", "classify", "job_not_found"]
+
+log = logging.getLogger("snapworker.cloud.jobs")
+
+#: Sub-jobs asked for per page of ``workspace-sub-jobs``.
+SUB_JOB_PAGE: Final = 100
+_SUCCEEDED = frozenset({"SUCCESS", "COMPLETE"})
+_FAILED = frozenset({"FAIL", "FAILED"})
+
+Phase = Literal["succeeded", "failed", "running"]
+
+
+def classify(status: object) -> Phase:
+    """A job or sub-job status as the tracking reads it; anything unknown is still running."""
+    text = status.upper() if isinstance(status, str) else ""
+    if text in _SUCCEEDED:
+        return "succeeded"
+    return "failed" if text in _FAILED else "running"
+
+
+@dataclass(frozen=True, slots=True)
+class SubJobView:
+    desktop_id: str
+    status: str | None
+    error_code: str | None
+    fail_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """What one read of a job told. ``sub_jobs`` by desktop ID; ``complete``: every sub-job is in it."""
+
+    job_id: str
+    status: str | None
+    end_time: str | None
+    error_code: str | None
+    fail_reason: str | None
+    sub_jobs: dict[str, SubJobView]
+    complete: bool
+
+    @property
+    def phase(self) -> Phase:
+        return classify(self.status)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _sub_jobs(items: object) -> dict[str, SubJobView]:
+    found: dict[str, SubJobView] = {}
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        entities = item.get("entities")
+        desktop_id = _text(entities.get("desktop_id")) if isinstance(entities, dict) else None
+        if desktop_id is None:
+            continue
+        found[desktop_id] = SubJobView(
+            desktop_id, _text(item.get("status")), _text(item.get("error_code")), _text(item.get("fail_reason"))
+        )
+    return found
+
+
+def _first(doc: dict[str, Any], *names: str) -> Any:
+    return next((doc[name] for name in names if doc.get(name) is not None), None)
+
+
+class JobReader:
+    """Reads jobs through ``client`` under ``limiter`` (default: one built from READ_RATE_LIMIT / READ_RATE_BURST,
+    at most MAX_CONCURRENCY reads in flight). ``reads`` counts the GET calls made (tries, not retries)."""
+
+    def __init__(self, client: WorkspaceClient, settings: Settings, *, limiter: Limiter | None = None) -> None:
+        self._client = client
+        self.limiter: Limiter = limiter or RateLimiter(
+            settings.read_rate_limit, settings.read_rate_burst, settings.max_concurrency
+        )
+        self.reads = 0
+
+    async def read(self, project_id: str, job_id: str) -> JobView:
+        """One look at the job. Once it has ended and its document lists fewer sub-jobs than it has, the
+        remaining ``workspace-sub-jobs`` pages are read too (while it runs, the first page is enough: the
+        outcome of a desktop is final only once its job ends, so the pages are read once). Raises the
+        :mod:`snapworker.errors` ``ApiError`` of the first read that failed (404 WKS.0202: no such job)."""
+        path = f"/v2/{quote(project_id, safe='')}/workspace-jobs/{quote(job_id, safe='')}"
+        self.reads += 1
+        doc = await self._client.get_json(path, project_id, limiter=self.limiter)
+        sub_jobs = _sub_jobs(doc.get("sub_jobs"))
+        listed = len(doc["sub_jobs"]) if isinstance(doc.get("sub_jobs"), list) else 0
+        total = doc.get("sub_jobs_total")
+        total = total if isinstance(total, int) else listed
+        status = _text(doc.get("status"))
+        if classify(status) != "running":
+            while listed < total:
+                page, page_total = await self._page(project_id, job_id, listed)
+                if not page:
+                    break  # the list ended early: what is missing stays missing
+                sub_jobs.update(_sub_jobs(page))
+                listed += len(page)
+                total = page_total if page_total is not None else total
+        return JobView(
+            job_id=job_id,
+            status=status,
+            end_time=_text(doc.get("end_time")),
+            error_code=_text(doc.get("job_error_code")),
+            fail_reason=_text(doc.get("fail_reason")),
+            sub_jobs=sub_jobs,
+            complete=listed >= total,
+        )
+
+    async def _page(self, project_id: str, job_id: str, offset: int) -> tuple[list[Any], int | None]:
+        query = urlencode({"job_id": job_id, "limit": SUB_JOB_PAGE, "offset": offset})
+        self.reads += 1
+        doc = await self._client.get_json(
+            f"/v2/{quote(project_id, safe='')}/workspace-sub-jobs?{query}", project_id, limiter=self.limiter
+        )
+        items = _first(doc, "jobs", "sub_jobs", "items")
+        total = _first(doc, "total_count", "count", "sub_jobs_total")
+        return (items if isinstance(items, list) else []), (total if isinstance(total, int) else None)
+
+
+def job_not_found(error: Exception) -> bool:
+    """Whether ``error`` says the API does not know the job (expired or never there): 404."""
+    return isinstance(error, ApiStatusError) and error.http_status == 404

@@ -1,0 +1,22 @@
+"""Following every created job to its end and publishing one completion per request (issue 13).
+
+:mod:`~snapworker.tracking.state` decides (sans I/O); :mod:`~snapworker.tracking.loop` moves tracking messages
+through RabbitMQ; :mod:`snapworker.cloud.jobs` reads the jobs. The worker calls :func:`tracker_for` once.
+"""
+
+from __future__ import annotations
+
+from snapworker.settings import Settings
+from snapworker.tracking.loop import Tracker, declare_tracking_topology, tracking_queues
+
+__all__ = ["Tracker", "declare_tracking_topology", "tracker_for", "tracking_queues"]
+
+
+def tracker_for(settings: Settings, api: object) -> Tracker | None:
+    """The worker's tracker: None when TRACK_JOBS is off or ``api`` cannot read jobs (a test double)."""
+    from snapworker.cloud.client import WorkspaceClient
+    from snapworker.cloud.jobs import JobReader
+
+    if not settings.track_jobs or not isinstance(api, WorkspaceClient):
+        return None
+    return Tracker(settings, JobReader(api, settings))

@@ -1,0 +1,289 @@
+"""The tracking loop on RabbitMQ: durable tracking messages waiting in TTL queues, read by every worker.
+
+Topology (declared by :func:`declare_tracking_topology`, all durable)::
+
+    <TRACKING_QUEUE>.wait.<ms>ms  (one per schedule tier: x-message-ttl = the tier, dead-lettering to ↓)
+    <TRACKING_QUEUE>              consumed by every worker (TRACK_PREFETCH messages each)
+    <COMPLETION_QUEUE>            completions of requests without reply_to (and undeliverable replies)
+
+A tracking message's body is a :class:`~snapworker.tracking.state.TrackingUnit`: the whole state of its jobs and
+requests. A worker that gets one reads the jobs (one GET per job still running, under the read budget), then
+publishes the completions of the requests that are done and, if any are left, the next tracking message into the
+wait queue of the next delay; only when the broker confirmed all of them is the message acked. That ack is the
+commit point: the message held by one consumer at a time is the single owner of its jobs' state, and a worker
+that dies holding it leaves it unacked, so the broker hands it to another worker, which looks again and
+finishes. A tracking message is never held across a wait, so the broker's acknowledgement timeout never applies.
+
+**The duplicate window.** A worker that dies after its completions (or next tracking message) were confirmed
+and before its ack reached the broker (normally well under a millisecond, at most a network round trip) leaves
+both the old message and the new ones: a request's completion may then be published twice. Each completion's
+AMQP ``message_id`` is ``completion:<request_id>:<unit_id>``, the same both times, so consumers deduplicate by it.
+Classic queues dead-letter at most once: a broker node that crashes while a message moves from a wait queue to
+the tracking queue can lose it (and so that unit's completions); quorum queues would close that, at a cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from pydantic import ValidationError
+
+from snapworker.cloud.jobs import JobReader, JobView, job_not_found
+from snapworker.errors import ApiError, BrokerError
+from snapworker.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult
+from snapworker.settings import Settings
+from snapworker.tracking.state import Schedule, TrackingUnit, start_unit
+
+__all__ = ["TRACKING_TYPE", "Tracker", "declare_tracking_topology", "schedule_of", "tracking_queues"]
+
+log = logging.getLogger("snapworker.tracking")
+
+#: AMQP ``type`` of a tracking message.
+TRACKING_TYPE = "snapworker.tracking"
+_BROKER_ERRORS = (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, OSError, TimeoutError)
+_RECONNECT_MAX_S = 30.0
+_READY_WAIT_S = 10.0
+
+
+def schedule_of(settings: Settings) -> Schedule:
+    return Schedule(settings.track_first_poll_s, settings.track_max_poll_s, settings.track_deadline_s)
+
+
+def _wait_queue(settings: Settings, tier_s: float) -> str:
+    return f"{settings.tracking_queue}.wait.{round(tier_s * 1000)}ms"
+
+
+def tracking_queues(settings: Settings) -> list[str]:
+    """Every queue the tracking declares: the wait queues, the tracking queue and the completion queue."""
+    waits = [_wait_queue(settings, tier) for tier in schedule_of(settings).tiers()]
+    return [*waits, settings.tracking_queue, settings.completion_queue]
+
+
+async def declare_tracking_topology(channel: AbstractChannel, settings: Settings) -> None:
+    await channel.declare_queue(settings.tracking_queue, durable=True)
+    await channel.declare_queue(settings.completion_queue, durable=True)
+    for tier in schedule_of(settings).tiers():
+        arguments: dict[str, Any] = {
+            "x-message-ttl": round(tier * 1000),
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": settings.tracking_queue,
+        }
+        await channel.declare_queue(_wait_queue(settings, tier), durable=True, arguments=arguments)
+
+
+class Tracker:
+    """One worker's part of the tracking loop. ``await run()`` consumes tracking messages until :meth:`close`;
+    :meth:`start` begins tracking the jobs of finished results. ``rng`` is for tests."""
+
+    def __init__(self, settings: Settings, reader: JobReader, *, rng: random.Random | None = None) -> None:
+        self._settings = settings
+        self._reader = reader
+        self._schedule = schedule_of(settings)
+        self._rng = rng or random.Random()
+        self._publish: AbstractChannel | None = None
+        self._ready = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._handling: set[asyncio.Task[Any]] = set()
+        self.units_started = 0
+        self.completions_published = 0
+
+    @property
+    def reads(self) -> int:
+        return self._reader.reads
+
+    # -- starting: called by the worker before it acks the requests
+    async def start(self, answered: Sequence[tuple[SnapshotResult, str | None]]) -> bool:
+        """Publish the first tracking message of the jobs in ``answered`` (results with their reply_to) into the
+        first wait queue, confirmed; whether it was (or there was nothing to track). Never raises: a failure is
+        logged, and those requests get their results but no completion."""
+        unit = start_unit(answered, datetime.now(UTC))
+        if unit is None:
+            return True
+        try:
+            async with asyncio.timeout(_READY_WAIT_S):
+                await self._ready.wait()
+            await self._send_next(unit)
+        except (TimeoutError, BrokerError) as exc:
+            log.error(
+                "could not start tracking jobs %s (%r): their requests get no completion",
+                ",".join(unit.jobs),
+                exc,
+                extra={"job_id": ",".join(unit.jobs)},
+            )
+            return False
+        self.units_started += 1
+        return True
+
+    # -- the loop
+    async def run(self) -> None:
+        """Consume the tracking queue over a connection of its own, reconnecting with backoff, until closed."""
+        delay = 0.5
+        while not self._stopping.is_set():
+            conn: AbstractConnection | None = None
+            try:
+                conn = await aio_pika.connect(
+                    self._settings.amqp_url.get_secret_value(),
+                    heartbeat=self._settings.heartbeat_s,
+                    client_properties={"connection_name": "snapworker-tracking"},
+                )
+                await self._serve(conn)
+                delay = 0.5
+            except _BROKER_ERRORS as exc:
+                log.warning("tracking: broker session failed (%r); retrying in %.1f s", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                delay = min(delay * 2, _RECONNECT_MAX_S)
+            finally:
+                self._ready.clear()
+                self._publish = None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+    async def _serve(self, conn: AbstractConnection) -> None:
+        publish = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        await declare_tracking_topology(publish, self._settings)
+        consume = await conn.channel(publisher_confirms=False)
+        await consume.set_qos(prefetch_count=self._settings.track_prefetch)
+        queue = await consume.get_queue(self._settings.tracking_queue)
+        self._publish = publish
+        lost = asyncio.Event()
+        conn.close_callbacks.add(lambda *_: lost.set())
+        tag = await queue.consume(self._on_message, no_ack=False)
+        self._ready.set()
+        stop = asyncio.create_task(self._stopping.wait())
+        gone = asyncio.create_task(lost.wait())
+        try:
+            await asyncio.wait({stop, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            gone.cancel()
+        if lost.is_set():
+            raise BrokerError("the tracking connection was lost")
+        with contextlib.suppress(*_BROKER_ERRORS):
+            await queue.cancel(tag)
+        # Let the looks in progress commit; what is left unacked returns to the queue when the connection closes.
+        if self._handling:
+            await asyncio.wait(set(self._handling), timeout=self._settings.shutdown_timeout_s)
+
+    async def close(self) -> None:
+        self._stopping.set()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handling.add(task)
+        try:
+            await self._handle(message)
+        except Exception:  # a bug: keep the unit (requeued after a pause, not in a tight loop) and say so
+            log.exception("tracking message %s could not be handled; requeued", message.message_id)
+            await asyncio.sleep(self._settings.track_first_poll_s)
+            with contextlib.suppress(*_BROKER_ERRORS):
+                await message.nack(requeue=True)
+        finally:
+            if task is not None:
+                self._handling.discard(task)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            unit = TrackingUnit.model_validate_json(message.body)
+        except ValidationError as exc:
+            log.error("dropping a tracking message that is not a tracking unit: %s", exc)
+            await message.ack()
+            return
+        await self._look(unit)
+        now = datetime.now(UTC)
+        unit.expire(now, self._settings.track_deadline_s)
+        unit.polls += 1
+        done = unit.take_completions(now)
+        try:
+            sends = [self._send_completion(c, reply_to, unit.unit_id) for c, reply_to in done]
+            if unit.requests:
+                sends.append(self._send_next(unit))
+            await asyncio.gather(*sends)
+            await message.ack()
+        except (BrokerError, *_BROKER_ERRORS) as exc:
+            # Not committed: the message stays unacked and returns to the queue with this connection, or is
+            # requeued here; whoever gets it next looks again.
+            log.warning("tracking unit %s not committed (%r); it will be looked at again", unit.unit_id, exc)
+            with contextlib.suppress(*_BROKER_ERRORS):
+                await message.nack(requeue=True)
+            return
+        self.completions_published += len(done)
+
+    async def _look(self, unit: TrackingUnit) -> None:
+        """Read every job some desktop of ``unit`` waits for, at once (the read limiter paces them)."""
+        jobs = unit.jobs_to_read()
+        views = await asyncio.gather(
+            *(self._reader.read(project, job_id) for job_id, project in jobs.items()), return_exceptions=True
+        )
+        now = datetime.now(UTC)
+        for job_id, view in zip(jobs, views, strict=True):
+            if isinstance(view, JobView):
+                unit.observe(view, now)
+            elif isinstance(view, ApiError) and job_not_found(view):
+                unit.job_lost(job_id, now, f"the API does not know job {job_id} ({view.error_code})")
+            elif isinstance(view, ApiError):
+                log.warning("reading job %s failed (%s); looking again later", job_id, view, extra={"job_id": job_id})
+            elif isinstance(view, BaseException):
+                raise view
+
+    # -- publishing
+    async def _send_next(self, unit: TrackingUnit) -> None:
+        delay = self._schedule.delay(unit, datetime.now(UTC), self._rng)
+        message = aio_pika.Message(
+            unit.model_dump_json().encode(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=f"{unit.unit_id}:{unit.polls}",
+            type=TRACKING_TYPE,
+            expiration=max(delay, 0.001),  # 0 would mean "no expiration"
+        )
+        await self._publish_to(message, _wait_queue(self._settings, self._schedule.tier_for(delay)))
+
+    async def _send_completion(self, completion: SnapshotCompletion, reply_to: str | None, unit_id: str) -> None:
+        def build(headers: dict[str, Any]) -> aio_pika.Message:
+            return aio_pika.Message(
+                completion.model_dump_json().encode(),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=f"completion:{completion.request_id}:{unit_id}",
+                correlation_id=completion.correlation_id,
+                type=COMPLETION_TYPE,
+                headers={"x-snapworker-status": completion.status, **headers},
+            )
+
+        queue = reply_to or self._settings.completion_queue
+        try:
+            await self._publish_to(build({}), queue)
+        except _Unroutable:
+            log.warning("reply_to queue %r does not exist: the completion goes to the completion queue", queue)
+            await self._publish_to(
+                build({"x-snapworker-undeliverable-reply-to": queue}), self._settings.completion_queue
+            )
+
+    async def _publish_to(self, message: aio_pika.Message, queue: str) -> None:
+        channel = self._publish
+        if channel is None:
+            raise BrokerError("the tracking connection is not open")
+        try:
+            await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
+        except aiormq.exceptions.PublishError as exc:
+            raise _Unroutable(f"no queue {queue!r}") from exc
+        except aiormq.exceptions.DeliveryError as exc:
+            raise BrokerError(f"the broker refused a message for {queue!r}: {exc!r}") from exc
+        except _BROKER_ERRORS as exc:
+            raise BrokerError(f"publishing to {queue!r} failed: {exc!r}") from exc
+
+
+class _Unroutable(BrokerError):
+    """Returned by the broker: no such queue."""

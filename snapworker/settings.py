@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
     metrics_port: int | None = Field(default=None, ge=1, le=65535, description="Prometheus and health; off if unset.")
+    progress_interval_s: float = Field(
+        default=30.0, ge=0, description="A progress line at INFO this often while busy (0: never)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -15,6 +15,8 @@ __all__ = ["WorkerStats"]
 class WorkerStats:
     """Plain counters; reading them never blocks and costs nothing."""
 
+    #: request messages taken from the queue (a redelivered one counts again)
+    requests_received: int = 0
     requests_by_status: Counter[str] = field(default_factory=Counter)
     desktops_by_status: Counter[str] = field(default_factory=Counter)
     batches_by_reason: Counter[FlushReason] = field(default_factory=Counter)
@@ -37,6 +39,7 @@ class WorkerStats:
     def as_dict(self) -> dict[str, object]:
         """The counters as plain JSON-ready data."""
         return {
+            "requests_received": self.requests_received,
             "requests_by_status": dict(self.requests_by_status),
             "desktops_by_status": dict(self.desktops_by_status),
             "batches_by_reason": dict(self.batches_by_reason),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from snapworker.errors import BrokerError, BrokerRefused
 from snapworker.guard import DeliveryGuard
 from snapworker.intake import Rejected, read_request
 from snapworker.models import SnapshotResult
+from snapworker.progress import ProgressReporter, log_problem_result
 from snapworker.results import ResultPublisher
 from snapworker.sending import BatchSender, SnapshotApi
 from snapworker.settings import Settings, redact_url
@@ -124,6 +124,13 @@ class Worker:
             on_outcome=self._on_outcome,
         )
         send_loop = asyncio.create_task(dispatcher.run())
+        if self.settings.progress_interval_s > 0:
+            reporter = ProgressReporter(
+                self.stats, self._core, lambda: self._limiter, interval_s=self.settings.progress_interval_s
+            )
+            progress_loop: asyncio.Task[None] | None = asyncio.create_task(reporter.run())
+        else:
+            progress_loop = None
         from snapworker.tracking import tracker_for
 
         self._tracker = tracker_for(self.settings, self._api)
@@ -138,8 +145,10 @@ class Worker:
         try:
             await self._serve_sessions()
         finally:
-            send_loop.cancel()
-            await asyncio.gather(send_loop, return_exceptions=True)
+            loops = [send_loop] if progress_loop is None else [send_loop, progress_loop]
+            for loop_task in loops:
+                loop_task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
             if self._tracker is not None and tracking is not None:
                 await self._tracker.close()  # after the drain: the results it published started their tracking
                 await asyncio.gather(tracking, return_exceptions=True)
@@ -148,8 +157,8 @@ class Worker:
                 await owned_api.limiter.close()
             if health is not None:
                 await health.stop()
-            # one machine-readable line of totals, for operators and the benchmark
-            log.info("worker totals %s", json.dumps(self.stats.as_dict(), sort_keys=True))
+            # one line of totals, for operators and the benchmark: a field of its own in the JSON format
+            log.info("worker totals", extra={"totals": self.stats.as_dict()})
             self._stopped.set()
 
     @property
@@ -309,8 +318,10 @@ class Worker:
             self._guard.fail([delivery], exc, doing="reading and holding a request")
 
     def _take(self, delivery: Delivery) -> None:
+        self.stats.requests_received += 1
         read = read_request(delivery.envelope, max_bytes=self.settings.max_message_bytes, now=datetime.now(UTC))
         if isinstance(read, Rejected):
+            log_problem_result(read.result)
             self.stats.count_result(read.result)
             self._spawn(self._results.publish([(delivery, read.result)], settle="dead-letter"), (delivery,))
             return
@@ -380,6 +391,7 @@ class Worker:
             self._wake.set()  # with nothing in flight, a full window may now be sent as it is (pressure)
         for finished in finished_requests:
             assert isinstance(finished.ticket, Delivery)
+            log_problem_result(finished.result)
             self.stats.count_result(finished.result)
             answered.append((finished.ticket, finished.result))
         if answered and self._tracker is not None:

@@ -16,7 +16,6 @@ from snapworker.settings import Settings
 @pytest.fixture
 def captured() -> Iterator[tuple[io.StringIO, logging.Logger]]:
     settings = Settings(
-        auth_token="tok-SECRET-1",
         access_key="AK1",
         secret_key="sk-SECRET-2",
         amqp_url="amqp://user:pw-SECRET-3@rabbit:5672/",
@@ -37,11 +36,21 @@ def _lines(stream: io.StringIO) -> list[dict[str, object]]:
 
 def test_configured_secret_values_are_redacted(captured: tuple[io.StringIO, logging.Logger]) -> None:
     stream, log = captured
-    log.warning("token %s and key %s and url %s", "tok-SECRET-1", "sk-SECRET-2", "amqp://user:pw-SECRET-3@rabbit/")
+    log.warning("key %s and url %s", "sk-SECRET-2", "amqp://user:pw-SECRET-3@rabbit/")
     text = stream.getvalue()
-    for secret in ("tok-SECRET-1", "sk-SECRET-2", "pw-SECRET-3"):
+    for secret in ("sk-SECRET-2", "pw-SECRET-3"):
         assert secret not in text
     assert "***" in text
+
+
+def test_a_configured_token_is_redacted() -> None:
+    stream = io.StringIO()
+    handler = configure_logging(Settings(auth_token="tok-SECRET-1"), stream=stream)
+    try:
+        logging.getLogger("snapworker.test").warning("token %s", "tok-SECRET-1")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert "tok-SECRET-1" not in stream.getvalue()
 
 
 def test_auth_headers_are_redacted_whatever_their_value() -> None:

@@ -256,7 +256,7 @@ class WorkspaceClient:
                 if resume_at >= until:
                     raise error
                 throttled_at = self._clock()
-                log.info(
+                log.debug(  # per try: the limiter logs one WARNING per overload, with the rate it cut to
                     "throttled (%s) on %s %s for project_id=%s: waiting for the limiter",
                     error.error_code,
                     method,

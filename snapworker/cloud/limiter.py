@@ -25,6 +25,7 @@ Time is injected (``clock`` and ``sleep``): the tests move a fake clock instead 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
@@ -37,7 +38,9 @@ from snapworker.cloud.pause import ThrottlePause
 from snapworker.cloud.waiters import Grant, Waiters
 from snapworker.settings import Settings
 
-__all__ = ["Clock", "Grant", "Limiter", "RateLimiter", "Sleep"]
+__all__ = ["Clock", "Grant", "Limiter", "RateLimiter", "Sleep", "log_throttle_episode"]
+
+log = logging.getLogger("snapworker.limiter")
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -67,6 +70,18 @@ class Limiter(Protocol):
     @property
     def fallbacks_total(self) -> int: ...
     async def close(self) -> None: ...
+
+
+def log_throttle_episode(rate: float, max_rate: float, pause_s: float, *, scope: str = "") -> None:
+    """One WARNING per overload (not per throttled try): the rate it was cut to and the pause."""
+    log.warning(
+        "API throttled: %srate cut to %.2f calls/s (of %.2f), every call paused %.1f s; it recovers step by step",
+        scope,
+        rate,
+        max_rate,
+        pause_s,
+        extra={"rate": round(rate, 4), "max_rate": max_rate, "pause_s": round(pause_s, 3)},
+    )
 
 
 class RateLimiter:
@@ -208,6 +223,8 @@ class RateLimiter:
             self._bucket.set_rate(max(self._min_rate, self._bucket.rate * self._decrease_factor), now)
             self._last_cut = now
         pause = self._pause.pause(now, retry_after_s, new_overload=new_overload)
+        if new_overload:
+            log_throttle_episode(self._bucket.rate, self._max_rate, pause)
         self._bucket.block_until(now + pause, now)
         self._calm_since = max(self._calm_since, now + pause)
         self._cancel_timer()  # it may be due before the pause ends; dispatch sets the right one

@@ -35,7 +35,7 @@ from contextlib import asynccontextmanager, suppress
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-from snapworker.cloud.limiter import RateLimiter
+from snapworker.cloud.limiter import RateLimiter, log_throttle_episode
 from snapworker.cloud.pause import ThrottlePause
 from snapworker.cloud.waiters import Grant, Waiters
 from snapworker.errors import ConfigError
@@ -233,6 +233,7 @@ class SharedRateLimiter:
         self._paused_until = max(self._paused_until, time.monotonic() + pause)
         if new_overload:
             self._rate = max(self._min_rate, self._rate * self._decrease_factor)
+            log_throttle_episode(self._rate, self._max_rate, pause, scope="the fleet's ")
         if not self._closed:
             self._spawn(self._bucket_call("throttle", pause, "" if sent_at is None else repr(sent_at)))
         return pause

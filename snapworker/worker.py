@@ -34,7 +34,7 @@ from snapworker.stats import WorkerStats
 if TYPE_CHECKING:
     from snapworker.health import HealthServer
     from snapworker.metrics import ApiMetrics
-    from snapworker.tracking import Tracker
+    from snapworker.tracking.loop import Tracker
 
 __all__ = ["Worker"]
 

@@ -14,58 +14,21 @@ list found under ``jobs``, ``sub_jobs`` or ``items`` is read, and its total unde
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final
 from urllib.parse import quote, urlencode
 
 from snapworker.cloud.client import WorkspaceClient
 from snapworker.cloud.limiter import Limiter, RateLimiter
 from snapworker.errors import ApiStatusError
 from snapworker.settings import Settings
+from snapworker.tracking.views import JobView, SubJobView, classify
 
-__all__ = ["SUB_JOB_PAGE", "JobReader", "JobView", "SubJobView", "classify", "job_not_found"]
+__all__ = ["SUB_JOB_PAGE", "JobReader", "job_not_found"]
 
 log = logging.getLogger("snapworker.cloud.jobs")
 
 #: Sub-jobs asked for per page of ``workspace-sub-jobs``.
 SUB_JOB_PAGE: Final = 100
-_SUCCEEDED = frozenset({"SUCCESS", "COMPLETE"})
-_FAILED = frozenset({"FAIL", "FAILED"})
-
-Phase = Literal["succeeded", "failed", "running"]
-
-
-def classify(status: object) -> Phase:
-    """A job or sub-job status as the tracking reads it; anything unknown is still running."""
-    text = status.upper() if isinstance(status, str) else ""
-    if text in _SUCCEEDED:
-        return "succeeded"
-    return "failed" if text in _FAILED else "running"
-
-
-@dataclass(frozen=True, slots=True)
-class SubJobView:
-    desktop_id: str
-    status: str | None
-    error_code: str | None
-    fail_reason: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class JobView:
-    """What one read of a job told. ``sub_jobs`` by desktop ID; ``complete``: every sub-job is in it."""
-
-    job_id: str
-    status: str | None
-    end_time: str | None
-    error_code: str | None
-    fail_reason: str | None
-    sub_jobs: dict[str, SubJobView]
-    complete: bool
-
-    @property
-    def phase(self) -> Phase:
-        return classify(self.status)
 
 
 def _text(value: object) -> str | None:

@@ -37,11 +37,12 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from pydantic import ValidationError
 
-from snapworker.cloud.jobs import JobReader, JobView, job_not_found
+from snapworker.cloud.jobs import JobReader, job_not_found
 from snapworker.errors import ApiError, BrokerError
 from snapworker.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult
 from snapworker.settings import Settings
 from snapworker.tracking.state import Schedule, TrackingUnit, start_unit
+from snapworker.tracking.views import JobView
 
 __all__ = ["TRACKING_TYPE", "Tracker", "declare_tracking_topology", "schedule_of", "tracking_queues"]
 

@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict
 
-from snapworker.cloud.jobs import JobView, classify
 from snapworker.models import (
     CompletionStatus,
     DesktopCompletion,
@@ -27,6 +26,7 @@ from snapworker.models import (
     SnapshotCompletion,
     SnapshotResult,
 )
+from snapworker.tracking.views import JobView, classify
 
 __all__ = ["Schedule", "TrackedDesktop", "TrackedRequest", "TrackingUnit", "start_unit"]
 

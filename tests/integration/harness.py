@@ -28,7 +28,7 @@ from snapworker.amqp import declare_topology
 from snapworker.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult
 from snapworker.partitioning import partition_queue
 from snapworker.settings import Settings
-from snapworker.tracking import declare_tracking_topology, tracking_queues
+from snapworker.tracking.loop import declare_tracking_topology, tracking_queues
 
 
 class Received:

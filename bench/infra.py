@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,18 @@ class SimProcess:
 
     @classmethod
     async def start(
-        cls, log_path: Path, token: str, timeout_s: float = 30.0, *, rate_per_minute: int | None = None
+        cls,
+        log_path: Path,
+        token: str,
+        timeout_s: float = 30.0,
+        *,
+        rate_per_minute: int | None = None,
+        extra_args: Sequence[str] = (),
     ) -> SimProcess:
         argv = ["-m", "snapworker", "simulate", "--host", "127.0.0.1", "--port", "0", "--token", token]
         if rate_per_minute is not None:
             argv += ["--rate-per-minute", str(rate_per_minute)]
+        argv += list(extra_args)
         proc = Measured("simulator", argv, log_path)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -98,7 +98,8 @@ class Context:
         (default: the bench's worker settings; ``{}`` for the worker's own defaults) plus ``overrides``."""
         log = self.log_dir / f"{log_name}.log"
         sim = sim or self.sim
-        settings = {**(self.worker_settings if base is None else base), **overrides}
+        # job tracking off unless a scenario asks for it: its queues and polls belong to the tracking scenario
+        settings = {"track_jobs": "false", **(self.worker_settings if base is None else base), **overrides}
         if system == "worker":
             env = {
                 "amqp_url": self.amqp_url,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from collections.abc import Sequence
@@ -95,6 +96,7 @@ class Tracker:
         self._stopping = asyncio.Event()
         self._handling: set[asyncio.Task[Any]] = set()
         self.units_started = 0
+        self.looks = 0  # tracking messages handled: each reads every job of its unit still running, once
         self.completions_published = 0
 
     @property
@@ -127,6 +129,18 @@ class Tracker:
     # -- the loop
     async def run(self) -> None:
         """Consume the tracking queue over a connection of its own, reconnecting with backoff, until closed."""
+        try:
+            await self._serve_sessions()
+        finally:
+            totals = {
+                "units_started": self.units_started,
+                "looks": self.looks,
+                "job_reads": self._reader.reads,
+                "completions_published": self.completions_published,
+            }
+            log.info("tracking totals %s", json.dumps(totals, sort_keys=True))
+
+    async def _serve_sessions(self) -> None:
         delay = 0.5
         while not self._stopping.is_set():
             conn: AbstractConnection | None = None
@@ -201,6 +215,7 @@ class Tracker:
             log.error("dropping a tracking message that is not a tracking unit: %s", exc)
             await message.ack()
             return
+        self.looks += 1
         await self._look(unit)
         now = datetime.now(UTC)
         unit.expire(now, self._settings.track_deadline_s)

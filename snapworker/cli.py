@@ -204,13 +204,18 @@ def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "no service relies on. Stops after --count results or --timeout seconds, else at Ctrl-C;\n"
         "exit code 1 when --count results did not arrive in time.",
         epilog=_BROKER_HELP + "\nexamples:\n  snapworker results --count 10 --timeout 60\n"
-        "  snapworker results --queue my-replies --jsonl",
+        "  snapworker results --queue my-replies --jsonl\n  snapworker results --completions --count 1",
         formatter_class=raw,
     )
     results.add_argument("--queue", action="append", metavar="Q", help="queue to read, repeatable (default: both)")
     results.add_argument("--count", type=_positive_int, metavar="N", help="stop after N results; takes no more")
     results.add_argument("--timeout", type=_positive_float, metavar="S", help="stop after S seconds")
     results.add_argument("--jsonl", action="store_true", help="print each result as one JSON line")
+    results.add_argument(
+        "--completions",
+        action="store_true",
+        help="read the completion queue (how each job ended) instead of the result and error queues",
+    )
     results.set_defaults(handler=_cmd_results)
 
     check = commands.add_parser(

@@ -18,6 +18,9 @@ The contract:
   with its ``correlation_id``. :class:`~snapworker.errors.ResultTimeout` when it does not come in time: the
   request may still be done; its late result is dropped (after :meth:`close`, the worker sends it to the error
   queue, as for any vanished reply queue).
+* :meth:`SnapshotClient.wait_for_completion` then waits, on the same reply queue, for the request's
+  :class:`~snapworker.models.SnapshotCompletion` (AMQP type ``snapworker.completion``): how each desktop's snapshot
+  ended. A completion that arrives before anyone waits for it is kept (the latest 1,000) until asked for.
 * A lost connection fails the calls waiting for results with BrokerError; the next call connects anew. Nothing
   is re-published automatically: a lost confirm does not mean the broker lacks the message, and sending it
   again could snapshot twice.
@@ -42,7 +45,14 @@ from pydantic import SecretStr, ValidationError
 from snapworker.amqp_errors import connect_error
 from snapworker.errors import BrokerError, InvalidMessage, ResultTimeout
 from snapworker.intake import validation_problems
-from snapworker.models import DiskSnapshotInfo, DiskType, SnapshotRequest, SnapshotResult
+from snapworker.models import (
+    COMPLETION_TYPE,
+    DiskSnapshotInfo,
+    DiskType,
+    SnapshotCompletion,
+    SnapshotRequest,
+    SnapshotResult,
+)
 from snapworker.settings import Settings
 
 __all__ = ["SnapshotClient"]
@@ -52,6 +62,7 @@ log = logging.getLogger("snapworker.client")
 #: What aio-pika and aiormq raise when the broker or the connection fails; translated to BrokerError.
 BROKER_ERRORS = (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, OSError, TimeoutError)
 _SHORTSTR = 255  # AMQP property strings (correlation_id, reply_to, message_id) are at most 255 bytes
+_EARLY_COMPLETIONS = 1000  # completions kept for a later wait_for_completion
 
 
 class SnapshotClient:
@@ -77,6 +88,10 @@ class SnapshotClient:
         self._channel: AbstractChannel | None = None
         self._reply_queue: str | None = None
         self._pending: dict[str, asyncio.Future[SnapshotResult]] = {}
+        self._completions: dict[str, asyncio.Future[SnapshotCompletion]] = {}
+        self._early: dict[str, SnapshotCompletion] = {}
+        # the worker's tracking deadline, its longest poll and a minute: by then every completion was sent
+        self.completion_timeout_s: float = s.track_deadline_s + s.track_max_poll_s + 60.0
         self._lock = asyncio.Lock()
 
     # -- lifecycle
@@ -138,7 +153,11 @@ class SnapshotClient:
         self._fail_pending(BrokerError(f"lost the broker connection while waiting for results: {exc!r}"))
 
     def _fail_pending(self, error: BrokerError) -> None:
-        for future in self._pending.values():
+        futures: list[asyncio.Future[SnapshotResult] | asyncio.Future[SnapshotCompletion]] = [
+            *self._pending.values(),
+            *self._completions.values(),
+        ]
+        for future in futures:
             if not future.done():
                 future.set_exception(error)
 
@@ -203,6 +222,41 @@ class SnapshotClient:
         finally:
             del self._pending[correlation_id]
 
+    async def wait_for_completion(
+        self,
+        result: SnapshotResult | str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 -- it bounds the wait for the completion: ResultTimeout
+    ) -> SnapshotCompletion:
+        """Wait for the completion of a request answered by :meth:`create_snapshots` (its ``result``, or the
+        ``correlation_id`` it carried): one per request whose result listed jobs, once every job ended.
+
+        ``timeout`` defaults to :attr:`completion_timeout_s` (the worker's TRACK_DEADLINE_S, after which it
+        reports ``unknown``, plus margins). Raises ValueError for a result without jobs (no completion comes),
+        ResultTimeout when none came in time, BrokerError when the connection was lost meanwhile (the
+        completion then goes to the completion queue, the reply queue being gone).
+        """
+        if isinstance(result, SnapshotResult):
+            if not result.jobs or result.correlation_id is None:
+                raise ValueError("no completion follows a result without jobs or without a correlation_id")
+            correlation_id = result.correlation_id
+        else:
+            correlation_id = result
+        early = self._early.pop(correlation_id, None)
+        if early is not None:
+            return early
+        await self._reply_to()  # after a reconnect: listen again (a completion sent meanwhile was detoured)
+        limit = self.completion_timeout_s if timeout is None else timeout
+        future: asyncio.Future[SnapshotCompletion] = asyncio.get_running_loop().create_future()
+        self._completions[correlation_id] = future
+        try:
+            async with asyncio.timeout(limit):
+                return await future
+        except TimeoutError as exc:
+            raise ResultTimeout(correlation_id, limit) from exc
+        finally:
+            del self._completions[correlation_id]
+
     def _encode(self, request: SnapshotRequest) -> bytes:
         # Dumped and validated again: a model_construct()ed or mutated request must not slip through.
         body = request.model_dump_json(exclude_none=True).encode()
@@ -250,6 +304,9 @@ class SnapshotClient:
             return self._reply_queue
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        if message.type == COMPLETION_TYPE:
+            self._on_completion(message)
+            return
         future = self._pending.get(message.correlation_id or "")
         if future is None or future.done():
             log.info("dropping a result nobody waits for (timed out?): correlation_id=%s", message.correlation_id)
@@ -260,6 +317,20 @@ class SnapshotClient:
             future.set_exception(
                 InvalidMessage(["the result is not a valid SnapshotResult", *validation_problems(exc)])
             )
+
+    def _on_completion(self, message: AbstractIncomingMessage) -> None:
+        try:
+            completion = SnapshotCompletion.model_validate_json(message.body)
+        except ValidationError as exc:
+            log.warning("dropping a completion that is not valid: %s", "; ".join(validation_problems(exc)))
+            return
+        future = self._completions.get(message.correlation_id or "")
+        if future is not None and not future.done():
+            future.set_result(completion)
+            return
+        self._early[message.correlation_id or completion.request_id] = completion
+        while len(self._early) > _EARLY_COMPLETIONS:
+            del self._early[next(iter(self._early))]  # the oldest
 
 
 async def open_connection(settings: Settings, name: str) -> AbstractConnection:

@@ -139,7 +139,8 @@ class _JsonFormatter(logging.Formatter):
 def _secrets_of(settings: Settings) -> list[str]:
     from urllib.parse import urlsplit
 
-    values = [s.get_secret_value() for s in (settings.auth_token, settings.secret_key) if s is not None]
+    secrets = (settings.auth_token, settings.secret_key, settings.security_token, settings.api_proxy)
+    values = [s.get_secret_value() for s in secrets if s is not None]
     password = urlsplit(settings.amqp_url.get_secret_value()).password
     if password:
         values.append(password)

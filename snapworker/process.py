@@ -20,7 +20,7 @@ def describe(settings: Settings) -> str:
     """The settings as one readable line, secrets shown only as set/unset."""
     shown = []
     for name, value in settings.model_dump().items():
-        if name in ("auth_token", "access_key", "secret_key"):
+        if name in ("auth_token", "access_key", "secret_key", "security_token", "api_proxy"):
             value = "set" if value is not None else "unset"
         elif name == "amqp_url":
             value = redact_url(settings.amqp_url.get_secret_value())
@@ -30,8 +30,11 @@ def describe(settings: Settings) -> str:
 
 async def serve(settings: Settings) -> None:
     """Run a worker until SIGTERM or SIGINT, then drain it gracefully."""
-    if settings.auth_mode == "none":
-        raise ConfigError("no API credentials: set SNAPWORKER_AUTH_TOKEN, or SNAPWORKER_ACCESS_KEY and SECRET_KEY")
+    if settings.auth_mode == "none" and not settings.accounts_file:
+        raise ConfigError(
+            "no API credentials: set SNAPWORKER_AUTH_TOKEN, or SNAPWORKER_ACCESS_KEY and SECRET_KEY (or "
+            "HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK), or SNAPWORKER_ACCOUNTS_FILE"
+        )
     worker = Worker(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

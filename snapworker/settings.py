@@ -10,10 +10,11 @@ import difflib
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from snapworker.errors import ConfigError
@@ -92,8 +93,29 @@ class Settings(BaseSettings):
     region: str = Field(default="cn-north-4", pattern=r"^[a-z0-9-]+$")
     api_url: str = Field(default="", description="Defaults to https://workspace.{REGION}.myhuaweicloud.com.")
     auth_token: SecretStr | None = Field(default=None, description="IAM token sent as X-Auth-Token.")
-    access_key: SecretStr | None = Field(default=None, description="AK for SDK-HMAC-SHA256 signing.")
-    secret_key: SecretStr | None = Field(default=None, description="SK for SDK-HMAC-SHA256 signing.")
+    # AK/SK also from Huawei's SDK variables (HUAWEICLOUD_SDK_*), as the SDKs, KooCLI and Terraform read them;
+    # a SNAPWORKER_ variable wins over the SDK's.
+    access_key: SecretStr | None = Field(  # type: ignore[pydantic-alias]  # has a default
+        default=None,
+        validation_alias=AliasChoices("access_key", "SNAPWORKER_ACCESS_KEY", "HUAWEICLOUD_SDK_AK"),
+        description="AK for SDK-HMAC-SHA256 signing (or HUAWEICLOUD_SDK_AK).",
+    )
+    secret_key: SecretStr | None = Field(  # type: ignore[pydantic-alias]  # has a default
+        default=None,
+        validation_alias=AliasChoices("secret_key", "SNAPWORKER_SECRET_KEY", "HUAWEICLOUD_SDK_SK"),
+        description="SK for SDK-HMAC-SHA256 signing (or HUAWEICLOUD_SDK_SK).",
+    )
+    security_token: SecretStr | None = Field(  # type: ignore[pydantic-alias]  # has a default
+        default=None,
+        validation_alias=AliasChoices("security_token", "SNAPWORKER_SECURITY_TOKEN", "HUAWEICLOUD_SDK_SECURITY_TOKEN"),
+        description="Temporary credentials: the security token that goes with their AK/SK (X-Security-Token).",
+    )
+    api_ca_file: str = Field(default="", description="PEM bundle of CAs to trust for the API (default: the system's).")
+    api_proxy: SecretStr | None = Field(default=None, description="HTTP(S) proxy for the API, e.g. http://proxy:3128.")
+    accounts_file: str = Field(
+        default="",
+        description="TOML file mapping project IDs (and a default) to endpoint, credentials and rate budget.",
+    )
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=30.0, gt=0)
     rate_limit: float = Field(default=1.5, gt=0, description="API calls per second, per credential.")
@@ -180,13 +202,23 @@ class Settings(BaseSettings):
                 f"PREFETCH ({self.prefetch}) is below MAX_BATCH ({self.max_batch}): no batch could ever fill. "
                 f"Set PREFETCH to at least MAX_BATCH times the number of projects you batch at once."
             )
-        for name in ("auth_token", "access_key", "secret_key", "redis_url"):
+        for name in ("auth_token", "access_key", "secret_key", "security_token", "api_proxy", "redis_url"):
             secret = getattr(self, name)
             if secret is not None and not secret.get_secret_value().strip():
                 # an empty variable (SNAPWORKER_AUTH_TOKEN=) would make every API call a 401
                 raise ValueError(f"{name.upper()} is set but empty: give it a value or unset it")
         if (self.access_key is None) != (self.secret_key is None):
             raise ValueError("ACCESS_KEY and SECRET_KEY go together: set both or neither")
+        if self.security_token is not None and self.access_key is None:
+            raise ValueError(
+                "SECURITY_TOKEN (temporary credentials) needs the ACCESS_KEY and SECRET_KEY issued with it"
+            )
+        if self.api_ca_file and not Path(self.api_ca_file).expanduser().is_file():
+            raise ValueError(f"API_CA_FILE {self.api_ca_file!r} is not a readable file")
+        if self.api_proxy is not None and urlsplit(self.api_proxy.get_secret_value()).scheme not in ("http", "https"):
+            raise ValueError("API_PROXY must be an http:// or https:// URL")
+        if self.accounts_file and not Path(self.accounts_file).expanduser().is_file():
+            raise ValueError(f"ACCOUNTS_FILE {self.accounts_file!r} is not a readable file")
         if self.auth_token is not None and self.access_key is not None:
             raise ValueError(
                 "two kinds of API credentials are set: remove AUTH_TOKEN to sign with ACCESS_KEY/SECRET_KEY, or "

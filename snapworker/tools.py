@@ -92,7 +92,8 @@ def publish(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sy
 def results(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """``snapworker results``: print and consume results until ``--count`` or ``--timeout``."""
     settings = load_settings()
-    queues: list[str] = args.queue or [settings.result_queue, settings.error_queue]
+    default = [settings.completion_queue] if args.completions else [settings.result_queue, settings.error_queue]
+    queues: list[str] = args.queue or default
 
     async def work() -> int:
         async with BrokerTools(settings, connection_name="snapworker-results") as broker:

@@ -20,7 +20,7 @@ from snapworker.amqp import declare_topology
 from snapworker.client import BROKER_ERRORS, open_connection
 from snapworker.errors import BrokerError, ConfigError
 from snapworker.intake import validation_problems
-from snapworker.models import SnapshotResult
+from snapworker.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult
 from snapworker.settings import Settings
 
 __all__ = ["BrokerTools", "QueueInfo", "ReceivedResult"]
@@ -47,6 +47,8 @@ class ReceivedResult:
     correlation_id: str | None = None
     redelivered: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    completion: SnapshotCompletion | None = None
+    """Set (and ``result`` None) for a message of type ``snapworker.completion``."""
 
 
 class BrokerTools:
@@ -163,10 +165,15 @@ async def _deliver(inbox: _Inbox, queue: str, message: AbstractIncomingMessage) 
 
 def _received(queue: str, message: AbstractIncomingMessage) -> ReceivedResult:
     headers = {k: v.decode(errors="replace") if isinstance(v, bytes) else str(v) for k, v in message.headers.items()}
+    completion: SnapshotCompletion | None = None
+    result: SnapshotResult | None = None
     try:
-        result, problem = SnapshotResult.model_validate_json(message.body), None
+        if message.type == COMPLETION_TYPE:
+            completion, problem = SnapshotCompletion.model_validate_json(message.body), None
+        else:
+            result, problem = SnapshotResult.model_validate_json(message.body), None
     except ValidationError as exc:
-        result, problem = None, "; ".join(validation_problems(exc))
+        problem = "; ".join(validation_problems(exc))
     return ReceivedResult(
-        queue, message.body, result, problem, message.correlation_id, bool(message.redelivered), headers
+        queue, message.body, result, problem, message.correlation_id, bool(message.redelivered), headers, completion
     )

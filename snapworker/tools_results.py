@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TextIO
 
-from snapworker.models import SnapshotResult
+from snapworker.models import SnapshotCompletion, SnapshotResult
 from snapworker.tools_broker import BrokerTools, ReceivedResult
 
-__all__ = ["HEADER", "follow_results", "result_row"]
+__all__ = ["HEADER", "completion_row", "follow_results", "result_row"]
 
 # (title, width); the last column takes what is left of the line
 _COLUMNS = (("FINISHED (UTC)", 24), ("STATUS", 8), ("REQUEST ID", 36), ("PROJECT", 32), ("DESKTOPS", 8), ("JOBS", 4))
@@ -39,6 +39,28 @@ def result_row(result: SnapshotResult) -> str:
     )
     row = "  ".join(f"{_fit(cell, width):<{width}}" for cell, (_, width) in zip(cells, _COLUMNS, strict=True))
     return row + "  " + _errors_cell(result)
+
+
+def completion_row(completion: SnapshotCompletion) -> str:
+    """A completion in the result table's columns: the desktops it covers, its jobs, and the first failure."""
+    jobs = {d.job_id for d in completion.desktops}
+    cells = (
+        completion.model_dump(mode="json")["finished_at"],
+        completion.status,
+        completion.request_id,
+        completion.project_id,
+        str(len(completion.desktops)),
+        str(len(jobs)),
+    )
+    row = "  ".join(f"{_fit(cell, width):<{width}}" for cell, (_, width) in zip(cells, _COLUMNS, strict=True))
+    bad = [d for d in completion.desktops if d.outcome != "succeeded"]
+    if not bad:
+        return row + "  -"
+    first = bad[0]
+    text = f"{first.desktop_id} {first.outcome}: {first.error_code or '-'} {first.fail_reason or ''}".strip()
+    if len(bad) > 1:
+        text += f" (+{len(bad) - 1} more)"
+    return row + "  " + _fit(" ".join(text.split()), _ERROR_CHARS)
 
 
 def _errors_cell(result: SnapshotResult) -> str:
@@ -67,6 +89,13 @@ async def follow_results(
     header = [] if jsonl else [HEADER]  # written with the first row, so an error comes alone
 
     def show(received: ReceivedResult) -> None:
+        if received.completion is not None:
+            while header:
+                out.write(header.pop() + "\n")
+            done = received.completion
+            out.write((done.model_dump_json() if jsonl else completion_row(done)) + "\n")
+            out.flush()
+            return
         if received.result is None:
             snippet = received.body[:200].decode("utf-8", errors="replace")
             err.write(f"{received.queue}: not a SnapshotResult ({received.problem}): {snippet}\n")

@@ -32,6 +32,7 @@ from snapworker.settings import Settings, redact_url
 from snapworker.stats import WorkerStats
 
 if TYPE_CHECKING:
+    from snapworker.accounts import AccountRouter
     from snapworker.health import HealthServer
     from snapworker.metrics import ApiMetrics
     from snapworker.tracking.loop import Tracker
@@ -101,6 +102,12 @@ class Worker:
             health = HealthServer(registry, self.ready, host="0.0.0.0", port=self.settings.metrics_port)
             await health.start()
             log.info("metrics and health on port %d: /metrics /healthz /readyz", health.port)
+        router: AccountRouter | None = None
+        if self._api is None and self.settings.accounts_file:
+            from snapworker.accounts import AccountRouter
+
+            # several accounts or regions: a client and a rate budget per account, routed by project
+            self._api = router = AccountRouter.from_settings(self.settings, observer=observer)
         if self._api is None:
             from snapworker.cloud.client import WorkspaceClient
             from snapworker.cloud.shared_limiter import build_limiter
@@ -155,6 +162,8 @@ class Worker:
             if owned_api is not None:
                 await owned_api.close()
                 await owned_api.limiter.close()
+            if router is not None:
+                await router.close()
             if health is not None:
                 await health.stop()
             # one line of totals, for operators and the benchmark: a field of its own in the JSON format

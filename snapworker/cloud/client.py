@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -117,6 +119,7 @@ class WorkspaceClient:
         self._observer = observer
         self._policy = RetryPolicy.from_settings(settings)
         self._clock, self._sleep, self._jitter, self._sdk_date = clock, sleep, jitter, sdk_date
+        self._proxy = settings.api_proxy.get_secret_value() if settings.api_proxy is not None else None
 
     @property
     def limiter(self) -> Limiter:
@@ -143,7 +146,8 @@ class WorkspaceClient:
             connector = aiohttp.TCPConnector(
                 # batch-create calls are capped at MAX_CONCURRENCY by the limiter; the rest is for job queries.
                 limit=2 * s.max_concurrency,
-                ssl=True,  # verify certificates and host names
+                # verify certificates and host names; API_CA_FILE: against that bundle (a corporate CA)
+                ssl=ssl.create_default_context(cafile=str(Path(s.api_ca_file).expanduser())) if s.api_ca_file else True,
             )
             timeout = aiohttp.ClientTimeout(
                 # connect bounds connecting (ConnectionTimeoutError: nothing was sent); sock_read bounds the
@@ -337,6 +341,7 @@ class WorkspaceClient:
                 data=body or None,
                 headers=headers,
                 allow_redirects=False,  # a redirect would resend a signed POST elsewhere
+                proxy=self._proxy,
             ) as resp:
                 data = await resp.read()
                 status, reason, resp_headers = resp.status, resp.reason, resp.headers
@@ -362,6 +367,9 @@ class WorkspaceClient:
         headers = {"Content-Type": "application/json"}
         if s.access_key is not None and s.secret_key is not None:
             headers["X-Project-Id"] = project_id
+            if s.security_token is not None:
+                # temporary credentials: the token rides in a header that is signed with the rest, as the SDK does
+                headers["X-Security-Token"] = s.security_token.get_secret_value()
             headers |= sign_request(
                 method,
                 url,

@@ -116,6 +116,10 @@ class BrokerProbe:
         for queue in watched:
             await self.watch(queue, declare=False)
 
+    def forget_at_exit(self, queue: str) -> None:
+        """Delete ``queue`` with the test's other queues at the end."""
+        self._declared.add(queue)
+
     @property
     def channel(self) -> AbstractChannel:
         assert self._channel is not None

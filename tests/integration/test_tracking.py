@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import math
 import signal
 from collections import Counter
@@ -11,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from snapworker.client import SnapshotClient
 from snapworker.cloud.simulator import Simulator
 from snapworker.models import COMPLETION_TYPE
 from snapworker.settings import Settings
+from snapworker.tools_broker import BrokerTools
+from snapworker.tools_results import follow_results
 from snapworker.worker import Worker
 from tests.integration.harness import BrokerProbe, WorkerProcess
 
@@ -140,3 +145,29 @@ async def test_a_worker_killed_while_tracking_leaves_its_jobs_to_another(
     await asyncio.sleep(1.0)  # time for a duplicate to show up, if there were one
     assert Counter(c.request_id for c in probe.completions()) == {f"r{i}": 1 for i in range(5)}
     assert {c.status for c in probe.completions()} == {"succeeded"}
+
+
+async def test_the_client_waits_for_the_completion_of_what_it_asked(
+    simulator: Simulator, settings: Settings, worker: Worker
+) -> None:
+    async with SnapshotClient(settings) as client:
+        result = await client.create_snapshots(PROJECT, ["desk-c1", "desk-c2"], timeout=10)
+        completion = await client.wait_for_completion(result, timeout=10)
+    assert (completion.request_id, completion.status) == (result.request_id, "succeeded")
+    assert {d.job_id for d in completion.desktops} == {j.job_id for j in result.jobs}
+
+
+async def test_the_results_tool_prints_completions(
+    simulator: Simulator, probe: BrokerProbe, settings: Settings, worker: Worker, unique_name: str
+) -> None:
+    replies = f"{unique_name}.cli-replies"  # not watched by the probe: the tool reads it
+    await probe.channel.declare_queue(replies, durable=True)
+    probe.forget_at_exit(replies)
+    await probe.publish(request("r-cli", "desk-cli"), reply_to=replies, correlation_id="c-cli")
+    out, err = io.StringIO(), io.StringIO()
+    async with BrokerTools(settings) as broker:
+        read = await follow_results(broker, [replies], out=out, err=err, jsonl=True, count=2, max_seconds=10)
+    assert read == 2, err.getvalue()
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert (first["status"], second["status"]) == ("accepted", "succeeded")
+    assert second["desktops"][0]["desktop_id"] == "desk-cli"

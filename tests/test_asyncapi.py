@@ -9,7 +9,7 @@ from typing import Any, get_args
 import pytest
 import yaml
 
-from snapworker.models import ResultStatus, SnapshotRequest, SnapshotResult
+from snapworker.models import CompletionStatus, ResultStatus, SnapshotCompletion, SnapshotRequest, SnapshotResult
 from snapworker.schemas import SCHEMA_FILES, render_schemas
 from snapworker.settings import Settings
 
@@ -56,7 +56,11 @@ def test_every_internal_reference_resolves(doc: dict[str, Any]) -> None:
 
 def test_message_payloads_are_the_schema_files_generated_from_the_models(doc: dict[str, Any]) -> None:
     messages = doc["components"]["messages"]
-    expected = {"SnapshotRequest": "snapshot-request.schema.json", "SnapshotResult": "snapshot-result.schema.json"}
+    expected = {
+        "SnapshotRequest": "snapshot-request.schema.json",
+        "SnapshotResult": "snapshot-result.schema.json",
+        "SnapshotCompletion": "snapshot-completion.schema.json",
+    }
     rendered = render_schemas()
     for message, name in expected.items():
         ref = messages[message]["payload"]["$ref"]
@@ -68,7 +72,12 @@ def test_message_payloads_are_the_schema_files_generated_from_the_models(doc: di
 def test_channel_addresses_are_the_default_queue_names(doc: dict[str, Any]) -> None:
     defaults = {name: field.default for name, field in Settings.model_fields.items()}
     channels = doc["channels"]
-    for channel, setting in (("requests", "request_queue"), ("results", "result_queue"), ("errors", "error_queue")):
+    for channel, setting in (
+        ("requests", "request_queue"),
+        ("results", "result_queue"),
+        ("errors", "error_queue"),
+        ("completions", "completion_queue"),
+    ):
         assert channels[channel]["address"] == defaults[setting]
         assert channels[channel]["bindings"]["amqp"]["queue"]["name"] == defaults[setting]
     assert channels["replies"]["address"] is None  # named by each request's reply_to
@@ -81,6 +90,7 @@ def test_operations_receive_requests_and_send_results(doc: dict[str, Any]) -> No
         ("receive", "#/channels/requests"),
         ("send", "#/channels/results"),
         ("send", "#/channels/errors"),
+        ("send", "#/channels/completions"),
     }
     reply = operations["receiveRequest"]["reply"]
     assert reply["channel"]["$ref"] == "#/channels/replies"
@@ -94,8 +104,17 @@ def test_the_status_header_lists_the_model_statuses(doc: dict[str, Any]) -> None
 
 def test_the_examples_are_valid_messages(doc: dict[str, Any]) -> None:
     messages = doc["components"]["messages"]
-    for message, model in (("SnapshotRequest", SnapshotRequest), ("SnapshotResult", SnapshotResult)):
+    for message, model in (
+        ("SnapshotRequest", SnapshotRequest),
+        ("SnapshotResult", SnapshotResult),
+        ("SnapshotCompletion", SnapshotCompletion),
+    ):
         examples = messages[message]["examples"]
         assert examples
         for example in examples:
             model.model_validate_json(json.dumps(example["payload"]))
+
+
+def test_the_completion_status_header_lists_the_model_statuses(doc: dict[str, Any]) -> None:
+    header = doc["components"]["messages"]["SnapshotCompletion"]["headers"]["properties"]["x-snapworker-status"]
+    assert header["enum"] == list(get_args(CompletionStatus))

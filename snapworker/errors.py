@@ -18,10 +18,11 @@ Third-party errors (aiohttp, aio-pika, pydantic) are translated at the edge that
     │       ├── ApiServerError      5xx
     │       └── ApiClientError      other 4xx: permanent
     │           └── ApiAuthError    401 / 403
-    └── BrokerError                 RabbitMQ refused or lost something
-        ├── BrokerRefused           permanent: wrong credentials or vhost; retrying cannot help
-        ├── UnroutableResult        a result was returned by the broker (no such queue)
-        └── MessageTooLarge         a message too large to publish: refused before anything was sent
+    ├── BrokerError                 RabbitMQ refused or lost something
+    │   ├── BrokerRefused           permanent: wrong credentials or vhost; retrying cannot help
+    │   ├── UnroutableResult        a result was returned by the broker (no such queue)
+    │   └── MessageTooLarge         a message too large to publish: refused before anything was sent
+    └── StoreUnavailable            the idempotency store (SQLite or Redis) cannot be read or written now
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "MessageTooLarge",
     "ResultTimeout",
     "SnapworkerError",
+    "StoreUnavailable",
     "UnroutableResult",
 ]
 
@@ -192,3 +194,8 @@ class MessageTooLarge(BrokerError):
         self.part = part
         self.size = size
         self.limit = limit
+
+
+class StoreUnavailable(SnapworkerError):
+    """The idempotency store (SQLite file or Redis) could not be read or written. The worker then holds the
+    messages it cannot check (requeued after a delay) rather than call the API blindly."""

@@ -36,7 +36,7 @@ from snapworker.core import Batch, MergeKey, Outcome, OutcomeEntry
 from snapworker.errors import ApiAuthError, ApiClientError, ApiError
 from snapworker.models import JobEntry, ResultError
 
-__all__ = ["BatchSender", "SnapshotApi", "error_entry"]
+__all__ = ["BatchSender", "CallJournal", "SnapshotApi", "error_entry"]
 
 log = logging.getLogger("snapworker.sending")
 
@@ -59,6 +59,16 @@ class SnapshotApi(Protocol):
         grant: Grant | None = None,
         deadline: float | None = None,
     ) -> CreatedJob: ...
+
+
+class CallJournal(Protocol):
+    """Records made around a batch's calls (snapworker.idempotency's journal): ``before_call`` returns None to
+    let the calls go, or the batch's outcome without calling; ``after_call`` sees the outcome before the
+    results do."""
+
+    async def before_call(self, batch: Batch, deadline: float | None) -> Outcome | None: ...
+
+    async def after_call(self, batch: Batch, outcome: Outcome) -> None: ...
 
 
 def error_entry(desktop_ids: Sequence[str], exc: ApiError) -> ResultError:
@@ -127,8 +137,10 @@ class BatchSender:
         busy_max_delay_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        journal: CallJournal | None = None,
     ) -> None:
         self._api = api
+        self._journal = journal
         self._max_extra_calls = max_extra_calls
         self._busy_retry_max_s = busy_retry_max_s
         self._busy_delay_s = busy_delay_s
@@ -141,13 +153,29 @@ class BatchSender:
 
         ``grant`` is the limiter's permission for the batch's first call (the others wait for their own);
         ``deadline`` bounds every call (see WorkspaceClient.batch_create) and the retries of busy desktops.
+        With a ``journal``, its intent is recorded before the first call and the outcome after the last.
         """
         limits = [deadline]
         if self._busy_retry_max_s is not None:
             limits.append(self._clock() + self._busy_retry_max_s)
         busy_until = min((t for t in limits if t is not None), default=None)
         sending = _Sending(batch.key, self._max_extra_calls, deadline, busy_until)
-        return tuple(await self._send(sending, list(batch.segments), grant))
+        if self._journal is None:
+            return tuple(await self._send(sending, list(batch.segments), grant))
+        try:
+            refused = await self._journal.before_call(batch, deadline)
+        except BaseException:
+            refused = None
+            if grant is not None:
+                self._api.limiter.release()  # the granted call is not made: its place goes to the next
+            raise
+        if refused is not None:
+            if grant is not None:
+                self._api.limiter.release()
+            return refused
+        outcome = tuple(await self._send(sending, list(batch.segments), grant))
+        await self._journal.after_call(batch, outcome)
+        return outcome
 
     async def _send(
         self, sending: _Sending, segments: Segments, grant: Grant | None, busy_tries: int = 0

@@ -145,6 +145,33 @@ class Settings(BaseSettings):
         description="Extra calls allowed to find the bad request in a rejected merged batch.",
     )
 
+    # -- idempotency: a redelivered request never takes a second snapshot (snapworker/idempotency)
+    idempotency_store: Literal["auto", "sqlite", "redis", "off"] = Field(
+        default="auto",
+        description="Where each request's intent and outcome are recorded: auto (redis when REDIS_URL is set, "
+        "else sqlite), sqlite, redis, or off (at least once only).",
+    )
+    state_dir: str = Field(
+        default="",
+        description="Directory of the SQLite idempotency store; defaults to $XDG_STATE_HOME/snapworker "
+        "(~/.local/state/snapworker).",
+    )
+    idempotency_ttl_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="How long a request's record is kept (a redelivery later than this is treated as new).",
+    )
+    idempotency_max_records: int = Field(
+        default=2_000_000, ge=1000, description="SQLite: records kept at most (the oldest go first)."
+    )
+    idempotency_hold_s: float = Field(
+        default=5.0, gt=0, description="Store unavailable: a request is requeued after this long, not sent blindly."
+    )
+    failpoints: str = Field(
+        default="",
+        description="Testing only: comma-separated failpoint names at which the process kills itself (SIGKILL).",
+    )
+
     # -- tracking jobs to their end (snapworker/tracking)
     track_jobs: bool = Field(default=True, description="Follow every created job and publish completions.")
     tracking_queue: str = Field(default="snapworker.tracking", min_length=1, max_length=200)
@@ -203,6 +230,8 @@ class Settings(BaseSettings):
                 f"Set PREFETCH to at least MAX_BATCH times the number of projects you batch at once."
             )
         for name in ("auth_token", "access_key", "secret_key", "security_token", "api_proxy", "redis_url"):
+        if self.idempotency_store == "redis" and self.redis_url is None:
+            raise ValueError("IDEMPOTENCY_STORE=redis needs REDIS_URL")
             secret = getattr(self, name)
             if secret is not None and not secret.get_secret_value().strip():
                 # an empty variable (SNAPWORKER_AUTH_TOKEN=) would make every API call a 401
@@ -260,6 +289,21 @@ class Settings(BaseSettings):
         if self.access_key is not None:
             return "aksk"
         return "token" if self.auth_token is not None else "none"
+
+    @property
+    def idempotency_backend(self) -> Literal["sqlite", "redis", "off"]:
+        """The idempotency store in use: IDEMPOTENCY_STORE with ``auto`` resolved."""
+        if self.idempotency_store == "auto":
+            return "redis" if self.redis_url is not None else "sqlite"
+        return self.idempotency_store
+
+    @property
+    def state_path(self) -> Path:
+        """STATE_DIR, or its default under $XDG_STATE_HOME (read here: the only place reading the environment)."""
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(xdg) / "snapworker"
 
 
 def load_settings(**overrides: object) -> Settings:

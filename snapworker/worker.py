@@ -22,8 +22,10 @@ from snapworker.cloud.limiter import Limiter
 from snapworker.core import Batch, BatchingCore, Outcome, WindowPolicy
 from snapworker.dispatch import Dispatcher
 from snapworker.errors import BrokerError, BrokerRefused
+from snapworker.failpoints import configure as configure_failpoints
 from snapworker.guard import DeliveryGuard
-from snapworker.intake import Rejected, read_request
+from snapworker.idempotency import Idempotency, build_idempotency
+from snapworker.intake import Accepted, Rejected, read_request
 from snapworker.models import SnapshotResult
 from snapworker.progress import ProgressReporter, log_problem_result
 from snapworker.results import ResultPublisher
@@ -85,11 +87,16 @@ class Worker:
         self._results = ResultPublisher(settings, self.stats)
         self._tracker: Tracker | None = None  # follows created jobs to their end (TRACK_JOBS)
         self._guard = DeliveryGuard(self.stats, self._results, self._spawn)
+        # None when IDEMPOTENCY_STORE=off: then at least once only (see README, "Idempotency")
+        self._idem: Idempotency | None = build_idempotency(
+            settings, self._core, submit=self._submit, answer=self._answer_from_record, spawn=self._spawn
+        )
 
     # -- public lifecycle
     async def run(self) -> None:
         """Serve until closed. Reconnects with backoff whenever the session is lost or cannot consume."""
         self._stopped.clear()
+        configure_failpoints(self.settings.failpoints)
         owned_api = None
         health: HealthServer | None = None
         observer: ApiMetrics | None = None
@@ -116,6 +123,8 @@ class Worker:
                 self.settings, limiter=build_limiter(self.settings), observer=observer
             )
         self._limiter = self._api.limiter
+        if self._idem is not None:
+            self._idem.use_api(self._api)
         dispatcher = Dispatcher(
             self._core,
             self._limiter,
@@ -123,6 +132,7 @@ class Worker:
                 self._api,
                 max_extra_calls=self.settings.isolate_max_extra_calls,
                 busy_retry_max_s=self.settings.retry_max_time_s,  # busy desktops: tried again this long at most
+                journal=self._idem.journal if self._idem is not None else None,
             ),
             wake=self._wake,
             deadline_s=self.settings.request_deadline_s,
@@ -166,6 +176,8 @@ class Worker:
                 await router.close()
             if health is not None:
                 await health.stop()
+            if self._idem is not None:
+                await self._idem.close()
             # one line of totals, for operators and the benchmark: a field of its own in the JSON format
             log.info("worker totals", extra={"totals": self.stats.as_dict()})
             self._stopped.set()
@@ -180,10 +192,17 @@ class Worker:
         """The rate limiter the worker's calls go through (None before ``run``)."""
         return self._limiter
 
+    @property
+    def idempotency(self) -> Idempotency | None:
+        """The idempotency store's handle (read-only use: metrics); None when IDEMPOTENCY_STORE=off."""
+        return self._idem
+
     def ready(self) -> bool:
-        """Connected and consuming: the consumer is attached to an open channel."""
+        """Connected and consuming: the consumer is attached to an open channel; and the idempotency store, if
+        any, answers (while it does not, requests are held, not served)."""
         session = self._session
-        return self.consuming.is_set() and session is not None and session.consumer_attached()
+        store_up = self._idem is None or self._idem.available
+        return self.consuming.is_set() and session is not None and session.consumer_attached() and store_up
 
     async def close(self) -> None:
         """Stop consuming, drain within SHUTDOWN_TIMEOUT_S, requeue the rest; returns when ``run`` has ended."""
@@ -311,6 +330,8 @@ class Worker:
         # of theirs is ever settled on another channel. Batches already sent keep going: a redelivered request
         # for one of their desktops waits for that same call instead of sending it again.
         self._core.drop(session.held())
+        if self._idem is not None:
+            self._idem.forget(session.held())
         if self._session is session:
             self._session = None
 
@@ -334,10 +355,28 @@ class Worker:
             self.stats.count_result(read.result)
             self._spawn(self._results.publish([(delivery, read.result)], settle="dead-letter"), (delivery,))
             return
+        if self._idem is not None and self._idem.admit(delivery, read):
+            return  # looked up first: answered from its record, or submitted once known to need a call
+        self._submit(delivery, read)
+
+    def _submit(self, delivery: Delivery, read: Accepted) -> None:
         loop = asyncio.get_running_loop()
-        if self._core.submit(delivery, read.request, read.request_id, read.correlation_id, loop.time()):
-            self._wake.set()
+        try:
+            if self._core.submit(delivery, read.request, read.request_id, read.correlation_id, loop.time()):
+                self._wake.set()
+        except Exception as exc:  # as in _on_delivery: a bug must not leave the message held
+            with contextlib.suppress(Exception):
+                self._core.drop([delivery])
+            self._guard.fail([delivery], exc, doing="holding a request")
+            return
         self._maybe_widen()
+
+    def _answer_from_record(self, delivery: Delivery, result: SnapshotResult) -> None:
+        """A request answered from its idempotency record: published (and acked) without a call. Its jobs are
+        not tracked again (they were when first answered, unless the first answer never went out)."""
+        log_problem_result(result)
+        self.stats.count_result(result)
+        self._spawn(self._results.publish([(delivery, result)], settle="ack"), (delivery,))
 
     # -- the window: widened as more merge keys are active, so that their batches can fill
     def _maybe_widen(self) -> None:
@@ -400,9 +439,10 @@ class Worker:
             self._wake.set()  # with nothing in flight, a full window may now be sent as it is (pressure)
         for finished in finished_requests:
             assert isinstance(finished.ticket, Delivery)
-            log_problem_result(finished.result)
-            self.stats.count_result(finished.result)
-            answered.append((finished.ticket, finished.result))
+            result = finished.result if self._idem is None else self._idem.finish(finished.ticket, finished.result)
+            log_problem_result(result)
+            self.stats.count_result(result)
+            answered.append((finished.ticket, result))
         if answered and self._tracker is not None:
             # confirmed before the requests are acked: a request whose result went out has its jobs followed
             await self._tracker.start([(result, delivery.reply_to) for delivery, result in answered])

@@ -49,6 +49,7 @@ from snapworker.cloud.signing import SignatureError, verify_signature
 from snapworker.cloud.sim_cli import add_arguments, config_from_args
 from snapworker.cloud.sim_service import InvalidBody, JobStore, parse_batch_create
 from snapworker.cloud.sim_state import FlowLimiter, SimConfig, SimStats, retry_after_header
+from snapworker.cloud.sim_snapshots import SnapshotIndex
 
 __all__ = ["SimConfig", "Simulator", "add_arguments", "config_from_args", "run"]
 
@@ -110,6 +111,8 @@ class Simulator:
         self.app.router.add_get("/v2/{project_id}/workspace-jobs/{job_id}", self._get_job)
         self.app.router.add_get("/v2/{project_id}/workspace-sub-jobs", self._list_sub_jobs)
         self.app.router.add_get("/_sim/stats", self._get_stats)
+        self.snapshots = SnapshotIndex()
+        self.app.router.add_get("/v2/{project_id}/snapshots", self._list_snapshots)
         self.app.router.add_post("/_sim/reset", self._reset)
 
     # ----------------------------------------------------------------------------------------- lifecycle
@@ -255,6 +258,7 @@ class Simulator:
         return busy_for_s is None or now - since < busy_for_s
 
     def _desktop_error(self, status: int, code: str, message: str, desktop_id: str) -> web.Response:
+        self.snapshots.record(job, body)
         """A service error caused by one desktop: naming it, unless ``name_culprits`` is off."""
         if self.config.name_culprits:
             return _service_error(status, code, f"{message}: {desktop_id}", desktop_id)
@@ -297,6 +301,17 @@ class Simulator:
         try:
             limit, offset = int(query.get("limit", "10")), int(query.get("offset", "0"))
         except ValueError:
+    async def _list_snapshots(self, request: web.Request) -> web.Response:
+        """``GET snapshots?desktop_id=&snapshot_name=&disk_type=&status=&offset=&limit=`` (see sim_snapshots)."""
+        user = self._authenticate(request, await request.read())
+        if isinstance(user, web.Response):
+            return await self._answer(user)
+        try:
+            listing = self.snapshots.listing(request.match_info["project_id"], dict(request.query), time.monotonic())
+        except ValueError:
+            return await self._answer(_service_error(400, "WKS.0001", "offset and limit must be integers", "limit"))
+        return await self._answer(web.json_response(listing))
+
             limit, offset = -1, -1
         job = self._jobs.get(request.match_info["project_id"], job_id)
         if not 1 <= limit <= 1000 or offset < 0:

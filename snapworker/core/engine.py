@@ -117,6 +117,15 @@ class BatchingCore:
         until then (or until a submit, complete or drop asks to wake)."""
         return None if self._closing else self._acc.next_change(now)
 
+    def waiting(self, batch: Batch) -> dict[Ticket, tuple[str, ...]]:
+        """The open requests that wait for ``batch``'s outcome, each with the desktops of the batch it waits on
+        (read-only: the runtime records them before and after the call)."""
+        found: dict[Ticket, list[str]] = {}
+        for desktop_id in batch.desktop_ids:
+            for ticket in self._waiters.get((batch.key, desktop_id), ()):
+                found.setdefault(ticket, []).append(desktop_id)
+        return {ticket: tuple(desktops) for ticket, desktops in found.items()}
+
     # -- events
     def submit(
         self,

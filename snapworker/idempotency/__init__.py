@@ -1,0 +1,106 @@
+"""Durable idempotency: a redelivered request never makes a second snapshot of a desktop.
+
+Each keyed request (request_id, else message_id) gets an intent row before each call that carries its desktops
+and an outcome row after it (:mod:`.journal`); a request arriving again is looked up first (:mod:`.gate`):
+answered from its record, reconciled against the API's snapshots where only the intent is known
+(:mod:`.reconcile`), and only what was never sent goes to the batching core. Stores: SQLite under STATE_DIR
+(:mod:`.sqlite_store`), or Redis for fleets (:mod:`.redis_store`), behind :class:`IdempotencyStore`.
+
+:class:`Idempotency` is the worker's one handle on all of it; :func:`build_idempotency` makes it from the
+settings (None when IDEMPOTENCY_STORE is ``off``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from snapworker.amqp import Delivery
+from snapworker.core import BatchingCore
+from snapworker.idempotency.gate import AdmissionGate, Answer, Spawn, Submit
+from snapworker.idempotency.health import StoreHealth
+from snapworker.idempotency.journal import CallJournal
+from snapworker.idempotency.reconcile import SnapshotReader
+from snapworker.idempotency.store import IdempotencyStore
+from snapworker.intake import Accepted
+from snapworker.models import SnapshotResult
+from snapworker.settings import Settings
+
+__all__ = ["Idempotency", "IdempotencyStore", "build_idempotency", "build_store"]
+
+log = logging.getLogger("snapworker.idempotency")
+
+
+def build_store(settings: Settings) -> IdempotencyStore:
+    """The store the settings choose (IDEMPOTENCY_STORE: sqlite under STATE_DIR, or redis at REDIS_URL)."""
+    if settings.idempotency_backend == "redis":
+        from snapworker.idempotency.redis_store import RedisStore
+
+        assert settings.redis_url is not None  # checked by Settings
+        return RedisStore(settings.redis_url.get_secret_value(), ttl_s=settings.idempotency_ttl_s)
+    from snapworker.idempotency.sqlite_store import SqliteStore
+
+    return SqliteStore(settings.state_path, ttl_s=settings.idempotency_ttl_s, max_rows=settings.idempotency_max_records)
+
+
+class Idempotency:
+    """The gate (admission), the journal (the sender's hooks) and the store's health, over one store."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: IdempotencyStore,
+        core: BatchingCore,
+        *,
+        submit: Submit,
+        answer: Answer,
+        spawn: Spawn,
+    ) -> None:
+        self.store = store
+        self.health = StoreHealth(settings.idempotency_backend)
+        self.journal = CallJournal(store, core, self.health, hold_s=settings.idempotency_hold_s)
+        self.gate = AdmissionGate(
+            store,
+            self.journal,
+            self.health,
+            namespace=settings.request_queue,
+            hold_s=settings.idempotency_hold_s,
+            submit=submit,
+            answer=answer,
+            spawn=spawn,
+        )
+
+    def use_api(self, api: Any) -> None:
+        """Reconcile through ``api``'s ``get_json`` (WorkspaceClient's); an API without it cannot list
+        snapshots, so what needs reconciling is reported maybe_created."""
+        reader: SnapshotReader | None = getattr(api, "get_json", None)
+        self.gate.reader = reader
+
+    def admit(self, delivery: Delivery, accepted: Accepted) -> bool:
+        return self.gate.admit(delivery, accepted)
+
+    def finish(self, delivery: Delivery, result: SnapshotResult) -> SnapshotResult:
+        return self.gate.finish(delivery, result)
+
+    def forget(self, deliveries: Iterable[Delivery]) -> None:
+        self.gate.forget(deliveries)
+
+    @property
+    def available(self) -> bool:
+        return self.health.available
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+def build_idempotency(
+    settings: Settings, core: BatchingCore, *, submit: Submit, answer: Answer, spawn: Spawn
+) -> Idempotency | None:
+    """The worker's idempotency, or None when IDEMPOTENCY_STORE is ``off`` (at least once only)."""
+    if settings.idempotency_backend == "off":
+        return None
+    store = build_store(settings)
+    where = settings.state_path if settings.idempotency_backend == "sqlite" else "REDIS_URL"
+    log.info("idempotency store: %s (%s)", settings.idempotency_backend, where)
+    return Idempotency(settings, store, core, submit=submit, answer=answer, spawn=spawn)

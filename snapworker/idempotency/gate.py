@@ -1,0 +1,249 @@
+"""Admission: every keyed request is looked up in the store before it may enter a batch.
+
+Deliveries are gathered while one lookup is in flight and looked up together (one store read per gathering, not
+one per request). Then, per request, desktop by desktop:
+
+- an outcome is recorded that holds (a job, or an error that publishing again cannot fix): **reused**;
+- a call was announced without a recorded outcome, or its outcome was "maybe created" (a response timeout):
+  **reconciled** against the API's snapshots (:mod:`.reconcile`): found ones are reused, unknown ones fail
+  ``maybe_created``, absent ones are sent;
+- anything else (no record, or a retryable error that created nothing): **sent**, through the batching core.
+
+A request with nothing left to send is answered from its record without entering a batch. One whose key has a
+call in flight in this very process waits for that call's outcome first (its rows are about to change).
+
+If the store cannot be read, the message is **held**: requeued after IDEMPOTENCY_HOLD_S (it comes back and is
+looked up again), never sent blindly. A request with neither request_id nor message_id skips all of this: at
+least once only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from snapworker.amqp import Delivery
+from snapworker.core import MergeKey, OutcomeEntry
+from snapworker.errors import StoreUnavailable
+from snapworker.idempotency.health import StoreHealth
+from snapworker.idempotency.journal import CallJournal, Keyed
+from snapworker.idempotency.reconcile import SnapshotReader, reconcile
+from snapworker.idempotency.store import IdempotencyStore, fingerprint, state_of
+from snapworker.intake import Accepted
+from snapworker.models import JobEntry, ResultError, SnapshotResult
+
+__all__ = ["AdmissionGate", "compose"]
+
+log = logging.getLogger("snapworker.idempotency")
+
+#: (delivery, the request as it may enter the core) -> None: the worker's own way in.
+Submit = Callable[[Delivery, Accepted], None]
+Answer = Callable[[Delivery, SnapshotResult], None]
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+def compose(
+    request_id: str,
+    correlation_id: str | None,
+    project_id: str | None,
+    desktops: Sequence[str],
+    entries: dict[str, OutcomeEntry],
+) -> SnapshotResult:
+    """The result of a request whose every desktop has an entry (desktops sharing an entry share its line)."""
+    groups: dict[int, tuple[OutcomeEntry, list[str]]] = {}
+    for desktop_id in desktops:
+        entry = entries[desktop_id]
+        groups.setdefault(id(entry), (entry, []))[1].append(desktop_id)
+    jobs: list[JobEntry] = []
+    errors: list[ResultError] = []
+    for entry, ids in groups.values():
+        narrowed = entry.model_copy(update={"desktop_ids": tuple(ids)})
+        (jobs if isinstance(narrowed, JobEntry) else errors).append(narrowed)  # type: ignore[arg-type]
+    return SnapshotResult(
+        request_id=request_id,
+        correlation_id=correlation_id,
+        project_id=project_id,
+        status="accepted" if not errors else ("partial" if jobs else "failed"),
+        finished_at=datetime.now(UTC),
+        jobs=tuple(jobs),
+        errors=tuple(errors),
+    )
+
+
+def _holds(entry: OutcomeEntry) -> bool:
+    """Whether a recorded entry answers the desktop for good: a job, or an error publishing again cannot fix."""
+    return isinstance(entry, JobEntry) or not entry.retryable
+
+
+class AdmissionGate:
+    """See the module docstring. ``namespace`` (the request queue) keeps deployments' keys apart."""
+
+    def __init__(
+        self,
+        store: IdempotencyStore,
+        journal: CallJournal,
+        health: StoreHealth,
+        *,
+        namespace: str,
+        hold_s: float,
+        submit: Submit,
+        answer: Answer,
+        spawn: Spawn,
+    ) -> None:
+        self._store = store
+        self._journal = journal
+        self._health = health
+        self._namespace = namespace
+        self._hold_s = hold_s
+        self._submit = submit
+        self._answer = answer
+        self._spawn = spawn
+        self.reader: SnapshotReader | None = None
+        self._waiting: list[tuple[Delivery, Accepted, Keyed]] = []
+        self._looking = False
+        # delivery -> (every desktop of the request, the entries reused for some): merged into its result
+        self._reused: dict[Delivery, tuple[tuple[str, ...], dict[str, OutcomeEntry]]] = {}
+
+    def admit(self, delivery: Delivery, accepted: Accepted) -> bool:
+        """Take a valid request for lookup; False when it has no key (the caller submits it as usual)."""
+        if accepted.request.request_id is None and delivery.envelope.message_id is None:
+            return False
+        keyed = Keyed(f"{self._namespace}\x1f{accepted.request_id}", fingerprint(accepted.request))
+        self._waiting.append((delivery, accepted, keyed))
+        if not self._looking:
+            self._looking = True
+            self._spawn(self._look_up())
+        return True
+
+    def finish(self, delivery: Delivery, result: SnapshotResult) -> SnapshotResult:
+        """The result to publish for a request the core finished: with its reused entries merged in."""
+        self._journal.forget((delivery,))
+        reused = self._reused.pop(delivery, None)
+        if reused is None:
+            return result
+        desktops, entries = reused
+        for job in result.jobs:
+            entries.update(dict.fromkeys(job.desktop_ids, job))
+        for error in result.errors:
+            entries.update(dict.fromkeys(error.desktop_ids, error))
+        merged = compose(result.request_id, result.correlation_id, result.project_id, desktops, entries)
+        return merged.model_copy(update={"finished_at": result.finished_at})
+
+    def forget(self, deliveries: Iterable[Delivery]) -> None:
+        """The session of these deliveries is gone: they will be redelivered."""
+        for delivery in deliveries:
+            self._reused.pop(delivery, None)
+        self._journal.forget(deliveries)
+
+    # -- lookups
+    async def _look_up(self) -> None:
+        try:
+            while self._waiting:
+                gathered, self._waiting = self._waiting, []
+                live = [item for item in gathered if not item[0].session.lost.is_set()]
+                if not live:
+                    continue
+                try:
+                    found = await self._health.timed(self._store.lookup([keyed.key for _, _, keyed in live]))
+                except StoreUnavailable:
+                    self._hold([delivery for delivery, _, _ in live])
+                    continue
+                for delivery, accepted, keyed in live:
+                    if delivery.session.lost.is_set():
+                        continue
+                    settled = self._journal.in_flight(keyed.key)
+                    if settled is not None:  # a call of ours is about to change its rows: look again after it
+                        self._spawn(self._after(settled, delivery, accepted, keyed))
+                        continue
+                    self._decide(delivery, accepted, keyed, found.get(keyed.key, []))
+        finally:
+            self._looking = False
+
+    async def _after(self, settled: asyncio.Event, delivery: Delivery, accepted: Accepted, keyed: Keyed) -> None:
+        await settled.wait()
+        self._waiting.append((delivery, accepted, keyed))
+        if not self._looking:
+            self._looking = True
+            await self._look_up()
+
+    def _decide(self, delivery: Delivery, accepted: Accepted, keyed: Keyed, rows: Sequence[Any]) -> None:
+        request = accepted.request
+        if not rows:
+            self._enter(delivery, accepted, keyed, request.desktop_ids, {})
+            return
+        state = state_of(rows, keyed.fingerprint)
+        reused = {d: e for d, e in state.outcomes.items() if _holds(e)}
+        doubtful = {d: state.intent_at[d] for d in state.intent_at if d not in state.outcomes}
+        for desktop_id, entry in state.outcomes.items():
+            if isinstance(entry, ResultError) and entry.maybe_created:
+                doubtful[desktop_id] = state.intent_at.get(desktop_id, 0.0)
+        if doubtful:
+            self._spawn(self._reconcile(delivery, accepted, keyed, reused, doubtful))
+            return
+        self._settle(delivery, accepted, keyed, reused)
+
+    async def _reconcile(
+        self,
+        delivery: Delivery,
+        accepted: Accepted,
+        keyed: Keyed,
+        reused: dict[str, OutcomeEntry],
+        doubtful: dict[str, float],
+    ) -> None:
+        checked = await reconcile(self.reader, MergeKey.of(accepted.request), doubtful)
+        counts = self._health.reconciled
+        counts["created"] += len(checked.created)
+        counts["absent"] += len(checked.absent)
+        counts["unknown"] += len(checked.unknown)
+        for entry in checked.entries():
+            reused[entry.desktop_ids[0]] = entry
+        if not delivery.session.lost.is_set():
+            self._settle(delivery, accepted, keyed, reused)
+
+    def _settle(self, delivery: Delivery, accepted: Accepted, keyed: Keyed, reused: dict[str, OutcomeEntry]) -> None:
+        desktops = accepted.request.desktop_ids
+        to_send = tuple(d for d in desktops if d not in reused)
+        if to_send:
+            self._enter(delivery, accepted, keyed, to_send, reused)
+            return
+        self._health.from_record += 1
+        log.info(
+            "request %s answered from its record: no call made",
+            accepted.request_id,
+            extra={"request_id": accepted.request_id, "project_id": accepted.request.project_id},
+        )
+        result = compose(accepted.request_id, accepted.correlation_id, accepted.request.project_id, desktops, reused)
+        self._answer(delivery, result)
+
+    def _enter(
+        self,
+        delivery: Delivery,
+        accepted: Accepted,
+        keyed: Keyed,
+        to_send: tuple[str, ...],
+        reused: dict[str, OutcomeEntry],
+    ) -> None:
+        self._journal.register(delivery, keyed)
+        if reused:
+            self._reused[delivery] = (accepted.request.desktop_ids, reused)
+            request = accepted.request.model_copy(update={"desktop_ids": to_send})
+            accepted = Accepted(request, accepted.request_id, accepted.correlation_id)
+        self._submit(delivery, accepted)
+
+    def _hold(self, deliveries: list[Delivery]) -> None:
+        """Requeue these after hold_s: they come back and are looked up again once the store answers."""
+        self._health.held += len(deliveries)
+        loop = asyncio.get_running_loop()
+        loop.call_later(self._hold_s, _requeue, deliveries)
+
+
+def _requeue(deliveries: list[Delivery]) -> None:
+    by_session: dict[Any, list[Delivery]] = {}
+    for delivery in deliveries:
+        if not delivery.settled and not delivery.session.lost.is_set():
+            by_session.setdefault(delivery.session, []).append(delivery)
+    for session, held in by_session.items():
+        session.settle(held, "requeue")

@@ -1,0 +1,167 @@
+"""The call journal: an intent row before each batch-create call, an outcome row after it, per keyed request.
+
+:class:`~snapworker.sending.BatchSender` calls :meth:`CallJournal.before_call` before a batch's first call and
+:meth:`CallJournal.after_call` with the batch's outcome; each is one store write for every request the batch
+serves (those whose desktops it carries, and those that joined them while it was in flight). The core stays
+sans-I/O: the journal only reads which requests wait on a batch (``BatchingCore.waiting``).
+
+If the intent cannot be written, the call is not made: the journal retries every IDEMPOTENCY_HOLD_S until the
+batch's deadline (its requests stay held meanwhile), then the batch fails with ``SNAPWORKER.STORE_UNAVAILABLE``
+(retryable, nothing created). If the outcome cannot be written, the results are published anyway (they are
+the truth; a later redelivery reconciles against the API instead of trusting the record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+
+from snapworker.core import Batch, BatchingCore, Outcome
+from snapworker.errors import StoreUnavailable
+from snapworker.failpoints import failpoint
+from snapworker.idempotency.health import StoreHealth
+from snapworker.idempotency.store import INTENT, OUTCOME, IdempotencyStore, Row, entry_body
+from snapworker.models import ResultError
+
+__all__ = ["CallJournal", "Keyed"]
+
+log = logging.getLogger("snapworker.idempotency")
+
+Ticket = Hashable
+_OUTCOME_TRIES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Keyed:
+    """A request's key in the store (namespaced request id) and its fingerprint."""
+
+    key: str
+    fingerprint: str
+
+
+@dataclass(slots=True)
+class _Attempt:
+    id: str
+    requests: dict[Ticket, tuple[Keyed, tuple[str, ...]]]  # who the call serves, and which of its desktops
+
+
+class CallJournal:
+    """Writes intents and outcomes; knows which keys have a call in flight in this process."""
+
+    def __init__(self, store: IdempotencyStore, core: BatchingCore, health: StoreHealth, *, hold_s: float) -> None:
+        self._store = store
+        self._core = core
+        self._health = health
+        self._hold_s = hold_s
+        self.keyed: dict[Ticket, Keyed] = {}
+        self._attempts: dict[int, _Attempt] = {}
+        self._in_flight: dict[str, int] = {}  # key -> calls in flight for it here
+        self._settled: dict[str, asyncio.Event] = {}  # key -> set when its calls here are all recorded
+
+    # -- the requests the journal keeps rows for
+    def register(self, ticket: Ticket, keyed: Keyed) -> None:
+        self.keyed[ticket] = keyed
+
+    def forget(self, tickets: Iterable[Ticket]) -> None:
+        for ticket in tickets:
+            self.keyed.pop(ticket, None)
+
+    def in_flight(self, key: str) -> asyncio.Event | None:
+        """An event set once this process has recorded the outcome of every call in flight for ``key``; None
+        when there is none (the store's rows are then all there is to know)."""
+        if key not in self._in_flight:
+            return None
+        return self._settled.setdefault(key, asyncio.Event())
+
+    # -- the sender's hooks
+    async def before_call(self, batch: Batch, deadline: float | None) -> Outcome | None:
+        """Record the intent of every keyed request ``batch`` serves; None: go ahead and call. An outcome: do
+        not call (the store stayed unavailable until ``deadline``, on the loop's clock)."""
+        attempt = _Attempt(uuid.uuid4().hex, {})
+        now = time.time()
+        rows = []
+        for ticket, desktops in self._core.waiting(batch).items():
+            keyed = self.keyed.get(ticket)
+            if keyed is not None:
+                attempt.requests[ticket] = (keyed, desktops)
+                rows.append(Row(keyed.key, keyed.fingerprint, INTENT, attempt.id, json.dumps(desktops), now))
+        loop = asyncio.get_running_loop()
+        while rows:
+            try:
+                await self._health.timed(self._store.record_intent(rows))
+                break
+            except StoreUnavailable as exc:
+                if deadline is not None and loop.time() + self._hold_s >= deadline:
+                    log.error("batch %d not sent: the idempotency store stayed unavailable (%s)", batch.id, exc)
+                    return (_store_unavailable(batch, exc),)
+                log.warning("batch %d waits: cannot record its intent (%s); trying again", batch.id, exc)
+                await asyncio.sleep(self._hold_s)
+        self._attempts[batch.id] = attempt
+        for keyed, _ in attempt.requests.values():
+            self._in_flight[keyed.key] = self._in_flight.get(keyed.key, 0) + 1
+        return None
+
+    async def after_call(self, batch: Batch, outcome: Outcome) -> None:
+        """Record what ``outcome`` says of each request's desktops (one write), before results are published."""
+        failpoint("after_api_before_record")
+        attempt = self._attempts.pop(batch.id, None)
+        if attempt is None:
+            return
+        requests = dict(attempt.requests)
+        for ticket, desktops in self._core.waiting(batch).items():  # joined while the call was in flight
+            keyed = self.keyed.get(ticket)
+            if keyed is not None and ticket not in requests:
+                requests[ticket] = (keyed, desktops)
+        by_desktop = {d: entry for entry in outcome for d in entry.desktop_ids}
+        bodies: dict[int, str] = {}
+        now = time.time()
+        rows = []
+        for keyed, desktops in requests.values():
+            groups: dict[int, list[str]] = {}
+            for desktop_id in desktops:
+                entry = by_desktop.get(desktop_id)
+                if entry is not None:  # a desktop without an outcome stays announced: reconciled if redelivered
+                    groups.setdefault(id(entry), []).append(desktop_id)
+                    if id(entry) not in bodies:
+                        bodies[id(entry)] = entry_body(entry)
+            body = json.dumps([[bodies[e], ds] for e, ds in groups.items()], separators=(",", ":"))
+            rows.append(Row(keyed.key, keyed.fingerprint, OUTCOME, attempt.id, body, now))
+        try:
+            for tries in range(1, _OUTCOME_TRIES + 1):
+                try:
+                    await self._health.timed(self._store.record_outcome(rows))
+                    break
+                except StoreUnavailable as exc:
+                    if tries == _OUTCOME_TRIES:
+                        log.warning("outcome of batch %d not recorded (%s): results go out anyway", batch.id, exc)
+                    else:
+                        await asyncio.sleep(min(self._hold_s, 1.0))
+        finally:
+            self._landed(keyed.key for keyed, _ in attempt.requests.values())
+        failpoint("after_record_before_publish")
+
+    def _landed(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            left = self._in_flight.get(key, 0) - 1
+            if left > 0:
+                self._in_flight[key] = left
+                continue
+            self._in_flight.pop(key, None)
+            event = self._settled.pop(key, None)
+            if event is not None:
+                event.set()
+
+
+def _store_unavailable(batch: Batch, exc: StoreUnavailable) -> ResultError:
+    return ResultError(
+        desktop_ids=batch.desktop_ids,
+        http_status=None,
+        error_code="SNAPWORKER.STORE_UNAVAILABLE",
+        error_msg=f"not sent: the idempotency store was unavailable until the deadline: {exc}"[:2000],
+        retryable=True,
+    )

@@ -1,0 +1,115 @@
+"""The idempotency store's contract, and the records it keeps, independent of any backend.
+
+Every request that carries a key (its ``request_id``, else its AMQP ``message_id``) gets rows in the store:
+
+- an **intent** row before each batch-create call that carries some of its desktops: which desktops, under
+  which attempt id, at what time (POSIX seconds);
+- an **outcome** row after that call: what became of those desktops (a job or an error per desktop group).
+
+Rows are only ever added (never updated in place), so a backend needs no read-modify-write and one write per
+call covers every request of the batch. Rows carry the request's **fingerprint** (its merge key and desktop
+set): a request_id reused for a different request does not see the other's rows.
+
+Backends (:mod:`.sqlite_store`, :mod:`.redis_store`) implement :class:`IdempotencyStore` and raise only
+:class:`~snapworker.errors.StoreUnavailable`: third-party errors are translated at their boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from snapworker.core import MergeKey, OutcomeEntry
+from snapworker.models import JobEntry, ResultError, SnapshotRequest
+
+__all__ = ["INTENT", "OUTCOME", "IdempotencyStore", "RequestState", "Row", "entry_body", "fingerprint", "state_of"]
+
+INTENT: Literal[0] = 0
+OUTCOME: Literal[1] = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One record row. ``body``: the intent's desktop IDs, or the outcome's entries, as JSON text."""
+
+    key: str
+    fingerprint: str
+    kind: int  # INTENT or OUTCOME
+    attempt: str
+    body: str
+    at: float
+
+
+class IdempotencyStore(Protocol):
+    """Where rows live. Every method raises StoreUnavailable (and nothing else) when the store cannot answer."""
+
+    async def lookup(self, keys: Sequence[str]) -> dict[str, list[Row]]:
+        """The unexpired rows of each key that has any, oldest first."""
+        ...
+
+    async def record_intent(self, rows: Sequence[Row]) -> None:
+        """Durably add intent rows (one write for all of them) before the call they announce."""
+        ...
+
+    async def record_outcome(self, rows: Sequence[Row]) -> None:
+        """Durably add outcome rows (one write for all of them) after the call they settle."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def fingerprint(request: SnapshotRequest) -> str:
+    """What makes two requests with one request_id the same request: merge key and desktop set."""
+    key = MergeKey.of(request)
+    parts = [
+        key.project_id,
+        key.disk_type or "",
+        key.system_disk_snapshot.model_dump_json() if key.system_disk_snapshot else "",
+        key.data_disk_snapshot.model_dump_json() if key.data_disk_snapshot else "",
+        *sorted(request.desktop_ids),
+    ]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+
+
+def entry_body(entry: OutcomeEntry) -> str:
+    """An outcome entry as JSON without its desktop IDs (those are stored per request beside it)."""
+    kind = "job" if isinstance(entry, JobEntry) else "error"
+    return json.dumps([kind, entry.model_dump(mode="json", exclude={"desktop_ids"})], separators=(",", ":"))
+
+
+def _entry(body: str, desktop_ids: Sequence[str]) -> OutcomeEntry:
+    kind, fields = json.loads(body)
+    fields["desktop_ids"] = tuple(desktop_ids)
+    if kind == "job":
+        return JobEntry.model_validate(fields)
+    return ResultError.model_validate(fields)
+
+
+@dataclass(slots=True)
+class RequestState:
+    """What the store knows of one request: per desktop, its recorded outcome (the latest), and the time of
+    the latest call announced for it. A desktop announced later than its outcome has no outcome: it was being
+    sent again, and that call may or may not have created a snapshot."""
+
+    outcomes: dict[str, OutcomeEntry] = field(default_factory=dict)
+    intent_at: dict[str, float] = field(default_factory=dict)
+
+
+def state_of(rows: Sequence[Row], fingerprint_: str) -> RequestState:
+    """Fold a key's rows (only those of this fingerprint) into its state."""
+    state = RequestState()
+    for row in sorted(rows, key=lambda r: (r.at, r.kind)):
+        if row.fingerprint != fingerprint_:
+            continue
+        if row.kind == INTENT:
+            for desktop_id in json.loads(row.body):
+                state.intent_at[desktop_id] = row.at
+                state.outcomes.pop(desktop_id, None)
+        else:
+            for body, desktop_ids in json.loads(row.body):
+                entry = _entry(body, desktop_ids)
+                state.outcomes.update(dict.fromkeys(desktop_ids, entry))
+    return state

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from snapworker.errors import ConfigError
 
@@ -57,7 +58,11 @@ class HealthServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def _metrics(self, _request: web.Request) -> web.Response:
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if "application/openmetrics-text" in request.headers.get("Accept", ""):
+            # OpenMetrics when the scraper asks for it (Prometheus does by default): exemplars, _created, # EOF
+            body = openmetrics.generate_latest(self._registry)  # type: ignore[no-untyped-call]
+            return web.Response(body=body, headers={"Content-Type": openmetrics.CONTENT_TYPE_LATEST})
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

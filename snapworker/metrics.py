@@ -10,7 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -110,7 +118,9 @@ class WorkerCollector(Collector):
         yield GaugeMetricFamily("snapworker_consuming", "1 while the consumer is attached.", value=self._worker.ready())
         limiter = self._worker.limiter
         if limiter is not None:
-            yield GaugeMetricFamily("snapworker_limiter_rate", "API calls per second allowed now.", value=limiter.rate)
+            yield GaugeMetricFamily(
+                "snapworker_limiter_rate_calls_per_second", "API calls per second allowed now.", value=limiter.rate
+            )
             yield CounterMetricFamily(
                 "snapworker_limiter_wait_seconds",
                 "Seconds API calls spent waiting for the rate limiter, summed.",
@@ -135,11 +145,23 @@ def _fill_histogram(sizes: dict[int, int]) -> HistogramMetricFamily:
         buckets.append((str(bound), sum(n for size, n in sizes.items() if size <= bound)))
     buckets.append(("+Inf", sum(sizes.values())))
     total = sum(size * n for size, n in sizes.items())
-    return HistogramMetricFamily("snapworker_batch_fill", "Desktops per batch sent.", buckets=buckets, sum_value=total)
+    return HistogramMetricFamily(
+        "snapworker_batch_fill_desktops", "Desktops per batch sent (at most 100).", buckets=buckets, sum_value=total
+    )
 
 
 def build_registry(worker: Worker) -> tuple[CollectorRegistry, ApiMetrics]:
-    """A registry with the worker's collector and the API metrics (pass the latter to the client)."""
+    """A registry with the worker's collector, the API metrics (pass them to the client), and the standard
+    process (``process_*``: CPU, memory, open files), Python (``python_info``, ``python_gc_*``) and build
+    (``snapworker_build_info{version}``) series."""
+    import snapworker
+
     registry = CollectorRegistry()
     registry.register(WorkerCollector(worker))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    Info("snapworker_build", "The snapworker version running.", registry=registry).info(
+        {"version": snapworker.__version__}
+    )
     return registry, ApiMetrics(registry)

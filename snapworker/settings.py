@@ -197,6 +197,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
     metrics_port: int | None = Field(default=None, ge=1, le=65535, description="Prometheus and health; off if unset.")
+    metrics_host: str = Field(
+        default="0.0.0.0",
+        min_length=1,
+        description="Address the metrics and health server binds: all interfaces (what a container's port mapping "
+        "and probes need); 127.0.0.1 to keep it on the host.",
+    )
     progress_interval_s: float = Field(
         default=30.0, ge=0, description="A progress line at INFO this often while busy (0: never)."
     )

@@ -89,9 +89,9 @@ async def test_metrics_count_requests_batches_and_api_calls(observed: tuple[Work
     assert 'snapworker_requests_total{status="invalid"} 1.0' in lines
     assert "snapworker_dead_lettered_total 1.0" in lines
     assert 'snapworker_batches_total{reason="linger"} 1.0' in lines
-    assert 'snapworker_batch_fill_bucket{le="5"} 1.0' in lines
+    assert 'snapworker_batch_fill_desktops_bucket{le="5"} 1.0' in lines
     assert 'snapworker_api_call_seconds_count{status_class="2xx"} 1.0' in lines
-    assert any(line.startswith("snapworker_limiter_rate ") for line in lines)
+    assert any(line.startswith("snapworker_limiter_rate_calls_per_second ") for line in lines)
     # bounded label sets: no request or desktop IDs anywhere
     assert "d0" not in text
     assert "p1" not in text

@@ -20,8 +20,9 @@ from typing import Any
 from snapworker.amqp import AmqpSession, Message
 from snapworker.cloud.simulator import SimConfig, Simulator
 from snapworker.core import MergeKey
-from snapworker.models import SnapshotRequest, SnapshotResult
+from snapworker.models import SnapshotCompletion, SnapshotRequest, SnapshotResult
 from snapworker.settings import Settings, load_settings
+from snapworker.tracking.loop import tracking_queues
 from snapworker.worker import Worker
 
 __all__ = ["DemoReport", "run_demo"]
@@ -41,6 +42,9 @@ class DemoReport:
     batch_sizes: dict[str, int] = field(default_factory=dict)
     flushes: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    completions: dict[str, SnapshotCompletion] = field(default_factory=dict)
+    job_reads: int = 0
+    completed_seconds: float = 0.0
 
     def table(self) -> str:
         rows = [("requests published", str(self.published)), ("results received", str(len(self.results)))]
@@ -58,6 +62,15 @@ class DemoReport:
                 "/".join(str(self.flushes[r]) for r in ("full", "linger", "pressure", "shutdown")),
             ),
             ("wall time", f"{self.seconds:.1f} s"),
+            ("completions received (every job followed to its end)", str(len(self.completions))),
+        ]
+        rows += [
+            (f"  {status}", str(n))
+            for status, n in sorted(Counter(c.status for c in self.completions.values()).items())
+        ]
+        rows += [
+            ("job reads (GET), one per job per look", str(self.job_reads)),
+            ("wall time until the last completion", f"{self.completed_seconds:.1f} s"),
         ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value:>8}" for name, value in rows)
@@ -114,7 +127,13 @@ async def run_demo(base: Settings | None = None, *, seed: int = 7, timeout_s: fl
     """Run the demo and return its report (the CLI prints it)."""
     base = base or load_settings()
     prefix = f"snapworker-demo.{uuid.uuid4().hex[:8]}"
-    sim = Simulator(SimConfig(tokens=frozenset({_TOKEN}), unknown_desktops=frozenset({UNKNOWN_DESKTOP})))
+    sim = Simulator(
+        SimConfig(
+            tokens=frozenset({_TOKEN}),
+            unknown_desktops=frozenset({UNKNOWN_DESKTOP}),
+            job_duration_s=1.0,  # jobs run a moment, then the tracking reports how each desktop ended
+        )
+    )
     await sim.start(host="127.0.0.1", port=0)
     settings = load_settings(
         **{
@@ -126,6 +145,11 @@ async def run_demo(base: Settings | None = None, *, seed: int = 7, timeout_s: fl
             "result_queue": f"{prefix}.results",
             "error_queue": f"{prefix}.errors",
             "dead_letter_queue": f"{prefix}.dead-letter",
+            "track_jobs": True,
+            "tracking_queue": f"{prefix}.tracking",
+            "completion_queue": f"{prefix}.completions",
+            "track_first_poll_s": 0.5,
+            "track_max_poll_s": 1.0,
             "rate_limit": 20.0,
             "rate_burst": 10,
             "prefetch": 2000,
@@ -136,6 +160,15 @@ async def run_demo(base: Settings | None = None, *, seed: int = 7, timeout_s: fl
     report.published = len(messages)
     report.api_calls_minimum, report.desktops_requested = _minimum_calls(messages, settings.max_batch)
     all_in = asyncio.Event()
+
+    completed = asyncio.Event()
+
+    def on_completion(body: bytes, _headers: object) -> None:
+        completion = SnapshotCompletion.model_validate_json(body)
+        report.completions[completion.request_id] = completion
+        expected = sum(1 for r in report.results.values() if r.jobs)
+        if all_in.is_set() and len(report.completions) >= expected:
+            completed.set()
 
     def on_result(body: bytes, _headers: object) -> None:
         result = SnapshotResult.model_validate_json(body)
@@ -150,6 +183,7 @@ async def run_demo(base: Settings | None = None, *, seed: int = 7, timeout_s: fl
     try:
         for queue in (settings.result_queue, settings.error_queue):
             await publisher.subscribe(queue, on_result)
+        await publisher.subscribe(settings.completion_queue, on_completion)
         await asyncio.wait_for(worker.consuming.wait(), timeout=30)
         # all at once, confirms awaited together, as a busy publishing service would
         outcomes = await publisher.publish_many(
@@ -169,6 +203,9 @@ async def run_demo(base: Settings | None = None, *, seed: int = 7, timeout_s: fl
             raise failed[0]
         await asyncio.wait_for(all_in.wait(), timeout=timeout_s)
         report.seconds = time.perf_counter() - started
+        if len(report.completions) < sum(1 for r in report.results.values() if r.jobs):
+            await asyncio.wait_for(completed.wait(), timeout=timeout_s)
+        report.completed_seconds = time.perf_counter() - started
     finally:
         await worker.close()
         await running
@@ -176,8 +213,15 @@ async def run_demo(base: Settings | None = None, *, seed: int = 7, timeout_s: fl
         report.api_calls = int(stats["calls_total"])
         report.batch_sizes = dict(stats["batch_sizes"])
         report.flushes = Counter(worker.stats.batches_by_reason)
+        report.job_reads = int(stats["job_queries"]) + int(stats.get("sub_job_queries", 0))
         await publisher.delete_queues(
-            [settings.request_queue, settings.result_queue, settings.error_queue, settings.dead_letter_queue]
+            [
+                settings.request_queue,
+                settings.result_queue,
+                settings.error_queue,
+                settings.dead_letter_queue,
+                *tracking_queues(settings),
+            ]
         )
         await publisher.close()
         await sim.stop()

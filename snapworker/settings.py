@@ -230,14 +230,14 @@ class Settings(BaseSettings):
             "unix",
         ):
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.idempotency_store == "redis" and self.redis_url is None:
+            raise ValueError("IDEMPOTENCY_STORE=redis needs REDIS_URL")
         if self.prefetch < self.max_batch:
             raise ValueError(
                 f"PREFETCH ({self.prefetch}) is below MAX_BATCH ({self.max_batch}): no batch could ever fill. "
                 f"Set PREFETCH to at least MAX_BATCH times the number of projects you batch at once."
             )
         for name in ("auth_token", "access_key", "secret_key", "security_token", "api_proxy", "redis_url"):
-        if self.idempotency_store == "redis" and self.redis_url is None:
-            raise ValueError("IDEMPOTENCY_STORE=redis needs REDIS_URL")
             secret = getattr(self, name)
             if secret is not None and not secret.get_secret_value().strip():
                 # an empty variable (SNAPWORKER_AUTH_TOKEN=) would make every API call a 401

@@ -48,8 +48,8 @@ from aiohttp.typedefs import Handler
 from snapworker.cloud.signing import SignatureError, verify_signature
 from snapworker.cloud.sim_cli import add_arguments, config_from_args
 from snapworker.cloud.sim_service import InvalidBody, JobStore, parse_batch_create
-from snapworker.cloud.sim_state import FlowLimiter, SimConfig, SimStats, retry_after_header
 from snapworker.cloud.sim_snapshots import SnapshotIndex
+from snapworker.cloud.sim_state import FlowLimiter, SimConfig, SimStats, retry_after_header
 
 __all__ = ["SimConfig", "Simulator", "add_arguments", "config_from_args", "run"]
 
@@ -110,9 +110,9 @@ class Simulator:
         self.app.router.add_post("/v2/{project_id}/snapshots/batch-create", self._batch_create)
         self.app.router.add_get("/v2/{project_id}/workspace-jobs/{job_id}", self._get_job)
         self.app.router.add_get("/v2/{project_id}/workspace-sub-jobs", self._list_sub_jobs)
-        self.app.router.add_get("/_sim/stats", self._get_stats)
         self.snapshots = SnapshotIndex()
         self.app.router.add_get("/v2/{project_id}/snapshots", self._list_snapshots)
+        self.app.router.add_get("/_sim/stats", self._get_stats)
         self.app.router.add_post("/_sim/reset", self._reset)
 
     # ----------------------------------------------------------------------------------------- lifecycle
@@ -247,6 +247,7 @@ class Simulator:
             max_jobs=config.max_jobs,
         )
         self._stats.record_job(job.desktop_ids)
+        self.snapshots.record(job, body)
         return web.json_response({"job_id": job.id})
 
     def _busy(self, desktop_id: str, now: float) -> bool:
@@ -258,7 +259,6 @@ class Simulator:
         return busy_for_s is None or now - since < busy_for_s
 
     def _desktop_error(self, status: int, code: str, message: str, desktop_id: str) -> web.Response:
-        self.snapshots.record(job, body)
         """A service error caused by one desktop: naming it, unless ``name_culprits`` is off."""
         if self.config.name_culprits:
             return _service_error(status, code, f"{message}: {desktop_id}", desktop_id)
@@ -290,17 +290,6 @@ class Simulator:
             response = web.json_response(job.to_dict(time.monotonic(), inline=self.config.sub_jobs_inline))
         return await self._answer(response)
 
-    async def _list_sub_jobs(self, request: web.Request) -> web.Response:
-        """``GET workspace-sub-jobs?job_id=&limit=&offset=`` -> ``{"total_count", "jobs": [sub-job, ...]}``."""
-        self._stats.sub_job_queries += 1
-        user = self._authenticate(request, await request.read())
-        if isinstance(user, web.Response):
-            return await self._answer(user)
-        query = request.query
-        job_id = query.get("job_id", "")
-        try:
-            limit, offset = int(query.get("limit", "10")), int(query.get("offset", "0"))
-        except ValueError:
     async def _list_snapshots(self, request: web.Request) -> web.Response:
         """``GET snapshots?desktop_id=&snapshot_name=&disk_type=&status=&offset=&limit=`` (see sim_snapshots)."""
         user = self._authenticate(request, await request.read())
@@ -312,6 +301,17 @@ class Simulator:
             return await self._answer(_service_error(400, "WKS.0001", "offset and limit must be integers", "limit"))
         return await self._answer(web.json_response(listing))
 
+    async def _list_sub_jobs(self, request: web.Request) -> web.Response:
+        """``GET workspace-sub-jobs?job_id=&limit=&offset=`` -> ``{"total_count", "jobs": [sub-job, ...]}``."""
+        self._stats.sub_job_queries += 1
+        user = self._authenticate(request, await request.read())
+        if isinstance(user, web.Response):
+            return await self._answer(user)
+        query = request.query
+        job_id = query.get("job_id", "")
+        try:
+            limit, offset = int(query.get("limit", "10")), int(query.get("offset", "0"))
+        except ValueError:
             limit, offset = -1, -1
         job = self._jobs.get(request.match_info["project_id"], job_id)
         if not 1 <= limit <= 1000 or offset < 0:

@@ -84,10 +84,8 @@ class Partitions:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        router, self._router = self._router, None
-        if router is not None and not router.is_closed:
-            with contextlib.suppress(*_CHANNEL_ERRORS):
-                await router.close()
+        # The channels stay open: they close with the session's connection (closing one here would read as a
+        # lost session, and the worker would skip its drain).
 
     # -- routing
     async def _on_request(self, message: DeliveredMessage) -> None:

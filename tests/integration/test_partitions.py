@@ -82,3 +82,19 @@ async def test_a_partition_left_by_a_stopped_worker_is_claimed_by_another(
     await fleet_probe.publish_many([{"project_id": f"p{i}", "desktop_ids": ["d1"]} for i in range(8)])
     results = await fleet_probe.wait_for(8, timeout=20)
     assert {r.result.status for r in results} == {"accepted"}
+
+
+async def test_a_partitioned_worker_stopping_answers_what_it_holds(
+    start: Callable[[], Awaitable[Worker]], fleet_probe: BrokerProbe
+) -> None:
+    worker = await start()
+    await fleet_probe.wait_until("its partitions claimed", lambda: owners_settled(fleet_probe, 1), timeout=20)
+    await fleet_probe.publish_many([{"project_id": "p1", "desktop_ids": [f"d{i}"]} for i in range(5)])
+
+    async def held() -> bool:
+        return worker.core.open_requests == 5
+
+    await fleet_probe.wait_until("the worker holds them (lingering)", held, timeout=10)
+    await worker.close()  # the drain sends what is pending instead of returning it to the queue
+    results = await fleet_probe.wait_for(5, timeout=10)
+    assert {r.result.status for r in results} == {"accepted"}

@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from snapworker.idempotency.health import StoreHealth
     from snapworker.worker import Worker
 
 __all__ = ["ApiMetrics", "WorkerCollector", "build_registry"]
@@ -137,6 +138,46 @@ class WorkerCollector(Collector):
                 "Times the shared budget (Redis) became unreachable and the local share took over.",
                 value=limiter.fallbacks_total,
             )
+        idem = self._worker.idempotency
+        if idem is not None:
+            yield from _idempotency_metrics(idem.health)
+
+
+def _idempotency_metrics(health: StoreHealth) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "snapworker_idempotency_store_up",
+        "1 while the idempotency store answers; 0: requests are held (requeued), none is sent blindly.",
+        value=int(health.available),
+    )
+    yield CounterMetricFamily(
+        "snapworker_idempotency_store_seconds",
+        "Seconds spent waiting on idempotency store calls.",
+        value=health.seconds,
+    )
+    yield CounterMetricFamily(
+        "snapworker_idempotency_store_calls", "Idempotency store calls (lookups and writes).", value=health.calls
+    )
+    yield CounterMetricFamily(
+        "snapworker_idempotency_store_failures", "Idempotency store calls that failed.", value=health.failures
+    )
+    yield CounterMetricFamily(
+        "snapworker_idempotency_held",
+        "Request messages requeued because the idempotency store could not be read.",
+        value=health.held,
+    )
+    yield CounterMetricFamily(
+        "snapworker_idempotency_from_record",
+        "Requests answered from their idempotency record, without calling the API.",
+        value=health.from_record,
+    )
+    reconciled = CounterMetricFamily(
+        "snapworker_idempotency_reconciled",
+        "Desktops checked against the API's snapshots after a call without a recorded outcome, by finding.",
+        labels=["outcome"],
+    )
+    for outcome, count in health.reconciled.items():
+        reconciled.add_metric([outcome], count)
+    yield reconciled
 
 
 def _fill_histogram(sizes: dict[int, int]) -> HistogramMetricFamily:

@@ -1,0 +1,69 @@
+"""Records folded into a request's state, results composed from them, and failpoints that cost nothing off."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from snapworker import failpoints
+from snapworker.idempotency.gate import compose
+from snapworker.idempotency.store import INTENT, OUTCOME, Row, entry_body, fingerprint, state_of
+from snapworker.models import JobEntry, ResultError, SnapshotRequest
+
+JOB = JobEntry(job_id="j1", desktop_ids=("d1", "d2"))
+ERROR = ResultError(desktop_ids=("d3",), http_status=404, error_code="WKS.0202", error_msg="no", retryable=False)
+
+
+def outcome(at: float, *pairs: tuple[JobEntry | ResultError, list[str]], fp: str = "fp") -> Row:
+    return Row("k", fp, OUTCOME, "a", json.dumps([[entry_body(e), ds] for e, ds in pairs]), at)
+
+
+def intent(at: float, desktops: list[str], fp: str = "fp") -> Row:
+    return Row("k", fp, INTENT, "a", json.dumps(desktops), at)
+
+
+def test_an_outcome_settles_the_desktops_its_intent_announced() -> None:
+    state = state_of([intent(1, ["d1", "d2", "d3"]), outcome(2, (JOB, ["d1", "d2"]), (ERROR, ["d3"]))], "fp")
+    assert state.outcomes["d1"].model_dump() == JOB.model_dump()
+    assert isinstance(state.outcomes["d3"], ResultError)
+    assert set(state.intent_at) == {"d1", "d2", "d3"}
+
+
+def test_an_intent_without_outcome_leaves_its_desktops_unsettled() -> None:
+    state = state_of([intent(1, ["d1"]), outcome(2, (JOB, ["d1"])), intent(3, ["d1"])], "fp")
+    assert state.outcomes == {}
+    assert state.intent_at == {"d1": 3}
+
+
+def test_rows_of_another_fingerprint_are_ignored() -> None:
+    state = state_of([intent(1, ["d1"], fp="other"), outcome(2, (JOB, ["d1"]), fp="other")], "fp")
+    assert state.outcomes == {}
+    assert state.intent_at == {}
+
+
+def test_the_fingerprint_changes_with_the_desktops_and_not_with_their_order() -> None:
+    a = SnapshotRequest(project_id="p", desktop_ids=("d1", "d2"))
+    b = SnapshotRequest(project_id="p", desktop_ids=("d2", "d1"))
+    c = SnapshotRequest(project_id="p", desktop_ids=("d1", "d3"))
+    assert fingerprint(a) == fingerprint(b) != fingerprint(c)
+
+
+def test_a_composed_result_groups_desktops_by_entry_and_is_partial_with_an_error() -> None:
+    entries: dict[str, JobEntry | ResultError] = {"d1": JOB, "d2": JOB, "d3": ERROR}
+    result = compose("r1", "c1", "p", ("d1", "d2", "d3"), entries)
+    assert result.status == "partial"
+    assert [j.desktop_ids for j in result.jobs] == [("d1", "d2")]
+    assert [e.desktop_ids for e in result.errors] == [("d3",)]
+
+
+def test_an_armed_failpoint_kills_the_process_with_sigkill() -> None:
+    code = "from snapworker import failpoints as f; f.configure('boom'); f.failpoint('other'); f.failpoint('boom')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30, check=False)
+    assert done.returncode == -9
+    assert b"failpoint boom" in done.stderr
+
+
+def test_an_unarmed_failpoint_does_nothing() -> None:
+    failpoints.configure("")
+    failpoints.failpoint("after_api_before_record")

@@ -1,0 +1,67 @@
+"""The SQLite store: rows survive a reopen, lookups are per key, size and age are bounded, errors are ours."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from snapworker.errors import StoreUnavailable
+from snapworker.idempotency.sqlite_store import SqliteStore
+from snapworker.idempotency.store import INTENT, OUTCOME, Row
+
+
+def row(key: str, kind: int = INTENT, at: float = 1.0) -> Row:
+    return Row(key, "fp", kind, "a1", '["d1"]', at)
+
+
+async def test_rows_written_are_found_by_key_after_the_store_is_reopened(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    await store.record_intent([row("k1"), row("k2")])
+    await store.record_outcome([row("k1", OUTCOME, 2.0)])
+    await store.close()
+    reopened = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    found = await reopened.lookup(["k1", "k3"])
+    await reopened.close()
+    assert list(found) == ["k1"]
+    assert [r.kind for r in found["k1"]] == [INTENT, OUTCOME]
+
+
+async def test_the_file_is_in_wal_mode(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    await store.record_intent([row("k1")])
+    await store.close()
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_expired_rows_are_not_found(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path, ttl_s=0.001, max_rows=1000)
+    await store.record_intent([row("k1")])
+    await asyncio.sleep(0.01)
+    found = await store.lookup(["k1"])
+    await store.close()
+    assert found == {}
+
+
+async def test_past_max_rows_the_oldest_rows_go(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    await store.record_intent([row(f"k{i}") for i in range(6000)])  # more than one prune period
+    oldest, newest = await store.lookup(["k0"]), await store.lookup(["k5999"])
+    await store.close()
+    with sqlite3.connect(store.path) as conn:
+        count = conn.execute("SELECT count(*) FROM idem").fetchone()[0]
+    assert oldest == {}
+    assert list(newest) == ["k5999"]
+    assert count == 1000
+
+
+async def test_a_store_that_cannot_open_raises_store_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("not a directory")
+    store = SqliteStore(blocker, ttl_s=60, max_rows=1000)
+    with pytest.raises(StoreUnavailable, match="SQLite store"):
+        await store.lookup(["k1"])
+    await store.close()

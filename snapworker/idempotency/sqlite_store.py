@@ -67,7 +67,8 @@ class SqliteStore:
         if self._thread is None:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapworker-sqlite")
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._thread, fn), self._timeout_s)
+            async with asyncio.timeout(self._timeout_s):  # not wait_for: that makes a task per call
+                return await loop.run_in_executor(self._thread, fn)
         except (sqlite3.Error, OSError) as exc:
             self._conn = None if isinstance(exc, sqlite3.DatabaseError) else self._conn
             raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc

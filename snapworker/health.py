@@ -1,13 +1,12 @@
 """The metrics and health endpoint (aiohttp.web): ``/metrics``, ``/healthz`` and ``/readyz``.
 
-- ``/healthz``: the event loop answers (a blocked loop cannot serve this at all; the body shows its lag).
+- ``/healthz``: the event loop answers and keeps up: 503 once its timers ran more than ``max_lag_s`` late within
+  the last few seconds (a blocked loop cannot answer at all; one that keeps stalling answers unhealthy).
 - ``/readyz``: connected to the broker *and* the consumer attached; "connected but not consuming" is not ready.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -15,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from snapworker.errors import ConfigError
+from snapworker.loop_lag import LoopLagMonitor
 
 __all__ = ["HealthServer"]
 
@@ -22,9 +22,20 @@ __all__ = ["HealthServer"]
 class HealthServer:
     """Serves one worker's metrics and health on ``host:port``."""
 
-    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool], *, host: str, port: int) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        ready: Callable[[], bool],
+        *,
+        host: str,
+        port: int,
+        lag: LoopLagMonitor | None = None,
+        max_lag_s: float = 5.0,
+    ) -> None:
         self._registry = registry
         self._ready = ready
+        self._lag = lag or LoopLagMonitor()
+        self._max_lag_s = max_lag_s
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -39,6 +50,7 @@ class HealthServer:
         return self._port
 
     async def start(self) -> None:
+        self._lag.start()
         self._runner = web.AppRunner(self._app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
@@ -54,6 +66,7 @@ class HealthServer:
             self._port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
+        await self._lag.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -67,10 +80,10 @@ class HealthServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        started = time.perf_counter()
-        await asyncio.sleep(0)
-        lag_ms = (time.perf_counter() - started) * 1000
-        return web.json_response({"status": "ok", "loop_lag_ms": round(lag_ms, 3)})
+        lag_s = self._lag.lag_s
+        healthy = lag_s <= self._max_lag_s
+        body = {"status": "ok" if healthy else "event loop lagging", "loop_lag_ms": round(lag_s * 1000, 3)}
+        return web.json_response(body, status=200 if healthy else 503)
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         if self._ready():

@@ -62,6 +62,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return tools.check(args)
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from snapworker import tools_replay
+
+    return tools_replay.replay(args)
+
+
 _SETTINGS_HELP = """settings (environment):
   SNAPWORKER_AMQP_URL        broker URL (default amqp://guest:guest@localhost:5672/)
   SNAPWORKER_API_URL         Workspace endpoint (default https://workspace.{REGION}.myhuaweicloud.com)
@@ -124,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_cmd_demo)
 
     _add_tool_parsers(commands)
+    _add_queue_parsers(commands)
 
     from snapworker.cloud import sim_cli  # the options only: the server (aiohttp.web) loads when it runs
 
@@ -235,6 +242,30 @@ def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     check.add_argument("--project", metavar="P", help="project ID to test access with (default: a placeholder)")
     check.add_argument("--declare", action="store_true", help="declare the queues first, as the worker does")
     check.set_defaults(handler=_cmd_check)
+
+
+def _add_queue_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    replay = commands.add_parser(
+        "replay",
+        help="move dead letters back to the request queue (after the cause is fixed)",
+        description="Move the dead letters that match the filter (all of them without one) back to the request\n"
+        "queue: each is copied there without its x-snapworker-reason header and with x-snapworker-replayed,\n"
+        "confirmed, and only then removed. The others stay where they were. One pass over what the queue\n"
+        "holds when it starts; prints a line per message moved and a summary. Exit code 1 on a broker problem.",
+        epilog=_BROKER_HELP
+        + "  SNAPWORKER_DEAD_LETTER_QUEUE  where invalid requests go (default snapworker.dead-letter)\n"
+        "\nexamples:\n"
+        "  snapworker replay --dry-run\n"
+        "  snapworker replay --reason-contains INTERNAL --limit 100\n"
+        "  snapworker replay --project 0a1b2c3d4e5f67890a1b2c3d4e5f6789",
+        formatter_class=raw,
+    )
+    replay.add_argument("--reason-contains", metavar="TEXT", help="only those whose reason contains TEXT (any case)")
+    replay.add_argument("--project", metavar="P", help="only requests for project P")
+    replay.add_argument("--limit", type=_positive_int, metavar="N", help="move at most N")
+    replay.add_argument("--dry-run", action="store_true", help="print what would move; move nothing")
+    replay.set_defaults(handler=_cmd_replay)
 
 
 def _describe_os_error(exc: OSError) -> str:

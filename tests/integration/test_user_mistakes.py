@@ -68,6 +68,8 @@ MISTAKES: dict[str, Mistake] = {
         ("publish", "--project", "p", "--desktop", "d"), {"SNAPWORKER_AMQP_URL": CLOSED_PORT_URL}, 1, "cannot reach"
     ),
     "results with no broker": Mistake(("results",), {"SNAPWORKER_AMQP_URL": CLOSED_PORT_URL}, 1, "cannot reach"),
+    "replay with no broker": Mistake(("replay",), {"SNAPWORKER_AMQP_URL": CLOSED_PORT_URL}, 1, "cannot reach"),
+    "replay with a limit of 0": Mistake(("replay", "--limit", "0"), says="must be at least 1"),
 }
 BROKER_MISTAKES: dict[str, Mistake] = {
     "run with a wrong broker password": Mistake(

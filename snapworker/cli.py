@@ -181,6 +181,7 @@ def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
         epilog=_BROKER_HELP + "  SNAPWORKER_MAX_MESSAGE_BYTES  larger requests are refused before publishing\n"
         "\nexamples:\n"
         "  snapworker publish --project P1 --desktop d1 --desktop d2 --wait\n"
+        "  snapworker publish --project P1 --desktop d1 --snapshot-name pre-upgrade --request-id up-7 --dry-run\n"
         '  snapworker publish --file requests.jsonl   # lines like {"project_id": "P1", "desktop_ids": ["d1"]}\n'
         "  producer | snapworker publish --file - --reply-to my-replies",
         formatter_class=raw,
@@ -190,6 +191,14 @@ def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     source.add_argument("--file", metavar="F.jsonl", help="JSON Lines file, one request a line; - for stdin")
     publish.add_argument("--desktop", action="append", metavar="D", help="desktop ID (repeat for more)")
     publish.add_argument("--disk-type", choices=["SYSTEM_DISK", "DATA_DISKS", "ALL"], help="disks to snapshot")
+    publish.add_argument("--request-id", metavar="ID", help="request_id of the one request (echoed in its result)")
+    publish.add_argument(
+        "--snapshot-name", metavar="NAME", help="name of the snapshots (of the disks --disk-type covers)"
+    )
+    publish.add_argument("--description", metavar="TEXT", help="description of the snapshots")
+    publish.add_argument(
+        "--dry-run", action="store_true", help="print the exact body and properties it would publish; publish nothing"
+    )
     publish.add_argument("--reply-to", metavar="Q", help="queue for the results (default: result/error queue)")
     publish.add_argument("--wait", action="store_true", help="wait for the result and print it (with --project)")
     publish.add_argument(

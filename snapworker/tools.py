@@ -18,13 +18,13 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from snapworker.client import SnapshotClient
-from snapworker.errors import ConfigError, ResultTimeout, SnapworkerError
+from snapworker.errors import ConfigError, InvalidMessage, ResultTimeout, SnapworkerError
 from snapworker.intake import validation_problems
 from snapworker.models import SnapshotRequest
 from snapworker.settings import load_settings
 from snapworker.tools_broker import BrokerTools
 from snapworker.tools_check import Finding, check_api, check_broker, describe_settings
-from snapworker.tools_publish import publish_file, publish_one
+from snapworker.tools_publish import dry_run, publish_file, publish_one, request_from_options
 from snapworker.tools_results import follow_results
 
 __all__ = ["check", "publish", "results"]
@@ -48,22 +48,41 @@ def _run(command: str, work: Coroutine[Any, Any, int], err: TextIO) -> int:
 
 def publish(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """``snapworker publish``: one request from ``--project``/``--desktop`` or many from ``--file``."""
-    if args.file is not None and (args.desktop or args.disk_type or args.wait):
-        err.write("snapworker publish: --desktop, --disk-type and --wait go with --project, not --file\n")
+    one_request_only = (args.desktop, args.disk_type, args.wait, args.request_id, args.snapshot_name)
+    if args.file is not None and (any(one_request_only) or args.description is not None or args.dry_run):
+        err.write(
+            "snapworker publish: --desktop, --disk-type, --request-id, --snapshot-name, --description, --wait and "
+            "--dry-run go with --project, not --file\n"
+        )
         return 2
     if args.wait and args.reply_to:
         err.write("snapworker publish: --wait reads the result from its own reply queue: drop --reply-to\n")
+        return 2
+    if args.wait and args.dry_run:
+        err.write("snapworker publish: --dry-run publishes nothing, so no result comes: drop --wait\n")
         return 2
     settings = load_settings()
     request: SnapshotRequest | None = None
     if args.file is None:
         try:
-            request = SnapshotRequest(
-                project_id=args.project, desktop_ids=tuple(args.desktop or ()), disk_type=args.disk_type
+            request = request_from_options(
+                args.project,
+                tuple(args.desktop or ()),
+                disk_type=args.disk_type,
+                request_id=args.request_id,
+                snapshot_name=args.snapshot_name,
+                description=args.description,
             )
         except ValidationError as exc:
             err.write("snapworker publish: invalid request:\n  " + "\n  ".join(validation_problems(exc)) + "\n")
             return 2
+        if args.dry_run:  # validated like a publish, and nothing sent: no broker needed
+            try:
+                out.write(dry_run(request, settings, reply_to=args.reply_to))
+            except InvalidMessage as exc:
+                err.write(f"snapworker publish: {exc}\n")
+                return 2
+            return 0
 
     async def work() -> int:
         async with SnapshotClient(settings, connection_name="snapworker-publish") as client:

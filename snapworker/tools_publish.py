@@ -9,22 +9,25 @@ confirmed messages (or, with ``--wait``, the result); problems go to stderr.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO, TextIO
 
 from pydantic import ValidationError
 
-from snapworker.client import SnapshotClient
+from snapworker.client import SnapshotClient, _check_shortstr
 from snapworker.errors import BrokerError, InvalidMessage
 from snapworker.intake import validation_problems
-from snapworker.models import SnapshotRequest, SnapshotResult
+from snapworker.models import DiskType, SnapshotRequest, SnapshotResult
+from snapworker.settings import Settings
 
-__all__ = ["FileReport", "Progress", "publish_lines"]
+__all__ = ["FileReport", "Progress", "dry_run", "publish_lines", "request_from_options"]
 
 
 @dataclass
@@ -179,3 +182,54 @@ async def publish_one(
         timeout=wait_s,
     )
     return result.correlation_id or "", result
+
+
+def request_from_options(
+    project: str,
+    desktops: tuple[str, ...],
+    *,
+    disk_type: DiskType | None = None,
+    request_id: str | None = None,
+    snapshot_name: str | None = None,
+    description: str | None = None,
+) -> SnapshotRequest:
+    """The request ``publish --project`` sends; ValidationError when the contract refuses it.
+
+    ``snapshot_name`` and ``description`` name the snapshots of the disks ``disk_type`` covers: the system disk's
+    (``system_disk_snapshot``) for SYSTEM_DISK and when no type is given (the API's default is the system disk),
+    the data disks' (``data_disk_snapshot``) for DATA_DISKS, both for ALL.
+    """
+    fields: dict[str, object] = {"project_id": project, "desktop_ids": desktops}
+    fields |= {"disk_type": disk_type, "request_id": request_id}
+    if snapshot_name is not None or description is not None:
+        # validated as part of the request, so a problem is named by its place (system_disk_snapshot.name)
+        info = {"name": snapshot_name, "description": description}
+        if disk_type in (None, "SYSTEM_DISK", "ALL"):
+            fields["system_disk_snapshot"] = info
+        if disk_type in ("DATA_DISKS", "ALL"):
+            fields["data_disk_snapshot"] = info
+    return SnapshotRequest.model_validate(fields)
+
+
+def dry_run(request: SnapshotRequest, settings: Settings, *, reply_to: str | None) -> str:
+    """What :meth:`SnapshotClient.publish` would send for ``request``, as text: the queue, the AMQP properties
+    (JSON) and the exact body, a line each. Raises InvalidMessage as publishing would (a body over
+    MAX_MESSAGE_BYTES, a ``reply_to`` too long for AMQP), so a dry run that passes is one the client accepts."""
+    # The client's own encoder and checks (package-internal), on a client that never connects: the body printed
+    # is the one publish sends; the properties are those of SnapshotClient._send (a test compares the two).
+    client = SnapshotClient(settings)
+    body = client._encode(request)
+    correlation_id = uuid.uuid4().hex
+    _check_shortstr(correlation_id=correlation_id, reply_to=reply_to)
+    properties = {
+        "content_type": "application/json",
+        "delivery_mode": 2,
+        "message_id": request.request_id or correlation_id,
+        "correlation_id": correlation_id,
+        "reply_to": reply_to,
+    }
+    return (
+        f"queue: {client.request_queue} (default exchange, mandatory, publisher-confirmed)\n"
+        f"properties: {json.dumps(properties)}\n"
+        f"body: {body.decode()}\n"
+    )

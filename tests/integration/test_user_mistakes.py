@@ -68,6 +68,13 @@ MISTAKES: dict[str, Mistake] = {
         ("publish", "--project", "p", "--desktop", "d"), {"SNAPWORKER_AMQP_URL": CLOSED_PORT_URL}, 1, "cannot reach"
     ),
     "results with no broker": Mistake(("results",), {"SNAPWORKER_AMQP_URL": CLOSED_PORT_URL}, 1, "cannot reach"),
+    "publish --dry-run with --wait": Mistake(
+        ("publish", "--project", "p", "--desktop", "d", "--dry-run", "--wait"), says="drop --wait"
+    ),
+    "a snapshot name too long": Mistake(
+        ("publish", "--project", "p", "--desktop", "d", "--snapshot-name", "n" * 65, "--dry-run"),
+        says="invalid request",
+    ),
     "replay with no broker": Mistake(("replay",), {"SNAPWORKER_AMQP_URL": CLOSED_PORT_URL}, 1, "cannot reach"),
     "replay with a limit of 0": Mistake(("replay", "--limit", "0"), says="must be at least 1"),
 }

@@ -68,6 +68,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return tools_replay.replay(args)
 
 
+def _cmd_top(args: argparse.Namespace) -> int:
+    from snapworker import tools_top
+
+    return tools_top.top(args)
+
+
 _SETTINGS_HELP = """settings (environment):
   SNAPWORKER_AMQP_URL        broker URL (default amqp://guest:guest@localhost:5672/)
   SNAPWORKER_API_URL         Workspace endpoint (default https://workspace.{REGION}.myhuaweicloud.com)
@@ -275,6 +281,24 @@ def _add_queue_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPar
     replay.add_argument("--limit", type=_positive_int, metavar="N", help="move at most N")
     replay.add_argument("--dry-run", action="store_true", help="print what would move; move nothing")
     replay.set_defaults(handler=_cmd_replay)
+
+    top = commands.add_parser(
+        "top",
+        help="watch the queues and the workers live in the terminal",
+        description="Show every snapworker queue (depth, consumers, rate of change) and, with --metrics, each\n"
+        "worker's throughput, desktops per API call, throttles and current rate; redraw every --interval\n"
+        "seconds until Ctrl-C. Reads only: passive declares and GET /metrics. Exit code 1 when the broker\n"
+        "cannot be reached.",
+        epilog=_BROKER_HELP + "  SNAPWORKER_PARTITIONS          partition queues are shown too\n"
+        "\nexamples:\n"
+        "  snapworker top --metrics http://worker-1:9108 --metrics http://worker-2:9108\n"
+        "  snapworker top --once",
+        formatter_class=raw,
+    )
+    top.add_argument("--metrics", action="append", metavar="URL", help="a worker's metrics URL (repeatable)")
+    top.add_argument("--interval", type=_positive_float, default=2.0, metavar="S", help="seconds between frames (2)")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    top.set_defaults(handler=_cmd_top)
 
 
 def _describe_os_error(exc: OSError) -> str:

@@ -75,6 +75,10 @@ MISTAKES: dict[str, Mistake] = {
         ("publish", "--project", "p", "--desktop", "d", "--snapshot-name", "n" * 65, "--dry-run"),
         says="invalid request",
     ),
+    "top with no broker": Mistake(("top", "--once"), {"SNAPWORKER_AMQP_URL": CLOSED_PORT_URL}, 1, "cannot reach"),
+    "top with a metrics address that is not a URL": Mistake(
+        ("top", "--once", "--metrics", "worker-1:9108"), says="wants an http:// or https:// URL"
+    ),
     "replay with no broker": Mistake(("replay",), {"SNAPWORKER_AMQP_URL": CLOSED_PORT_URL}, 1, "cannot reach"),
     "replay with a limit of 0": Mistake(("replay", "--limit", "0"), says="must be at least 1"),
 }

@@ -1,4 +1,5 @@
-"""Backlog scenarios: throughput (worker and both baselines, same run), backlog economy, CPU, and memory.
+"""Backlog scenarios: throughput (worker with its idempotency store on and off, both baselines, same run), backlog
+economy, CPU, and memory.
 
 A backlog is published (pipelined confirms) to a fresh request queue *before* the measured process starts; the
 clock runs from its spawn to the moment the result and error queues hold one message per request.
@@ -18,9 +19,11 @@ from bench.infra import Drive, SimProcess, drive, parse_settings_line, parse_tot
 from bench.procs import CpuWatch, Measured, find_pid, snapworker_env, wait_until_quiet
 from bench.report import minimum_calls
 
-__all__ = ["SYSTEMS", "Context", "Sizes", "backlog", "measure_backlog", "rotated"]
+__all__ = ["SYSTEMS", "WORKERS", "Context", "Sizes", "backlog", "measure_backlog", "rotated"]
 
-SYSTEMS = ("worker", "noapi", "perapi")
+SYSTEMS = ("worker", "nostore", "noapi", "perapi")
+#: the systems that are snapworker: "nostore" is the worker with IDEMPOTENCY_STORE=off (what the store costs)
+WORKERS = frozenset({"worker", "nostore"})
 PUBLISH_IN_FLIGHT = 1000
 
 
@@ -100,7 +103,12 @@ class Context:
         sim = sim or self.sim
         # job tracking off unless a scenario asks for it: its queues and polls belong to the tracking scenario
         settings = {"track_jobs": "false", **(self.worker_settings if base is None else base), **overrides}
-        if system == "worker":
+        if system == "nostore":
+            settings["idempotency_store"] = "off"
+        elif system == "worker":
+            # a fresh store per run (under the bench's log directory), never the user's ~/.local/state
+            settings.setdefault("state_dir", str(self.log_dir / "state" / log_name))
+        if system in WORKERS:
             env = {
                 "amqp_url": self.amqp_url,
                 "api_url": sim.url,
@@ -109,7 +117,7 @@ class Context:
                 **queues.settings(),
                 **settings,
             }
-            return Measured("worker", ["-m", "snapworker", "run"], log, env=snapworker_env(env))
+            return Measured(system, ["-m", "snapworker", "run"], log, env=snapworker_env(env))
         argv = ["-m", "bench.baselines", system, "--amqp-url", self.amqp_url, "--prefetch", settings["prefetch"]]
         argv += ["--request-queue", queues.request, "--result-queue", queues.result, "--error-queue", queues.error]
         if system == "perapi":
@@ -167,7 +175,7 @@ async def measure_backlog(
         finally:
             run.exit_code = await proc.stop()
         log = proc.log_text()
-        run.totals = parse_totals(log, "worker totals " if system == "worker" else "baseline totals ")
+        run.totals = parse_totals(log, "worker totals " if system in WORKERS else "baseline totals ")
         if system == "worker" and not ctx.worker_settings_seen:
             ctx.worker_settings_seen = parse_settings_line(log)
         sim = await ctx.sim.stats()
@@ -197,7 +205,7 @@ async def throughput(ctx: Context, run_index: int, systems: tuple[str, ...]) -> 
             projects=projects,
             log_name=f"throughput-r{run_index}-{system}",
             timeout_s=60 + n / 100,
-            overrides=ctx.backlog_settings if system == "worker" else None,
+            overrides=ctx.backlog_settings if system in WORKERS else None,
         )
     return out
 

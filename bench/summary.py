@@ -14,6 +14,8 @@ Runs = Sequence[dict[str, Any]]
 
 THROUGHPUT_VS_NOAPI = 1.2
 THROUGHPUT_VS_PERAPI = 3.0
+#: issue 12: throughput with the idempotency store on stays within 15% of throughput with it off
+STORE_ON_VS_OFF = 0.85
 ECONOMY_BACKLOG = 0.98
 PEAK_RSS_MB = 150.0
 
@@ -34,7 +36,7 @@ def _ok(run: dict[str, Any]) -> bool:
 
 def _throughput(runs: Runs, medians: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
-    systems = [s for s in ("worker", "noapi", "perapi") if any(s in r for r in runs)]
+    systems = [s for s in ("worker", "nostore", "noapi", "perapi") if any(s in r for r in runs)]
     rate = {s: spread(_get(r, s, "requests_per_s") if _ok(r.get(s, {})) else None for r in runs) for s in systems}
     n = next((r[s]["expected"] for r in runs for s in systems if s in r), 0)
     medians["throughput_requests_per_s"] = {s: v.to_json() for s, v in rate.items()}
@@ -56,6 +58,8 @@ def _throughput(runs: Runs, medians: dict[str, Any]) -> list[Row]:
                 verdict(ratios.median >= target if ratios.median is not None else None),
             )
         )
+    if "worker" in rate and "nostore" in rate:
+        rows += _store_cost(runs, rate, medians)
     if "worker" in rate:
         steady = {s: spread(_get(r, s, "requests_per_s_after_consuming") for r in runs) for s in systems}
         medians["throughput_after_consuming_requests_per_s"] = {s: v.to_json() for s, v in steady.items()}
@@ -98,6 +102,30 @@ def _throughput(runs: Runs, medians: dict[str, Any]) -> list[Row]:
             )
         )
     return rows
+
+
+def _store_cost(runs: Runs, rate: dict[str, Any], medians: dict[str, Any]) -> list[Row]:
+    """The idempotency store's price: throughput on/off within each run (then the median), and the difference of
+    CPU per request (after start-up) within each run, in microseconds."""
+    ratios = spread(ratio(_get(r, "worker", "requests_per_s"), _get(r, "nostore", "requests_per_s")) for r in runs)
+    medians["throughput_ratio_store_on_vs_off"] = ratios.to_json()
+    extra = []
+    for r in runs:
+        on, off = _get(r, "worker", "cpu_s_per_1k_after_start"), _get(r, "nostore", "cpu_s_per_1k_after_start")
+        extra.append(None if on is None or off is None else (on - off) * 1000)  # s per 1k -> us per request
+    cost = spread(extra)
+    medians["store_cpu_us_per_request"] = cost.to_json()
+    return [
+        Row(
+            "  idempotency store on vs off (req/s)",
+            rate["worker"].show(),
+            f"IDEMPOTENCY_STORE=off: {rate['nostore'].show()}",
+            ratios.show("{:.2f}x"),
+            f">= {STORE_ON_VS_OFF:.2f}x",
+            verdict(ratios.median >= STORE_ON_VS_OFF if ratios.median is not None else None),
+        ),
+        Row("  store's CPU per request (us, on - off)", cost.show("{:.0f}"), "", "", "", "info"),
+    ]
 
 
 def _steady(runs: Runs, medians: dict[str, Any]) -> list[Row]:

@@ -28,7 +28,7 @@ from bench.report import (
     request_merge_key,
     spread,
 )
-from bench.scenarios import backlog, backlog_minimum_calls, rotated
+from bench.scenarios import SYSTEMS, backlog, backlog_minimum_calls, rotated
 from bench.summary import summarize
 from snapworker.cloud.sim_state import SimStats
 from snapworker.models import SnapshotRequest
@@ -120,6 +120,7 @@ def test_backlog_is_round_robin_and_orders_rotate() -> None:
     assert messages[0] == (b'{"project_id":"p000-t","desktop_ids":["d-t-0000000"]}', "0")
     assert b"p001-t" in messages[3][0]
     assert rotated(("w", "a", "b"), 1) == ["a", "b", "w"]
+    assert [rotated(SYSTEMS, i)[0] for i in range(4)] == ["worker", "nostore", "noapi", "perapi"]
 
 
 def test_summary_verdicts_on_synthetic_runs() -> None:
@@ -140,6 +141,33 @@ def test_summary_verdicts_on_synthetic_runs() -> None:
     assert verdicts == {"(a) no-API loop": "PASS", "(b) per-message API": "PASS"}
     assert medians["throughput_ratio_vs_noapi"]["median"] == pytest.approx(1.3)
     assert next(r for r in rows if r.figure.startswith("API economy")).verdict == "PASS"
+
+
+def test_store_on_vs_off_row_and_cpu_cost_per_request() -> None:
+    def system(rate: float, cpu_per_1k: float) -> dict[str, object]:
+        return {
+            "expected": 1000,
+            "outcome": "ok",
+            "request_queue_after": {"ready": 0, "unacked": 0},
+            "requests_per_s": rate,
+            "cpu_s_per_1k_after_start": cpu_per_1k,
+        }
+
+    runs = [
+        {"worker": system(900.0, 0.20), "nostore": system(1000.0, 0.15)},
+        {"worker": system(800.0, 0.22), "nostore": system(1000.0, 0.16)},
+        {"worker": system(950.0, 0.18), "nostore": system(1000.0, 0.15)},
+    ]
+    rows, medians = summarize({"throughput": runs})
+    store = next(r for r in rows if "store on vs off" in r.figure)
+    assert (store.ratio, store.target, store.verdict) == ("0.90x (0.80x–0.95x)", ">= 0.85x", "PASS")
+    assert medians["store_cpu_us_per_request"]["median"] == pytest.approx(50.0)
+    assert next(r for r in rows if "store's CPU" in r.figure).worker == "50 (30–60)"
+    runs[0]["worker"]["requests_per_s"] = runs[2]["worker"]["requests_per_s"] = 700.0
+    rows, _ = summarize({"throughput": runs})
+    assert next(r for r in rows if "store on vs off" in r.figure).verdict == "FAIL"
+    rows, _ = summarize({"throughput": [{"worker": r["worker"]} for r in runs]})
+    assert not any("store" in r.figure for r in rows)  # no off run: no row
 
 
 # --------------------------------------------------------------------------------------------------- rate-bound

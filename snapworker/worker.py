@@ -106,7 +106,9 @@ class Worker:
             from snapworker.metrics import build_registry
 
             registry, observer = build_registry(self)
-            health = HealthServer(registry, self.ready, host=self.settings.metrics_host, port=self.settings.metrics_port)
+            health = HealthServer(
+                registry, self.ready, host=self.settings.metrics_host, port=self.settings.metrics_port
+            )
             await health.start()
             log.info("metrics and health on port %d: /metrics /healthz /readyz", health.port)
         router: AccountRouter | None = None

@@ -47,7 +47,7 @@ async def test_kills_at_the_failpoints_and_at_random_repeat_no_snapshot_and_lose
             {"project_id": f"p{i % 20}", "desktop_ids": [f"d{round_}-{i}"], "request_id": f"r{round_}-{i}"}
             for i in range(100)
         ]
-        ids += [b["request_id"] for b in bodies]
+        ids += [str(b["request_id"]) for b in bodies]
         await probe.publish_many(bodies)
         kill = _KILLS[round_ % len(_KILLS)]
         child_settings = state.model_copy(update={"failpoints": "" if kill == "random" else kill})

@@ -36,7 +36,7 @@ import aiohttp
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 from pydantic import ValidationError
 
-from snapworker.models import INVALID_REQUEST_CODE, JobEntry, ResultError, SnapshotRequest, SnapshotResult
+from snapworker.contract.models import INVALID_REQUEST_CODE, JobEntry, ResultError, SnapshotRequest, SnapshotResult
 
 __all__ = ["main"]
 

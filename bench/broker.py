@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from snapworker.amqp import declare_topology
+from snapworker.amqp.session import declare_topology
 from snapworker.settings import Settings
 
 __all__ = ["Broker", "Queues", "check_loopback", "ctl_queue_state"]

@@ -4,6 +4,14 @@ The public API is what ``__all__`` lists; everything else may change between ver
 """
 
 from snapworker.client import SnapshotClient
+from snapworker.contract.models import (
+    INVALID_REQUEST_CODE,
+    DiskSnapshotInfo,
+    JobEntry,
+    ResultError,
+    SnapshotRequest,
+    SnapshotResult,
+)
 from snapworker.errors import (
     ApiAuthError,
     ApiClientError,
@@ -21,16 +29,8 @@ from snapworker.errors import (
     SnapworkerError,
     UnroutableResult,
 )
-from snapworker.models import (
-    INVALID_REQUEST_CODE,
-    DiskSnapshotInfo,
-    JobEntry,
-    ResultError,
-    SnapshotRequest,
-    SnapshotResult,
-)
+from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings, load_settings
-from snapworker.worker import Worker
 
 
 def __getattr__(name: str) -> str:

@@ -1,5 +1,5 @@
 """``python -m snapworker``: the same as the ``snapworker`` command."""
 
-from snapworker.cli import main
+from snapworker.tools.cli import main
 
 raise SystemExit(main())

@@ -8,9 +8,9 @@
 
 The contract:
 
-* Requests are validated with :class:`~snapworker.models.SnapshotRequest` (and their size with
+* Requests are validated with :class:`~snapworker.contract.models.SnapshotRequest` (and their size with
   MAX_MESSAGE_BYTES) before anything is sent: invalid input raises :class:`~snapworker.errors.InvalidMessage`
-  and publishes nothing. Results are validated with :class:`~snapworker.models.SnapshotResult`.
+  and publishes nothing. Results are validated with :class:`~snapworker.contract.models.SnapshotResult`.
 * :meth:`SnapshotClient.publish` sends one persistent, mandatory message and returns once the broker has
   confirmed it: the request is then queued. No request queue raises BrokerError (nothing was queued).
 * :meth:`SnapshotClient.create_snapshots` sends with ``reply_to`` set to this client's private reply queue
@@ -19,8 +19,8 @@ The contract:
   request may still be done; its late result is dropped (after :meth:`close`, the worker sends it to the error
   queue, as for any vanished reply queue).
 * :meth:`SnapshotClient.wait_for_completion` then waits, on the same reply queue, for the request's
-  :class:`~snapworker.models.SnapshotCompletion` (AMQP type ``snapworker.completion``): how each desktop's snapshot
-  ended. A completion that arrives before anyone waits for it is kept (the latest 1,000) until asked for.
+  :class:`~snapworker.contract.models.SnapshotCompletion` (AMQP type ``snapworker.completion``): how each
+  desktop's snapshot ended. A completion that arrives before anyone waits for it is kept (the latest 1,000) until asked for.
 * A lost connection fails the calls waiting for results with BrokerError; the next call connects anew. Nothing
   is re-published automatically: a lost confirm does not mean the broker lacks the message, and sending it
   again could snapshot twice.
@@ -42,10 +42,9 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from pydantic import SecretStr, ValidationError
 
-from snapworker.amqp_errors import connect_error
-from snapworker.errors import BrokerError, InvalidMessage, ResultTimeout
-from snapworker.intake import validation_problems
-from snapworker.models import (
+from snapworker.amqp.errors import connect_error
+from snapworker.contract.intake import validation_problems
+from snapworker.contract.models import (
     COMPLETION_TYPE,
     DiskSnapshotInfo,
     DiskType,
@@ -53,6 +52,7 @@ from snapworker.models import (
     SnapshotRequest,
     SnapshotResult,
 )
+from snapworker.errors import BrokerError, InvalidMessage, ResultTimeout
 from snapworker.settings import Settings
 
 __all__ = ["SnapshotClient"]

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from snapworker.cloud.simulator import SimConfig, Simulator
+from snapworker.simulator.app import SimConfig, Simulator
 
 AMQP_URL = os.environ.get("SNAPWORKER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 SIM_TOKEN = "test-token"

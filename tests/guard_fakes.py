@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import cast
 
-from snapworker.amqp import AmqpSession, Delivery, Message
+from snapworker.amqp.session import AmqpSession, Delivery, Message
+from snapworker.contract.intake import Envelope
 from snapworker.errors import BrokerError
-from snapworker.intake import Envelope
 
 #: What one AMQP frame carries of a body with RabbitMQ's default frame_max (131,072 less the frame overhead).
 FRAME_BODY_MAX = 131_072 - 8

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from snapworker.accounts import AccountRouter, NoAccountForProject, load_accounts
+from snapworker.cloud.accounts import AccountRouter, NoAccountForProject, load_accounts
 from snapworker.cloud.client import CreatedJob, WorkspaceClient
 from snapworker.cloud.limiter import Grant
 from snapworker.core.batch import MergeKey

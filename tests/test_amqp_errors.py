@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiormq
 
-from snapworker.amqp_errors import connect_error, vhost_of
+from snapworker.amqp.errors import connect_error, vhost_of
 from snapworker.errors import BrokerError, BrokerRefused
 
 URL = "amqp://alice:s3cret@rabbit:5672/prod"

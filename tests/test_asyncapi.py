@@ -9,8 +9,14 @@ from typing import Any, get_args
 import pytest
 import yaml
 
-from snapworker.models import CompletionStatus, ResultStatus, SnapshotCompletion, SnapshotRequest, SnapshotResult
-from snapworker.schemas import SCHEMA_FILES, render_schemas
+from snapworker.contract.models import (
+    CompletionStatus,
+    ResultStatus,
+    SnapshotCompletion,
+    SnapshotRequest,
+    SnapshotResult,
+)
+from snapworker.contract.schemas import SCHEMA_FILES, render_schemas
 from snapworker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

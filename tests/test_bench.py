@@ -30,8 +30,8 @@ from bench.report import (
 )
 from bench.scenarios import SYSTEMS, backlog, backlog_minimum_calls, rotated
 from bench.summary import summarize
-from snapworker.cloud.sim_state import SimStats
-from snapworker.models import SnapshotRequest
+from snapworker.contract.models import SnapshotRequest
+from snapworker.simulator.state import SimStats
 
 
 def test_spread_is_median_min_max_and_skips_missing_runs() -> None:

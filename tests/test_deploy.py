@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from snapworker.cli import _parser
 from snapworker.settings import Settings
+from snapworker.tools.cli import _parser
 
 ROOT = Path(__file__).resolve().parent.parent
 

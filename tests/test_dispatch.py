@@ -9,8 +9,8 @@ from typing import Any
 from snapworker.cloud.client import CreatedJob
 from snapworker.cloud.limiter import Grant, RateLimiter
 from snapworker.core import Batch, BatchingCore, MergeKey, Outcome
-from snapworker.dispatch import Dispatcher
-from snapworker.sending import BatchSender
+from snapworker.runtime.dispatch import Dispatcher
+from snapworker.runtime.sending import BatchSender
 from tests.core.helpers import request
 
 

@@ -8,12 +8,12 @@ import json
 import pytest
 from prometheus_client import generate_latest
 
-from snapworker.guard import INTERNAL_ERROR_CODE
-from snapworker.intake import Accepted, Envelope, Rejected
-from snapworker.metrics import build_registry
-from snapworker.models import SnapshotResult
+from snapworker.contract.intake import Accepted, Envelope, Rejected
+from snapworker.contract.models import SnapshotResult
+from snapworker.ops.metrics import build_registry
+from snapworker.runtime.guard import INTERNAL_ERROR_CODE
+from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings
-from snapworker.worker import Worker
 from tests.guard_fakes import FakeSession
 
 REQUEST = json.dumps({"project_id": "p1", "desktop_ids": ["d1", "d2"], "request_id": "r-1"}).encode()
@@ -29,7 +29,7 @@ def _broken_read(envelope: Envelope, *, max_bytes: int, now: object) -> Accepted
 
 
 async def test_a_message_whose_reading_raises_gets_a_failed_result(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("snapworker.worker.read_request", _broken_read)
+    monkeypatch.setattr("snapworker.runtime.worker.read_request", _broken_read)
     worker, session = Worker(Settings()), FakeSession()
 
     worker._on_delivery(session.delivery(REQUEST, message_id="m-1"))
@@ -44,7 +44,7 @@ async def test_a_message_whose_reading_raises_gets_a_failed_result(monkeypatch: 
 
 
 async def test_a_message_whose_reading_raises_is_dead_lettered_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("snapworker.worker.read_request", _broken_read)
+    monkeypatch.setattr("snapworker.runtime.worker.read_request", _broken_read)
     worker, session = Worker(Settings()), FakeSession()
     delivery = session.delivery(REQUEST)
 
@@ -104,7 +104,7 @@ async def test_a_message_already_settled_is_left_alone_when_its_task_fails() -> 
 
 
 async def test_guarded_failures_are_a_metric_by_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("snapworker.worker.read_request", _broken_read)
+    monkeypatch.setattr("snapworker.runtime.worker.read_request", _broken_read)
     worker, session = Worker(Settings()), FakeSession()
     registry, _ = build_registry(worker)
 

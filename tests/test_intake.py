@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from snapworker.intake import Accepted, Envelope, Rejected, read_request
-from snapworker.models import INVALID_REQUEST_CODE
+from snapworker.contract.intake import Accepted, Envelope, Rejected, read_request
+from snapworker.contract.models import INVALID_REQUEST_CODE
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 GOOD = json.dumps({"project_id": "p1", "desktop_ids": ["a", "b"]}).encode()

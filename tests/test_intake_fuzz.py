@@ -17,9 +17,9 @@ from typing import Any, Literal
 from hypothesis import HealthCheck, Phase, example, given, seed, settings
 from hypothesis import strategies as st
 
-from snapworker.intake import Accepted, Envelope, Rejected, read_request
-from snapworker.models import INVALID_REQUEST_CODE, SnapshotRequest, SnapshotResult
-from snapworker.result_size import RESULT_MAX_BYTES
+from snapworker.contract.intake import Accepted, Envelope, Rejected, read_request
+from snapworker.contract.models import INVALID_REQUEST_CODE, SnapshotRequest, SnapshotResult
+from snapworker.contract.result_size import RESULT_MAX_BYTES
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 MAX_BYTES = 256 * 1024  # the worker's default MAX_MESSAGE_BYTES

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from snapworker.logs import RedactingFilter, configure_logging
+from snapworker.ops.logs import RedactingFilter, configure_logging
 from snapworker.settings import Settings
 
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 import pytest
 
-from snapworker.logs import RepeatFilter, configure_logging
+from snapworker.ops.logs import RepeatFilter, configure_logging
 from snapworker.settings import Settings
 
 

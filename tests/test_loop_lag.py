@@ -8,8 +8,8 @@ import time
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from snapworker.health import HealthServer
-from snapworker.loop_lag import LoopLagMonitor
+from snapworker.ops.health import HealthServer
+from snapworker.ops.loop_lag import LoopLagMonitor
 
 
 def block_the_loop(seconds: float) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 
-from snapworker.health import HealthServer
-from snapworker.metrics import build_registry
+from snapworker.ops.health import HealthServer
+from snapworker.ops.metrics import build_registry
+from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings
-from snapworker.worker import Worker
 
 DASHBOARD = Path(__file__).parent.parent / "deploy" / "grafana-dashboard.json"
 _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")

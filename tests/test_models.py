@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from snapworker.models import SnapshotRequest, SnapshotResult
+from snapworker.contract.models import SnapshotRequest, SnapshotResult
 
 
 def valid(**changes: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import snapworker
-from snapworker.schemas import SCHEMA_FILES, render_schemas
+from snapworker.contract.schemas import SCHEMA_FILES, render_schemas
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from snapworker.partitioning import ClaimStep, next_claim_step, partition_of, partition_queue
+from snapworker.amqp.partitioning import ClaimStep, next_claim_step, partition_of, partition_queue
 
 ORDER = [2, 0, 3, 1]
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import pytest
 
 from snapworker.cloud.limiter import RateLimiter
+from snapworker.contract.models import ResultError, SnapshotResult
 from snapworker.core import BatchingCore
-from snapworker.models import ResultError, SnapshotResult
-from snapworker.progress import ProgressReporter, log_problem_result
-from snapworker.stats import WorkerStats
+from snapworker.ops.progress import ProgressReporter, log_problem_result
+from snapworker.runtime.stats import WorkerStats
 
 
 def _result(status: str, *errors: ResultError) -> SnapshotResult:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from snapworker.models import SnapshotRequest
-from snapworker.tools_publish import request_from_options
+from snapworker.contract.models import SnapshotRequest
+from snapworker.tools.publish import request_from_options
 
 NO_BROKER = "amqp://guest:guest@127.0.0.1:1/"  # a dry run must not need one
 

@@ -7,9 +7,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from snapworker.intake import Envelope, Rejected, read_request
-from snapworker.models import JobEntry, ResultError, SnapshotResult
-from snapworker.result_size import RESULT_MAX_BYTES, TEXT_MAX_CHARS, TRUNCATION_MARK, ResultTooLarge, encode_result
+from snapworker.contract.intake import Envelope, Rejected, read_request
+from snapworker.contract.models import JobEntry, ResultError, SnapshotResult
+from snapworker.contract.result_size import (
+    RESULT_MAX_BYTES,
+    TEXT_MAX_CHARS,
+    TRUNCATION_MARK,
+    ResultTooLarge,
+    encode_result,
+)
 from snapworker.settings import Settings
 from tests.guard_fakes import FRAME_BODY_MAX
 

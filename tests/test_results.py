@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from snapworker.amqp import Message
+from snapworker.amqp.session import Message
+from snapworker.contract.intake import Envelope, Rejected, read_request
+from snapworker.contract.models import JobEntry, SnapshotResult
+from snapworker.contract.result_size import RESULT_MAX_BYTES
 from snapworker.errors import BrokerError
-from snapworker.intake import Envelope, Rejected, read_request
-from snapworker.models import JobEntry, SnapshotResult
-from snapworker.result_size import RESULT_MAX_BYTES
-from snapworker.results import ResultPublisher
+from snapworker.runtime.results import ResultPublisher
+from snapworker.runtime.stats import WorkerStats
 from snapworker.settings import Settings
-from snapworker.stats import WorkerStats
 from tests.guard_fakes import FakeSession
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -14,10 +14,10 @@ from multidict import CIMultiDict
 from snapworker.cloud.client import CreatedJob
 from snapworker.cloud.limiter import Grant, RateLimiter
 from snapworker.cloud.responses import error_from_response
+from snapworker.contract.models import JobEntry, ResultError, SnapshotResult
 from snapworker.core import Batch, BatchingCore, MergeKey, Outcome
 from snapworker.errors import ApiStatusError
-from snapworker.models import JobEntry, ResultError, SnapshotResult
-from snapworker.sending import BatchSender
+from snapworker.runtime.sending import BatchSender
 from tests.core.helpers import request
 
 KEY = MergeKey("p1", None, None, None)

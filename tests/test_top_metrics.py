@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from snapworker.settings import Settings
-from snapworker.tools_top import parse_metrics, queue_names
+from snapworker.tools.top import parse_metrics, queue_names
 
 
 def _exposition() -> str:

@@ -1,1 +1,3 @@
-"""The Huawei Cloud Workspace edge: HTTP client, request signing, rate limiting, and a local simulator."""
+"""The Huawei Cloud Workspace edge: the HTTP client (``client``, ``jobs``), request signing (``signing``),
+accounts (``accounts``), answers and retries (``responses``, ``retry``) and rate limiting (``limiter``, ``bucket``,
+``pause``, ``waiters``, and ``shared_limiter`` on Redis). The simulator lives in ``snapworker.simulator``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from snapworker.models import DiskSnapshotInfo, JobEntry, ResultError, SnapshotRequest
+from snapworker.contract.models import DiskSnapshotInfo, JobEntry, ResultError, SnapshotRequest
 
 __all__ = ["Batch", "FlushReason", "MergeKey", "Outcome", "OutcomeEntry"]
 

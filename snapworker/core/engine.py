@@ -18,10 +18,10 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from snapworker.contract.models import ResultError, SnapshotRequest, SnapshotResult
 from snapworker.core.accumulator import Accumulator
 from snapworker.core.batch import Batch, FlushReason, MergeKey, Outcome, OutcomeEntry
 from snapworker.core.ledger import Ledger, RequestMeta
-from snapworker.models import ResultError, SnapshotRequest, SnapshotResult
 
 __all__ = ["BatchingCore", "Finished", "RequestMeta"]
 

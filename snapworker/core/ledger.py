@@ -6,8 +6,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from snapworker.contract.models import JobEntry, ResultError, ResultStatus, SnapshotResult
 from snapworker.core.batch import OutcomeEntry
-from snapworker.models import JobEntry, ResultError, ResultStatus, SnapshotResult
 
 __all__ = ["Ledger", "RequestMeta"]
 

@@ -16,15 +16,15 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from snapworker.amqp import Delivery
+from snapworker.amqp.session import Delivery
+from snapworker.contract.intake import Accepted
+from snapworker.contract.models import SnapshotResult
 from snapworker.core import BatchingCore
 from snapworker.idempotency.gate import AdmissionGate, Answer, Spawn, Submit
 from snapworker.idempotency.health import StoreHealth
 from snapworker.idempotency.journal import CallJournal
 from snapworker.idempotency.reconcile import SnapshotReader
 from snapworker.idempotency.store import IdempotencyStore
-from snapworker.intake import Accepted
-from snapworker.models import SnapshotResult
 from snapworker.settings import Settings
 
 __all__ = ["Idempotency", "IdempotencyStore", "build_idempotency", "build_store"]

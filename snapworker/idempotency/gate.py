@@ -25,15 +25,15 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from snapworker.amqp import Delivery
+from snapworker.amqp.session import Delivery
+from snapworker.contract.intake import Accepted
+from snapworker.contract.models import JobEntry, ResultError, SnapshotResult
 from snapworker.core import MergeKey, OutcomeEntry
 from snapworker.errors import StoreUnavailable
 from snapworker.idempotency.health import StoreHealth
 from snapworker.idempotency.journal import CallJournal, Keyed
 from snapworker.idempotency.reconcile import SnapshotReader, reconcile
 from snapworker.idempotency.store import IdempotencyStore, fingerprint, state_of
-from snapworker.intake import Accepted
-from snapworker.models import JobEntry, ResultError, SnapshotResult
 
 __all__ = ["AdmissionGate", "compose"]
 

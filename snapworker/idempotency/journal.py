@@ -1,6 +1,6 @@
 """The call journal: an intent row before each batch-create call, an outcome row after it, per keyed request.
 
-:class:`~snapworker.sending.BatchSender` calls :meth:`CallJournal.before_call` before a batch's first call and
+:class:`~snapworker.runtime.sending.BatchSender` calls :meth:`CallJournal.before_call` before a batch's first call and
 :meth:`CallJournal.after_call` with the batch's outcome; each is one store write for every request the batch
 serves (those whose desktops it carries, and those that joined them while it was in flight). The core stays
 sans-I/O: the journal only reads which requests wait on a batch (``BatchingCore.waiting``).
@@ -21,12 +21,12 @@ import uuid
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
+from snapworker.contract.models import ResultError
 from snapworker.core import Batch, BatchingCore, Outcome
 from snapworker.errors import StoreUnavailable
-from snapworker.failpoints import failpoint
 from snapworker.idempotency.health import StoreHealth
 from snapworker.idempotency.store import INTENT, OUTCOME, IdempotencyStore, Row, entry_body
-from snapworker.models import ResultError
+from snapworker.runtime.failpoints import failpoint
 
 __all__ = ["CallJournal", "Keyed"]
 

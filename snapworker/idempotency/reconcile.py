@@ -26,8 +26,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from snapworker.contract.models import JobEntry, ResultError
 from snapworker.core import MergeKey
-from snapworker.models import JobEntry, ResultError
 
 __all__ = ["SKEW_S", "Reconciled", "SnapshotReader", "reconcile", "snapshot_name"]
 

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from snapworker.contract.models import JobEntry, ResultError, SnapshotRequest
 from snapworker.core import MergeKey, OutcomeEntry
-from snapworker.models import JobEntry, ResultError, SnapshotRequest
 
 __all__ = ["INTENT", "OUTCOME", "IdempotencyStore", "RequestState", "Row", "entry_body", "fingerprint", "state_of"]
 

@@ -39,8 +39,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from pydantic import ValidationError
 
 from snapworker.cloud.jobs import JobReader, job_not_found
+from snapworker.contract.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult
 from snapworker.errors import ApiError, BrokerError
-from snapworker.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult
 from snapworker.settings import Settings
 from snapworker.tracking.state import Schedule, TrackingUnit, start_unit
 from snapworker.tracking.views import JobView

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict
 
-from snapworker.models import (
+from snapworker.contract.models import (
     CompletionStatus,
     DesktopCompletion,
     DesktopOutcome,

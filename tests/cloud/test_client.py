@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from snapworker.cloud.client import CreatedJob, WorkspaceClient, batch_create_body
 from snapworker.cloud.limiter import RateLimiter
 from snapworker.cloud.signing import verify_signature
-from snapworker.cloud.simulator import Simulator
+from snapworker.contract.models import DiskSnapshotInfo
 from snapworker.core.batch import MergeKey
 from snapworker.errors import (
     ApiAuthError,
@@ -31,8 +31,8 @@ from snapworker.errors import (
     ApiThrottled,
     ApiTransportError,
 )
-from snapworker.models import DiskSnapshotInfo
 from snapworker.settings import Settings
+from snapworker.simulator.app import Simulator
 from tests.conftest import SIM_TOKEN
 
 PROJECT = "0123456789abcdef0123456789abcdef"

@@ -9,10 +9,10 @@ import pytest
 from snapworker.cloud.client import WorkspaceClient
 from snapworker.cloud.jobs import JobReader, job_not_found
 from snapworker.cloud.limiter import Grant, RateLimiter
-from snapworker.cloud.simulator import Simulator
 from snapworker.core.batch import MergeKey
 from snapworker.errors import ApiError
 from snapworker.settings import Settings
+from snapworker.simulator.app import Simulator
 from snapworker.tracking.views import classify
 from tests.conftest import SIM_TOKEN
 

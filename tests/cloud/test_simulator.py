@@ -20,8 +20,8 @@ import yarl
 from multidict import CIMultiDict
 
 from snapworker.cloud.signing import sign_request
-from snapworker.cloud.sim_state import FlowLimiter
-from snapworker.cloud.simulator import SimConfig, Simulator, add_arguments, config_from_args
+from snapworker.simulator.app import SimConfig, Simulator, add_arguments, config_from_args
+from snapworker.simulator.state import FlowLimiter
 
 TOKEN = "test-token"  # the token tests/conftest.py's simulator fixture accepts
 PROJECT = "0123456789abcdef0123456789abcdef"
@@ -514,7 +514,7 @@ def test_cli_options_build_the_config() -> None:
 async def test_cli_run_serves_until_sigterm(session: aiohttp.ClientSession) -> None:
     code = (
         "import argparse, sys\n"
-        "from snapworker.cloud.simulator import add_arguments, run\n"
+        "from snapworker.simulator.app import add_arguments, run\n"
         "p = argparse.ArgumentParser(); add_arguments(p)\n"
         "sys.exit(run(p.parse_args(sys.argv[1:])))\n"
     )

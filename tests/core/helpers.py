@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from snapworker.contract.models import DiskSnapshotInfo, JobEntry, ResultError, SnapshotRequest
 from snapworker.core import Batch, BatchingCore, Outcome
-from snapworker.models import DiskSnapshotInfo, JobEntry, ResultError, SnapshotRequest
 
 
 def request(

@@ -8,8 +8,8 @@ from collections import defaultdict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from snapworker.contract.models import JobEntry, ResultError, SnapshotRequest
 from snapworker.core import Batch, BatchingCore, Finished, MergeKey
-from snapworker.models import JobEntry, ResultError, SnapshotRequest
 
 LINGER = 0.25
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from snapworker.contract.models import JobEntry, ResultError
 from snapworker.core import BatchingCore, MergeKey
-from snapworker.models import JobEntry, ResultError
 from tests.core.helpers import LATER, error_for, job_for, request, take_all
 
 LINGER = 0.25

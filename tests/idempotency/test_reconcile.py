@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from snapworker.cloud.client import WorkspaceClient
-from snapworker.cloud.simulator import Simulator
+from snapworker.contract.models import DiskSnapshotInfo
 from snapworker.core import MergeKey
 from snapworker.idempotency.reconcile import reconcile
-from snapworker.models import DiskSnapshotInfo
 from snapworker.settings import Settings
+from snapworker.simulator.app import Simulator
 from tests.conftest import SIM_TOKEN
 
 KEY = MergeKey("p1", None, DiskSnapshotInfo(name="nightly"), None)

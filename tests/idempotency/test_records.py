@@ -6,10 +6,10 @@ import json
 import subprocess
 import sys
 
-from snapworker import failpoints
+from snapworker.contract.models import JobEntry, ResultError, SnapshotRequest
 from snapworker.idempotency.gate import compose
 from snapworker.idempotency.store import INTENT, OUTCOME, Row, entry_body, fingerprint, state_of
-from snapworker.models import JobEntry, ResultError, SnapshotRequest
+from snapworker.runtime import failpoints
 
 JOB = JobEntry(job_id="j1", desktop_ids=("d1", "d2"))
 ERROR = ResultError(desktop_ids=("d3",), http_status=404, error_code="WKS.0202", error_msg="no", retryable=False)

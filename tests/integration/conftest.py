@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from snapworker.cloud.simulator import Simulator
+from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings, load_settings
-from snapworker.worker import Worker
+from snapworker.simulator.app import Simulator
 from tests.conftest import AMQP_URL, SIM_TOKEN
 from tests.integration.harness import BrokerProbe
 

@@ -24,9 +24,9 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from pydantic import SecretStr
 
-from snapworker.amqp import declare_topology
-from snapworker.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult
-from snapworker.partitioning import partition_queue
+from snapworker.amqp.partitioning import partition_queue
+from snapworker.amqp.session import declare_topology
+from snapworker.contract.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult
 from snapworker.settings import Settings
 from snapworker.tracking.loop import declare_tracking_topology, tracking_queues
 

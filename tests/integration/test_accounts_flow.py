@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from snapworker.cloud.simulator import Simulator
+from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings
-from snapworker.worker import Worker
+from snapworker.simulator.app import Simulator
 from tests.conftest import SIM_TOKEN
 from tests.integration.harness import BrokerProbe
 

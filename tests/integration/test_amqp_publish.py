@@ -20,7 +20,7 @@ from aiormq.abc import AbstractConnection
 from pamqp import commands as spec
 from pamqp.common import FieldTable
 
-from snapworker.amqp_publish import MAX_BODY_BYTES, Outgoing, publish_confirmed
+from snapworker.amqp.publish import MAX_BODY_BYTES, Outgoing, publish_confirmed
 from snapworker.errors import MessageTooLarge
 
 pytestmark = pytest.mark.broker

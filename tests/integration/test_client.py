@@ -7,10 +7,10 @@ import asyncio
 import pytest
 
 from snapworker.client import SnapshotClient
+from snapworker.contract.models import SnapshotRequest
 from snapworker.errors import BrokerError, InvalidMessage, ResultTimeout
-from snapworker.models import SnapshotRequest
+from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings, load_settings
-from snapworker.worker import Worker
 from tests.integration.harness import BrokerProbe
 
 pytestmark = pytest.mark.broker

@@ -32,9 +32,9 @@ from urllib.parse import urlsplit
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from snapworker.cloud.simulator import SimConfig, Simulator
+from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings
-from snapworker.worker import Worker
+from snapworker.simulator.app import SimConfig, Simulator
 from tests.conftest import SIM_TOKEN
 from tests.integration.harness import BrokerProbe, WorkerProcess
 

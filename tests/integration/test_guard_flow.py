@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from snapworker.amqp import REASON_HEADER
-from snapworker.models import INVALID_REQUEST_CODE
-from snapworker.result_size import RESULT_MAX_BYTES
+from snapworker.amqp.session import REASON_HEADER
+from snapworker.contract.models import INVALID_REQUEST_CODE
+from snapworker.contract.result_size import RESULT_MAX_BYTES
+from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings
-from snapworker.worker import Worker
 from tests.integration.harness import BrokerProbe
 
 

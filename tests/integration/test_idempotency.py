@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from snapworker.cloud.simulator import Simulator
 from snapworker.settings import Settings
+from snapworker.simulator.app import Simulator
 from tests.integration.harness import BrokerProbe, WorkerProcess
 from tests.integration.test_faults import running_worker
 

@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from snapworker.cloud.simulator import Simulator
-from snapworker.worker import Worker
+from snapworker.runtime.worker import Worker
+from snapworker.simulator.app import Simulator
 from tests.integration.harness import BrokerProbe
 
 pytestmark = pytest.mark.broker

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 
-from snapworker.logs import configure_logging
+from snapworker.ops.logs import configure_logging
+from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings
-from snapworker.worker import Worker
 from tests.integration.harness import BrokerProbe
 
 pytestmark = pytest.mark.broker

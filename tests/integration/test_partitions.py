@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from snapworker.cloud.simulator import Simulator
-from snapworker.partitioning import partition_queue
+from snapworker.amqp.partitioning import partition_queue
+from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings
-from snapworker.worker import Worker
+from snapworker.simulator.app import Simulator
 from tests.integration.harness import BrokerProbe
 
 pytestmark = pytest.mark.broker

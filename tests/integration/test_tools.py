@@ -15,10 +15,10 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from snapworker.models import SnapshotResult
+from snapworker.contract.models import SnapshotResult
+from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings
-from snapworker.tools_results import HEADER
-from snapworker.worker import Worker
+from snapworker.tools.results import HEADER
 from tests.integration.harness import BrokerProbe
 
 pytestmark = pytest.mark.broker

@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
+from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings
-from snapworker.worker import Worker
 from tests.integration.harness import BrokerProbe
 from tests.integration.test_tools import _env
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from snapworker.client import SnapshotClient
-from snapworker.cloud.simulator import Simulator
-from snapworker.models import COMPLETION_TYPE
+from snapworker.contract.models import COMPLETION_TYPE
+from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings
-from snapworker.tools_broker import BrokerTools
-from snapworker.tools_results import follow_results
-from snapworker.worker import Worker
+from snapworker.simulator.app import Simulator
+from snapworker.tools.broker import BrokerTools
+from snapworker.tools.results import follow_results
 from tests.integration.harness import BrokerProbe, WorkerProcess
 
 PROJECT = "0123456789abcdef0123456789abcdef"

@@ -6,10 +6,10 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from snapworker.cloud.simulator import Simulator
-from snapworker.models import INVALID_REQUEST_CODE
+from snapworker.contract.models import INVALID_REQUEST_CODE
+from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings
-from snapworker.worker import Worker
+from snapworker.simulator.app import Simulator
 from tests.integration.harness import BrokerProbe
 
 pytestmark = pytest.mark.broker

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from snapworker.models import JobEntry, SnapshotResult
+from snapworker.contract.models import JobEntry, SnapshotResult
 from snapworker.tracking import state, views
 from snapworker.tracking.state import Schedule, TrackingUnit, start_unit
 from snapworker.tracking.views import JobView, SubJobView

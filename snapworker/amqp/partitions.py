@@ -1,0 +1,176 @@
+"""The broker side of key affinity (see partitioning.py): a router from the request queue to the partitions, and a
+claimer that keeps this worker consuming its share of them.
+
+Both live exactly as long as their :class:`AmqpSession`: a channel of theirs that closes under an error ends the
+session, and the worker opens a new one as for any broker failure. Nothing here holds a request: a routed request
+is acked on the request queue only once its copy in the partition is confirmed (at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+import aio_pika
+import aiormq
+from aiormq.abc import DeliveredMessage
+
+from snapworker.amqp.partitioning import next_claim_step, partition_of, partition_queue
+from snapworker.amqp.publish import Outgoing
+from snapworker.amqp.session import AmqpSession
+from snapworker.errors import BrokerError
+from snapworker.settings import Settings
+
+__all__ = ["Partitions"]
+
+log = logging.getLogger("snapworker.partitions")
+
+# requests forwarded per round (one write, confirms awaited together)
+_FORWARD_GROUP = 500
+# how often a worker looks at the consumer counts; each look changes at most one partition
+CLAIM_INTERVAL_S = 1.0
+# a forward the broker refused is retried no faster than this (the partition queue may be gone)
+_REFUSED_PAUSE_S = 1.0
+
+_CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError)
+
+
+class Partitions:
+    """Routes requests to partition queues and consumes this worker's share of them through ``session``."""
+
+    def __init__(self, session: AmqpSession, settings: Settings, claim_interval_s: float = CLAIM_INTERVAL_S) -> None:
+        self._session = session
+        self._settings = settings
+        self._count = settings.partitions
+        self._claim_interval_s = claim_interval_s
+        self._order = random.sample(range(self._count), self._count)
+        self._router: aiormq.Channel | None = None
+        self._router_tag: str | None = None
+        self._inbox: list[DeliveredMessage] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Start routing at once and claiming partitions after one interval (when the fleet's routers show)."""
+        router = self._router = await self._session.open_channel()
+        try:
+            await router.basic_qos(prefetch_count=self._settings.prefetch)
+            ok = await router.basic_consume(self._settings.request_queue, self._on_request, no_ack=False)
+        except _CHANNEL_ERRORS as exc:
+            raise BrokerError(f"cannot route from {self._settings.request_queue!r}: {exc!r}") from exc
+        self._router_tag = ok.consumer_tag
+        probe = await self._session.open_channel()
+        self._tasks = [asyncio.create_task(self._route()), asyncio.create_task(self._claim(probe))]
+
+    def attached(self) -> bool:
+        """Whether the router still consumes the request queue (the broker may cancel it on its own)."""
+        router = self._router
+        return router is not None and not router.is_closed and self._router_tag in router.consumers
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop routing and claiming: no new requests; those received are forwarded within ``timeout_s``, or
+        return to the request queue with the router's channel."""
+        router = self._router
+        if router is not None and self._router_tag is not None and not router.is_closed:
+            with contextlib.suppress(*_CHANNEL_ERRORS):
+                await router.basic_cancel(self._router_tag)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # The channels stay open: they close with the session's connection (closing one here would read as a
+        # lost session, and the worker would skip its drain).
+
+    # -- routing
+    async def _on_request(self, message: DeliveredMessage) -> None:
+        self._inbox.append(message)
+        self._idle.clear()
+        self._wake.set()
+
+    async def _route(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._inbox:
+                group, self._inbox = self._inbox[:_FORWARD_GROUP], self._inbox[_FORWARD_GROUP:]
+                if not await self._forward(group):
+                    await asyncio.sleep(_REFUSED_PAUSE_S)
+            self._idle.set()
+
+    async def _forward(self, group: list[DeliveredMessage]) -> bool:
+        """Forward ``group`` (delivery-tag order) and settle it on the router channel; False if any was refused."""
+        router = self._router
+        if router is None:
+            return True
+        outgoing = [
+            Outgoing(
+                m.body,
+                partition_queue(self._settings.request_queue, partition_of(m.body, self._count)),
+                m.header.properties,
+            )
+            for m in group
+        ]
+        outcomes = await self._session.forward(outgoing)
+        if self._session.lost.is_set():
+            return True  # the broker returns what we held on its own
+        refused = [(m, o) for m, o in zip(group, outcomes, strict=True) if o is not None]
+        try:
+            if not refused:
+                # Every earlier group is settled already, so one multiple ack covers exactly this group.
+                await router.basic_ack(group[-1].delivery_tag or 0, multiple=True, wait=False)
+                return True
+            for message, outcome in zip(group, outcomes, strict=True):
+                if outcome is None:
+                    await router.basic_ack(message.delivery_tag or 0, wait=False)
+                else:
+                    await router.basic_nack(message.delivery_tag or 0, requeue=True, wait=False)
+        except _CHANNEL_ERRORS as exc:
+            log.warning("the router's channel failed (%r): unsettled requests return to the queue", exc)
+            return True
+        log.error("%d requests could not be routed (%s); they return to the queue", len(refused), refused[0][1])
+        return False
+
+    # -- claiming
+    async def _claim(self, probe: aiormq.Channel) -> None:
+        while True:
+            await asyncio.sleep(self._claim_interval_s * random.uniform(0.75, 1.25))
+            try:
+                await self._claim_step(probe)
+            except BrokerError as exc:
+                log.warning("partition claim failed: %s", exc)
+            except _CHANNEL_ERRORS as exc:
+                log.warning("cannot read the partitions' consumers (%r); the session ends", exc)
+                self._session.lost_reason = f"partition probe failed: {exc!r}"
+                self._session.lost.set()
+                return
+
+    async def _claim_step(self, probe: aiormq.Channel) -> None:
+        names = [partition_queue(self._settings.request_queue, p) for p in range(self._count)]
+        # Counted under the consumer lock: a widening swap briefly shows two consumers of ours on one queue.
+        async with self._session.consumer_lock:
+            workers = (await probe.queue_declare(self._settings.request_queue, passive=True)).consumer_count
+            counts = {p: (await probe.queue_declare(name, passive=True)).consumer_count for p, name in enumerate(names)}
+            attached = self._session.attached()
+        owned = frozenset(p for p, name in enumerate(names) if name in attached)
+        consumers = {p: c or 0 for p, c in counts.items()}
+        step = next_claim_step(owned, consumers, workers or 1, self._order, random.random())
+        if step is None:
+            return
+        if step.action == "claim":
+            await self._session.attach(names[step.partition])
+        else:
+            await self._session.detach(names[step.partition])
+        log.info(
+            "%s partition %s (%d routing workers; this worker now owns %d of %d)",
+            "claimed" if step.action == "claim" else "released",
+            names[step.partition],
+            workers or 1,
+            len(owned) + (1 if step.action == "claim" else -1),
+            self._count,
+        )

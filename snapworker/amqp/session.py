@@ -1,0 +1,506 @@
+"""The worker's RabbitMQ edge: topology, one consuming and one publishing connection, deliveries, settling.
+
+The worker meets aio-pika and aiormq here and nowhere else; their errors become BrokerError. (Publishers have
+their own edge in client.py.)
+
+Why not aio-pika's robust channel restoration: a restored consumer can silently fail to come back (aio-pika
+#334, #588, #669), and deliveries of the dead channel must never be acked on the new one. So one
+:class:`AmqpSession` lives exactly as long as its connections: when anything breaks, the session reports it
+through :attr:`AmqpSession.lost`, the worker forgets what it held (the broker redelivers it) and opens a new
+session. Every delivery knows its session and refuses to settle on another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aiormq.abc import DeliveredMessage
+from pamqp import commands as spec
+
+from snapworker.amqp.errors import connect_error
+from snapworker.amqp.partitioning import partition_queue
+from snapworker.amqp.publish import Outgoing, publish_confirmed
+from snapworker.contract.intake import Envelope
+from snapworker.errors import BrokerError, ConfigError, UnroutableResult
+from snapworker.settings import Settings
+
+__all__ = ["REASON_HEADER", "REASON_MAX_CHARS", "AmqpSession", "Delivery", "Message", "Settle"]
+
+log = logging.getLogger("snapworker.amqp")
+
+Settle = Literal["ack", "dead-letter", "requeue"]
+
+#: Header of a dead-lettered request copy: why the worker dead-lettered it (at most REASON_MAX_CHARS).
+REASON_HEADER = "x-snapworker-reason"
+REASON_MAX_CHARS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message to publish to ``queue`` (through the default exchange), persistent and mandatory."""
+
+    body: bytes
+    queue: str
+    correlation_id: str | None = None
+    headers: Mapping[str, str] | None = None
+    content_type: str = "application/json"
+    message_id: str | None = None
+    reply_to: str | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Delivery:
+    """One request message held by the worker, until it is settled exactly once."""
+
+    envelope: Envelope
+    reply_to: str | None
+    redelivered: bool
+    tag: int
+    session: AmqpSession = field(repr=False)
+    settled: bool = False
+
+
+class AmqpSession:
+    """A pair of broker connections, the declared topology and (after :meth:`consume`) one consumer."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        consume_conn: AbstractConnection,
+        publish_conn: AbstractConnection,
+        consume_channel: AbstractChannel,
+        publish_channel: AbstractChannel,
+    ):
+        self._settings = settings
+        self._consume_conn = consume_conn
+        self._publish_conn = publish_conn
+        self._consume_channel = consume_channel
+        self._publish_channel = publish_channel
+        # queue -> consumer tag on the consume channel: the request queue, or the partitions this worker owns
+        self._consumers: dict[str, str] = {}
+        self._consumer_lock = asyncio.Lock()
+        self._consuming = False
+        self._on_message: Callable[[DeliveredMessage], Coroutine[Any, Any, None]] | None = None
+        self.prefetch = settings.prefetch
+        self._underlay: aiormq.Channel | None = None
+        self._publish_underlay: aiormq.Channel | None = None
+        # deliveries in delivery-tag order, for multiple acks; settled ones leave from the front
+        self._held: deque[Delivery] = deque()
+        self._subscriptions: list[AbstractChannel] = []
+        self._to_ack: list[Delivery] = []
+        self._to_nack: list[tuple[Delivery, bool]] = []
+        self._settler: asyncio.Task[None] | None = None
+        self.lost = asyncio.Event()
+        self.lost_reason = ""
+        for conn in (consume_conn, publish_conn):
+            conn.close_callbacks.add(self._on_close)
+        for channel in (consume_channel, publish_channel):
+            channel.close_callbacks.add(self._on_close)
+
+    # -- lifecycle
+    @classmethod
+    async def open(cls, settings: Settings) -> AmqpSession:
+        """Connect twice (publisher flow control must not block consumer acks) and declare the topology."""
+        url = settings.amqp_url.get_secret_value()
+        opened: list[AbstractConnection] = []
+        try:
+            for name in ("consume", "publish"):
+                opened.append(
+                    await aio_pika.connect(
+                        url, heartbeat=settings.heartbeat_s, client_properties={"connection_name": f"snapworker-{name}"}
+                    )
+                )
+            consume_conn, publish_conn = opened
+            consume_channel = await consume_conn.channel(publisher_confirms=False)
+            await consume_channel.set_qos(prefetch_count=settings.prefetch)
+            publish_channel = await publish_conn.channel(publisher_confirms=True, on_return_raises=True)
+            await declare_topology(publish_channel, settings)
+        except BaseException as exc:
+            for conn in opened:
+                await conn.close()
+            if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
+                raise ConfigError(
+                    f"queue {settings.request_queue!r} exists with other arguments than QUEUE_TYPE="
+                    f"{settings.queue_type} and dead-lettering to {settings.dead_letter_queue!r} ({exc}); "
+                    f"delete it or change the settings"
+                ) from exc
+            if isinstance(exc, (TimeoutError, aiormq.exceptions.AMQPError, OSError)):
+                raise connect_error(exc, url) from exc  # BrokerRefused when retrying cannot help
+            raise
+        return cls(settings, consume_conn, publish_conn, consume_channel, publish_channel)
+
+    async def close(self) -> None:
+        for conn in (self._consume_conn, self._publish_conn):
+            conn.close_callbacks.discard(self._on_close)
+            try:
+                await conn.close()
+            except Exception as exc:  # closing a dead connection must not hide the reason it died
+                log.debug("closing a broker connection failed: %r", exc)
+
+    def _on_close(self, _sender: object, exc: BaseException | None = None) -> None:
+        if not self.lost.is_set():
+            self.lost_reason = repr(exc) if exc else "closed"
+            self.lost.set()
+
+    # -- consuming
+    async def consume(self, on_delivery: Callable[[Delivery], None], *, queues: Sequence[str] | None = None) -> None:
+        """Start delivering request messages to ``on_delivery`` in delivery order.
+
+        ``queues`` defaults to the request queue; a partitioned worker passes none and :meth:`attach`-es the
+        partitions it owns later. The hot path speaks aiormq (aio-pika's own transport) directly: aio-pika's
+        per-message wrapper and the extra task it spawns per delivery cost more than the rest of our work on a
+        message (profiled). ``on_delivery`` is called synchronously, so deliveries reach the core in the order
+        the broker sent them.
+        """
+
+        async def callback(message: DeliveredMessage) -> None:
+            props = message.header.properties
+            delivery = Delivery(
+                envelope=Envelope(
+                    body=message.body,
+                    content_type=props.content_type,
+                    message_id=props.message_id,
+                    correlation_id=props.correlation_id,
+                ),
+                reply_to=props.reply_to or None,
+                redelivered=bool(message.redelivered),
+                tag=message.delivery_tag or 0,
+                session=self,
+            )
+            self._held.append(delivery)
+            on_delivery(delivery)
+
+        self._on_message = callback
+        try:
+            self._underlay = cast(aiormq.Channel, await self._consume_channel.get_underlay_channel())
+        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+            raise BrokerError(f"cannot open the consume channel: {exc!r}") from exc
+        self._consuming = True
+        for queue in [self._settings.request_queue] if queues is None else queues:
+            await self.attach(queue)
+
+    async def attach(self, queue: str) -> None:
+        """Consume ``queue`` too, with an equal part of the window (see :meth:`widen`)."""
+        async with self._consumer_lock:
+            underlay, callback = self._underlay, self._on_message
+            if underlay is None or callback is None or queue in self._consumers:
+                return
+            try:
+                await underlay.basic_qos(prefetch_count=self._share(len(self._consumers) + 1))
+                ok = await underlay.basic_consume(queue, callback, no_ack=False)
+            except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+                # a channel closed before or while we asked is a broker failure like any other, not a bug
+                raise BrokerError(f"cannot consume from {queue!r}: {exc!r}") from exc
+            assert ok.consumer_tag is not None
+            self._consumers[queue] = ok.consumer_tag
+
+    async def detach(self, queue: str) -> None:
+        """Stop consuming ``queue``. What it delivered stays held until settled."""
+        async with self._consumer_lock:
+            tag = self._consumers.pop(queue, None)
+            if tag is None or self._underlay is None or self.lost.is_set():
+                return
+            try:
+                await self._underlay.basic_cancel(tag)
+            except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+                raise BrokerError(f"cannot stop consuming {queue!r}: {exc!r}") from exc
+
+    def _share(self, consumers: int) -> int:
+        # The window is the worker's, not each consumer's: more requests held than the API can send before the
+        # broker's consumer timeout would expire them (see core/window.py).
+        return max(1, math.ceil(self.prefetch / max(1, consumers)))
+
+    async def widen(self, prefetch: int) -> None:
+        """Let the broker deliver up to ``prefetch`` unacked requests (only ever widened within a session).
+
+        RabbitMQ applies basic.qos (global=false) to consumers started after it, and quorum queues refuse the
+        channel-wide kind, so for each queue a new consumer takes over with the new limit and the old one is
+        cancelled (in that order: a queue is never without our consumer, which a partition's owner relies on).
+        What the old consumers delivered stays held on this channel and is settled as usual.
+        """
+        async with self._consumer_lock:
+            underlay, callback = self._underlay, self._on_message
+            if underlay is None or callback is None or prefetch <= self.prefetch:
+                return
+            try:
+                self.prefetch = prefetch
+                if not self._consumers:
+                    return
+                await underlay.basic_qos(prefetch_count=self._share(len(self._consumers)))
+                for queue, old in list(self._consumers.items()):
+                    ok = await underlay.basic_consume(queue, callback, no_ack=False)
+                    assert ok.consumer_tag is not None
+                    self._consumers[queue] = ok.consumer_tag
+                    await underlay.basic_cancel(old)
+            except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+                raise BrokerError(f"cannot widen the prefetch window to {prefetch}: {exc!r}") from exc
+
+    async def stop_consuming(self) -> None:
+        """Ask the broker to stop delivering. What was delivered stays held until settled."""
+        self._consuming = False
+        for queue in list(self._consumers):
+            await self.detach(queue)
+
+    def consumer_attached(self) -> bool:
+        """Whether every consumer of ours is still registered on an open channel.
+
+        The broker cancels a consumer on its own (queue deleted, node failover) with a basic.cancel that
+        aiormq handles by forgetting the consumer: the connection stays up but nothing arrives. That is the
+        "connected but not consuming" state a worker must notice. (A partitioned worker may own no partition
+        yet; its router is watched by the partition runner.)
+        """
+        underlay = self._underlay
+        if underlay is None or underlay.is_closed or not self._consuming:
+            return False
+        if not self._consumers and self._settings.partitions == 0:
+            return False
+        return all(tag in underlay.consumers for tag in self._consumers.values())
+
+    @property
+    def consumer_lock(self) -> asyncio.Lock:
+        """Held while consumers change; the partition claimer counts consumers under it (a widening swap
+        briefly shows two consumers of ours on a queue)."""
+        return self._consumer_lock
+
+    def attached(self) -> frozenset[str]:
+        """The queues this session consumes."""
+        return frozenset(self._consumers)
+
+    async def open_channel(self) -> aiormq.Channel:
+        """A channel of its own on the consuming connection (for the partition router and its probes); when it
+        closes under an error, the session is lost."""
+        try:
+            channel = await self._consume_conn.channel(publisher_confirms=False)
+            channel.close_callbacks.add(self._on_close)
+            return cast(aiormq.Channel, await channel.get_underlay_channel())
+        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+            raise BrokerError(f"cannot open a channel: {exc!r}") from exc
+
+    def held(self) -> list[Delivery]:
+        """Deliveries of this session not yet settled."""
+        return [d for d in self._held if not d.settled]
+
+    @property
+    def consuming(self) -> bool:
+        return self._consuming and not self.lost.is_set()
+
+    async def subscribe(self, queue: str, on_body: Callable[[bytes, Mapping[str, Any]], None]) -> None:
+        """Read every message of ``queue`` (auto-ack) into ``on_body(body, headers)``: for tools and the demo."""
+        channel = await self._publish_conn.channel()
+        self._subscriptions.append(channel)
+        source = await channel.declare_queue(queue, durable=True)
+
+        async def callback(message: AbstractIncomingMessage) -> None:
+            on_body(message.body, dict(message.headers or {}))
+
+        await source.consume(callback, no_ack=True)
+
+    async def delete_queues(self, names: list[str]) -> None:
+        """Delete queues (the demo and tests clean up after themselves), ending subscriptions first."""
+        for subscription in self._subscriptions:
+            await subscription.close()
+        self._subscriptions.clear()
+        channel = await self._publish_conn.channel()
+        for name in names:
+            await channel.queue_delete(name)
+        await channel.close()
+
+    # -- settling
+    def settle(self, deliveries: list[Delivery], how: Settle) -> None:
+        """Decide to ack, dead-letter or requeue deliveries of this session, each once; the frames follow.
+
+        One settler task sends the frames in the order decided. When the oldest unsettled deliveries are acked,
+        a single ``basic.ack multiple=true`` covers them all (cheaper for the broker and the wire); the others
+        are acked one by one at once, so a slow batch never holds back finished requests. Deliveries of an
+        older session are skipped: the broker has requeued them already.
+        """
+        for delivery in deliveries:
+            if delivery.settled or delivery.session is not self:
+                continue
+            delivery.settled = True
+            if how == "ack":
+                self._to_ack.append(delivery)
+            else:
+                self._to_nack.append((delivery, how == "requeue"))
+        if self._settler is None and not self.lost.is_set():
+            self._settler = asyncio.create_task(self._send_settlements())
+
+    async def settlements_sent(self) -> None:
+        """Wait until every settlement decided so far has reached the broker (call it before :meth:`close`)."""
+        while self._settler is not None and not self.lost.is_set():
+            await asyncio.shield(self._settler)
+        # The settler only queues its frames (wait=False), and closing the connection drops what is still
+        # queued: the broker would redeliver requests already answered. One round trip on the same channel
+        # (a basic.qos that changes nothing) is answered only after every frame queued before it.
+        channel = self._underlay
+        if channel is None or channel.is_closed or self.lost.is_set():
+            return
+        try:
+            await channel.basic_qos(prefetch_count=self.prefetch)
+        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+            self._on_close(self, exc)
+
+    async def _send_settlements(self) -> None:
+        try:
+            while (self._to_ack or self._to_nack) and not self.lost.is_set():
+                # Decide synchronously (no await) on a snapshot, then send in that order. Settlements decided
+                # while we send wait for the next round, so a multiple ack never covers a tag that is still
+                # to be nacked or acked alone.
+                acks, nacks = self._to_ack, self._to_nack
+                self._to_ack, self._to_nack = [], []
+                prefix_end = 0
+                while self._held and self._held[0].settled:
+                    prefix_end = self._held.popleft().tag
+                in_prefix = [d for d in acks if d.tag <= prefix_end]
+                channel = self._underlay
+                assert channel is not None
+                # wait=False: the frames are queued in order; there is no answer to wait for
+                for delivery, requeue in nacks:
+                    await channel.basic_nack(delivery.tag, requeue=requeue, wait=False)
+                if in_prefix:
+                    await channel.basic_ack(max(d.tag for d in in_prefix), multiple=True, wait=False)
+                for delivery in acks:
+                    if delivery.tag > prefix_end:
+                        await channel.basic_ack(delivery.tag, wait=False)
+        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+            # The channel is gone: the broker redelivers what was not settled; this session is over.
+            self._on_close(self, exc)
+        finally:
+            self._settler = None
+
+    # -- publishing
+    async def publish_many(self, messages: Sequence[Message]) -> list[BrokerError | None]:
+        """Publish persistent messages (mandatory) and wait for their confirms; one outcome per message.
+
+        ``None`` means confirmed; UnroutableResult means no such queue (the broker returned it); MessageTooLarge
+        means it was too large to send (nothing was); another BrokerError means the broker refused it or the
+        connection failed (the session is then lost). Many
+        calls may wait for confirms at once; a call's messages share one channel lock and one write.
+        """
+        outgoing = [
+            Outgoing(
+                m.body,
+                m.queue,
+                spec.Basic.Properties(
+                    content_type=m.content_type,
+                    delivery_mode=2,  # persistent
+                    correlation_id=m.correlation_id,
+                    message_id=m.message_id,
+                    reply_to=m.reply_to,
+                    headers=dict(m.headers) if m.headers else None,
+                ),
+            )
+            for m in messages
+        ]
+        try:
+            channel = self._publish_underlay or await self._open_publish_underlay()
+            outcomes = await publish_confirmed(channel, outgoing)
+        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
+            self._on_close(self, exc)
+            return [BrokerError(f"publishing failed: {exc!r}") for _ in messages]
+        return [self._translate(m, outcome) for m, outcome in zip(messages, outcomes, strict=True)]
+
+    def _translate(self, message: Message, outcome: BaseException | None) -> BrokerError | None:
+        if outcome is None:
+            return None
+        if isinstance(outcome, BrokerError):  # MessageTooLarge: refused before it was sent, the channel is fine
+            return outcome
+        if isinstance(outcome, aiormq.exceptions.PublishError):
+            return UnroutableResult(f"no queue {message.queue!r} to take the message")
+        if not isinstance(outcome, aiormq.exceptions.DeliveryError):
+            self._on_close(self, outcome)  # the channel or connection failed under the publish
+        return BrokerError(f"publishing to {message.queue!r} failed: {outcome!r}")
+
+    async def publish(self, message: Message) -> None:
+        """Publish one message and wait for its confirm; raises what :meth:`publish_many` would return."""
+        [outcome] = await self.publish_many([message])
+        if outcome is not None:
+            raise outcome
+
+    async def forward(self, messages: Sequence[Outgoing]) -> list[BrokerError | None]:
+        """Publish messages as they are (properties untouched) and wait for their confirms, like
+        :meth:`publish_many`: the partition router moves requests with it."""
+        try:
+            channel = self._publish_underlay or await self._open_publish_underlay()
+            outcomes = await publish_confirmed(channel, messages)
+        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
+            self._on_close(self, exc)
+            return [BrokerError(f"forwarding failed: {exc!r}") for _ in messages]
+        return [
+            None if outcome is None else BrokerError(f"forwarding to {m.queue!r} failed: {outcome!r}")
+            for m, outcome in zip(messages, outcomes, strict=True)
+        ]
+
+    async def dead_letter(self, deliveries: Sequence[tuple[Delivery, str]]) -> int:
+        """Move deliveries of this session to the dead-letter queue, each with its reason; how many went there.
+
+        A nack cannot add a header, so a copy (body and properties as delivered, plus the ``x-snapworker-reason``
+        header) is published to the dead-letter queue and confirmed, and only then is the original acked: at
+        least once, never lost. A copy the broker refuses (nacked or returned): the original is nacked without
+        requeue and lands there through the queue's own dead-lettering, without the reason. When the session
+        is lost meanwhile, the rest stay unsettled and return to the queue.
+        """
+        moved = 0
+        for delivery, reason in deliveries:
+            if delivery.settled or delivery.session is not self or self.lost.is_set():
+                continue
+            envelope = delivery.envelope
+            properties = spec.Basic.Properties(
+                content_type=envelope.content_type,
+                delivery_mode=2,  # persistent
+                correlation_id=envelope.correlation_id,
+                message_id=envelope.message_id,
+                reply_to=delivery.reply_to,
+                headers={REASON_HEADER: reason[:REASON_MAX_CHARS]},
+            )
+            try:
+                channel = self._publish_underlay or await self._open_publish_underlay()
+                # basic_publish, not the batched fast path: a request body may span several frames
+                await channel.basic_publish(
+                    envelope.body,
+                    routing_key=self._settings.dead_letter_queue,
+                    properties=properties,
+                    mandatory=True,
+                )
+            except (aiormq.exceptions.PublishError, aiormq.exceptions.DeliveryError) as exc:
+                log.error("the dead-letter copy was refused (%r): dead-lettering the message without its reason", exc)
+                self.settle([delivery], "dead-letter")
+            except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
+                self._on_close(self, exc)
+                return moved
+            else:
+                self.settle([delivery], "ack")
+            moved += 1
+        return moved
+
+    async def _open_publish_underlay(self) -> aiormq.Channel:
+        channel = cast(aiormq.Channel, await self._publish_channel.get_underlay_channel())
+        self._publish_underlay = channel
+        return channel
+
+
+async def declare_topology(channel: AbstractChannel, settings: Settings) -> None:
+    """Declare every queue snapworker uses, durable; the request queue dead-letters to the dead-letter queue."""
+    arguments: dict[str, Any] = {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": settings.dead_letter_queue,
+    }
+    if settings.queue_type == "quorum":
+        arguments |= {"x-queue-type": "quorum", "x-delivery-limit": settings.delivery_limit}
+    for name in (settings.result_queue, settings.error_queue, settings.dead_letter_queue):
+        await channel.declare_queue(name, durable=True)
+    await channel.declare_queue(settings.request_queue, durable=True, arguments=arguments)
+    # Partitions are request queues too: same type, same dead-lettering.
+    for partition in range(settings.partitions):
+        await channel.declare_queue(
+            partition_queue(settings.request_queue, partition), durable=True, arguments=arguments
+        )

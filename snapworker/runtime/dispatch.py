@@ -1,0 +1,97 @@
+"""The sender task: turns the batching core's ready keys into API calls, one granted call at a time.
+
+It asks the rate limiter for a call only when the core has something to send, and has the core cut the batch
+only once the call is granted (late binding): every desktop that arrived meanwhile rides on that call. Between
+calls it sleeps until the core's next deadline, or until ``wake`` is set (a delivery opened or filled a key, an
+answer freed the window, the worker is draining). It never polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from snapworker.cloud.limiter import Grant, Limiter
+from snapworker.contract.models import ResultError
+from snapworker.core import Batch, BatchingCore, Outcome
+from snapworker.runtime.sending import BatchSender
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger("snapworker.worker")
+
+#: the limiter's queue name for new batches (retries of a call queue under their project)
+_BATCHES = "batches"
+
+
+class Dispatcher:
+    """``await dispatcher.run()`` sends batches until cancelled. ``on_cut`` sees each batch as it is cut;
+    ``on_outcome`` gets each batch's outcome (never an exception: a bug becomes a retryable error entry)."""
+
+    def __init__(
+        self,
+        core: BatchingCore,
+        limiter: Limiter,
+        sender: BatchSender,
+        *,
+        wake: asyncio.Event,
+        deadline_s: float,
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        on_cut: Callable[[Batch], None],
+        on_outcome: Callable[[Batch, Outcome], Awaitable[None]],
+    ) -> None:
+        self._core = core
+        self._limiter = limiter
+        self._sender = sender
+        self._wake = wake
+        self._deadline_s = deadline_s
+        self._spawn = spawn
+        self._on_cut = on_cut
+        self._on_outcome = on_outcome
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._until_sendable()
+            grant = await self._limiter.acquire(_BATCHES)
+            # While the call was awaited the core may have changed its mind (a batch it was about to release
+            # started filling again). The token is spent either way: keep the grant until a batch may go,
+            # rather than waste it.
+            while (batch := self._core.take(loop.time())) is None and self._core.buffered_desktops:
+                await self._until_sendable()
+            if batch is None:  # what was pending left with a lost session meanwhile
+                self._limiter.release()
+                continue
+            self._spawn(self._call(batch, grant))
+            self._on_cut(batch)
+
+    async def _until_sendable(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()  # before looking: a wake-up while we look is not lost
+            now = loop.time()
+            if self._core.sendable(now):
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(self._core.next_deadline(now)):
+                    await self._wake.wait()
+
+    async def _call(self, batch: Batch, grant: Grant) -> None:
+        try:
+            # the deadline of the batch's oldest request (both on the loop's monotonic clock)
+            outcome = await self._sender.send(batch, grant=grant, deadline=batch.opened_at + self._deadline_s)
+        except Exception as exc:  # a bug must not leave requests without a result
+            log.exception("sending batch %d failed unexpectedly", batch.id)
+            outcome = (
+                ResultError(
+                    desktop_ids=batch.desktop_ids,
+                    http_status=None,
+                    error_code="SNAPWORKER.INTERNAL",
+                    error_msg=f"internal error: {exc!r}"[:2000],
+                    retryable=True,
+                ),
+            )
+        await self._on_outcome(batch, outcome)

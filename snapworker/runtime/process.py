@@ -1,0 +1,59 @@
+"""Running a worker as a process: logging, signals, exit codes. (``snapworker run``)"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from snapworker.errors import ConfigError
+from snapworker.ops.logs import configure_logging
+from snapworker.runtime.worker import Worker
+from snapworker.settings import Settings, redact_url
+
+__all__ = ["run_worker"]
+
+log = logging.getLogger("snapworker.process")
+
+
+def describe(settings: Settings) -> str:
+    """The settings as one readable line, secrets shown only as set/unset."""
+    shown = []
+    for name, value in settings.model_dump().items():
+        if name in ("auth_token", "access_key", "secret_key", "security_token", "api_proxy"):
+            value = "set" if value is not None else "unset"
+        elif name == "amqp_url":
+            value = redact_url(settings.amqp_url.get_secret_value())
+        shown.append(f"{name.upper()}={value}")
+    return " ".join(shown)
+
+
+async def serve(settings: Settings) -> None:
+    """Run a worker until SIGTERM or SIGINT, then drain it gracefully."""
+    if settings.auth_mode == "none" and not settings.accounts_file:
+        raise ConfigError(
+            "no API credentials: set SNAPWORKER_AUTH_TOKEN, or SNAPWORKER_ACCESS_KEY and SECRET_KEY (or "
+            "HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK), or SNAPWORKER_ACCOUNTS_FILE"
+        )
+    worker = Worker(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _stop, worker, sig)
+    log.info("settings: %s", describe(settings))
+    await worker.run()
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _stop(worker: Worker, sig: signal.Signals) -> None:
+    log.info("%s received: stopping", sig.name)
+    task = asyncio.get_running_loop().create_task(worker.close())
+    _closing.add(task)  # keep a reference until done: the loop holds tasks only weakly
+    task.add_done_callback(_closing.discard)
+
+
+def run_worker(settings: Settings) -> int:
+    configure_logging(settings)
+    asyncio.run(serve(settings))
+    return 0

@@ -1,0 +1,140 @@
+"""``snapworker check``: is this setup able to work? Settings, broker and queues, and the Workspace API.
+
+Each check yields findings: ``ok``, ``WARN`` (worth knowing, not a fault) or ``FAIL``. The API check asks for
+a job that does not exist, which is harmless and answers the questions that matter: a 404 from the service
+means the endpoint is reachable and the credentials were accepted; a 401 means they were not; no answer
+means the endpoint is unreachable. Nothing is created anywhere, unless ``--declare`` is given (then the
+queues are declared exactly as the worker declares them).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from snapworker.cloud.client import WorkspaceClient
+from snapworker.errors import (
+    ApiAuthError,
+    ApiError,
+    ApiResponseTimeout,
+    ApiStatusError,
+    ApiThrottled,
+    ApiTransportError,
+    BrokerError,
+    ConfigError,
+)
+from snapworker.settings import Settings, redact_url
+from snapworker.tools.broker import BrokerTools
+
+__all__ = ["Finding", "check_api", "check_broker", "describe_settings"]
+
+#: Used when no --project is given: any well-formed project ID serves to test credentials.
+PLACEHOLDER_PROJECT = "0" * 32
+
+Level = Literal["ok", "WARN", "FAIL"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    level: Level
+    area: str
+    text: str
+
+    def line(self) -> str:
+        return f"{self.level:<4}  {self.area:<8}  {self.text}"
+
+
+def describe_settings(settings: Settings) -> list[Finding]:
+    """The settings loaded (they are valid, or loading would have failed) and whether credentials are set."""
+    auth = {"token": "IAM token", "aksk": "AK/SK signing", "none": "no credentials"}[settings.auth_mode]
+    findings = [
+        Finding(
+            "ok",
+            "settings",
+            f"broker {redact_url(settings.amqp_url.get_secret_value())}, API {settings.api_url} ({auth})",
+        )
+    ]
+    if settings.auth_mode == "none":
+        findings.append(Finding("FAIL", "settings", f"no credentials: {_credential_settings(settings)}"))
+    return findings
+
+
+async def check_broker(settings: Settings, *, declare: bool = False) -> list[Finding]:
+    """Connect, optionally declare the topology, and look at every queue the worker uses."""
+    findings: list[Finding] = []
+    queues = (
+        ("request queue", settings.request_queue),
+        ("result queue", settings.result_queue),
+        ("error queue", settings.error_queue),
+        ("dead-letter queue", settings.dead_letter_queue),
+    )
+    try:
+        async with BrokerTools(settings, connection_name="snapworker-check") as broker:
+            findings.append(Finding("ok", "broker", "connected"))
+            if declare:
+                try:
+                    await broker.declare_topology()
+                except ConfigError as exc:
+                    findings.append(Finding("FAIL", "broker", str(exc)))
+                else:
+                    findings.append(Finding("ok", "broker", "declared the queues"))
+            for role, name in queues:
+                info = await broker.queue_info(name)
+                if info is None:
+                    hint = "start the worker (it declares its queues) or run `snapworker check --declare`"
+                    findings.append(Finding("FAIL", "queue", f"{role} {name!r} does not exist: {hint}"))
+                    continue
+                text = f"{role} {name!r}: {info.messages} messages, {info.consumers} consumers"
+                findings.append(Finding("ok", "queue", text))
+                if role == "request queue" and info.consumers == 0:
+                    findings.append(Finding("WARN", "queue", f"no worker consumes {name!r} right now"))
+    except BrokerError as exc:
+        findings.append(Finding("FAIL", "broker", str(exc)))
+    return findings
+
+
+async def check_api(settings: Settings, *, project_id: str | None = None) -> Finding:
+    """Query a job that does not exist, once (no retries: the answer itself is what we want)."""
+    project = project_id or PLACEHOLDER_PROJECT
+    job_id = f"snapworker-check-{uuid.uuid4().hex[:12]}"
+    once = settings.model_copy(update={"retry_max_tries": 1})
+    try:
+        async with WorkspaceClient(once) as api:
+            await api.get_job(project, job_id)
+    except ApiError as exc:
+        return _classify(settings, exc, project_given=project_id is not None)
+    return Finding("ok", "api", f"reachable and authenticated at {settings.api_url}")
+
+
+def _classify(settings: Settings, exc: ApiError, *, project_given: bool) -> Finding:
+    url = settings.api_url
+    if isinstance(exc, ApiResponseTimeout):
+        return Finding("FAIL", "api", f"no answer from {url} within READ_TIMEOUT_S: {exc}")
+    if isinstance(exc, ApiTransportError):
+        return Finding("FAIL", "api", f"unreachable: {exc} (check SNAPWORKER_API_URL / SNAPWORKER_REGION)")
+    assert isinstance(exc, ApiStatusError)
+    answer = f"{exc.http_status} {exc.error_code}: {exc}"
+    gateway = exc.error_code.startswith("APIG.")  # said by the API gateway, not the Workspace service
+    if isinstance(exc, ApiAuthError) and exc.http_status == 401:
+        return Finding("FAIL", "api", f"credentials refused ({answer}): {_credential_settings(settings)}")
+    if isinstance(exc, ApiAuthError):
+        if project_given:
+            return Finding("FAIL", "api", f"authenticated, but not allowed for this project ({answer})")
+        return Finding("WARN", "api", f"authenticated; pass --project YOUR_PROJECT_ID to check access ({answer})")
+    if isinstance(exc, ApiThrottled):
+        return Finding("ok", "api", f"reachable and authenticated, but throttled right now ({answer})")
+    if exc.http_status == 404 and gateway:
+        return Finding("FAIL", "api", f"{url} is not the Workspace API ({answer}): check SNAPWORKER_API_URL")
+    if exc.http_status is not None and 400 <= exc.http_status < 500 and not gateway:
+        # The service itself refused the made-up job: the request got past authentication.
+        return Finding("ok", "api", f"reachable and authenticated at {url} (a made-up job: {answer})")
+    return Finding("FAIL", "api", f"unexpected answer from {url}: {answer}")
+
+
+def _credential_settings(settings: Settings) -> str:
+    if settings.auth_mode == "token":
+        return "check SNAPWORKER_AUTH_TOKEN (IAM tokens expire after 24 h)"
+    if settings.auth_mode == "aksk":
+        return "check SNAPWORKER_ACCESS_KEY and SNAPWORKER_SECRET_KEY"
+    return "set SNAPWORKER_AUTH_TOKEN, or SNAPWORKER_ACCESS_KEY and SNAPWORKER_SECRET_KEY"

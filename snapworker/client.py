@@ -20,7 +20,8 @@ The contract:
   queue, as for any vanished reply queue).
 * :meth:`SnapshotClient.wait_for_completion` then waits, on the same reply queue, for the request's
   :class:`~snapworker.contract.models.SnapshotCompletion` (AMQP type ``snapworker.completion``): how each
-  desktop's snapshot ended. A completion that arrives before anyone waits for it is kept (the latest 1,000) until asked for.
+  desktop's snapshot ended. A completion that arrives before anyone waits for it is kept (the latest 1,000)
+  until asked for.
 * A lost connection fails the calls waiting for results with BrokerError; the next call connects anew. Nothing
   is re-published automatically: a lost confirm does not mean the broker lacks the message, and sending it
   again could snapshot twice.

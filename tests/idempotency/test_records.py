@@ -58,7 +58,9 @@ def test_a_composed_result_groups_desktops_by_entry_and_is_partial_with_an_error
 
 
 def test_an_armed_failpoint_kills_the_process_with_sigkill() -> None:
-    code = "from snapworker import failpoints as f; f.configure('boom'); f.failpoint('other'); f.failpoint('boom')"
+    code = (
+        "from snapworker.runtime import failpoints as f; f.configure('boom'); f.failpoint('other'); f.failpoint('boom')"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30, check=False)
     assert done.returncode == -9
     assert b"failpoint boom" in done.stderr

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from snapworker.cloud.accounts import AccountRouter, NoAccountForProject, load_accounts
-from snapworker.cloud.client import CreatedJob, WorkspaceClient
+from snapworker.cloud.client import WorkspaceClient
 from snapworker.cloud.limiter import Grant
-from snapworker.core.batch import MergeKey
+from snapworker.domain.jobs import CreatedJob
+from snapworker.domain.keys import MergeKey
 from snapworker.errors import ConfigError
 from snapworker.settings import Settings
 

@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from snapworker.cloud.client import CreatedJob
 from snapworker.cloud.limiter import Grant, RateLimiter
 from snapworker.core import Batch, BatchingCore, MergeKey, Outcome
+from snapworker.domain.jobs import CreatedJob
 from snapworker.runtime.dispatch import Dispatcher
 from snapworker.runtime.sending import BatchSender
 from tests.core.helpers import request

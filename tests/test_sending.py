@@ -11,11 +11,11 @@ from collections.abc import Callable, Sequence
 import pytest
 from multidict import CIMultiDict
 
-from snapworker.cloud.client import CreatedJob
 from snapworker.cloud.limiter import Grant, RateLimiter
 from snapworker.cloud.responses import error_from_response
 from snapworker.contract.models import JobEntry, ResultError, SnapshotResult
 from snapworker.core import Batch, BatchingCore, MergeKey, Outcome
+from snapworker.domain.jobs import CreatedJob
 from snapworker.errors import ApiStatusError
 from snapworker.runtime.sending import BatchSender
 from tests.core.helpers import request

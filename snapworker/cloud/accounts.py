@@ -31,9 +31,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from snapworker.cloud.client import ClientObserver, CreatedJob, WorkspaceClient
+from snapworker.cloud.client import ClientObserver, WorkspaceClient
 from snapworker.cloud.limiter import Grant, Limiter, RateLimiter
-from snapworker.core.batch import MergeKey
+from snapworker.domain.jobs import CreatedJob
+from snapworker.domain.keys import MergeKey
 from snapworker.errors import ApiError, ConfigError
 from snapworker.settings import Settings
 

@@ -38,25 +38,16 @@ from snapworker.cloud.limiter import Grant, Limiter, RateLimiter
 from snapworker.cloud.responses import error_from_response, parse_created_job, parse_job
 from snapworker.cloud.retry import RetryPolicy
 from snapworker.cloud.signing import sdk_date_now, sign_request
-from snapworker.core.batch import MergeKey
+from snapworker.domain.jobs import CreatedJob
+from snapworker.domain.keys import MergeKey
 from snapworker.errors import ApiDeadlineExceeded, ApiError, ApiResponseTimeout, ApiThrottled, ApiTransportError
 from snapworker.settings import Settings
 
-__all__ = ["ClientObserver", "CreatedJob", "WorkspaceClient", "batch_create_body"]
+__all__ = ["ClientObserver", "WorkspaceClient", "batch_create_body"]
 
 log = logging.getLogger("snapworker.cloud")
 
 MAX_DESKTOPS_PER_CALL = 100
-
-
-@dataclass(frozen=True, slots=True)
-class CreatedJob:
-    """A job batch-create made. ``possible_duplicate``: a retry after a response timeout succeeded, so an
-    earlier try may have created a job for the same desktops too."""
-
-    job_id: str
-    api_request_id: str | None
-    possible_duplicate: bool
 
 
 class ClientObserver(Protocol):

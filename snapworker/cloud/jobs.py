@@ -19,9 +19,9 @@ from urllib.parse import quote, urlencode
 
 from snapworker.cloud.client import WorkspaceClient
 from snapworker.cloud.limiter import Limiter, RateLimiter
+from snapworker.domain.jobs import JobView, SubJobView, classify
 from snapworker.errors import ApiStatusError
 from snapworker.settings import Settings
-from snapworker.tracking.views import JobView, SubJobView, classify
 
 __all__ = ["SUB_JOB_PAGE", "JobReader", "job_not_found"]
 

@@ -1,11 +1,13 @@
-"""The values the batching core trades in: merge keys, batches, and per-desktop outcomes."""
+"""The values the batching core trades in: batches and per-desktop outcomes (merge keys live in
+:mod:`snapworker.domain.keys`, shared with the cloud edge; re-exported here)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from snapworker.contract.models import DiskSnapshotInfo, JobEntry, ResultError, SnapshotRequest
+from snapworker.contract.models import JobEntry, ResultError
+from snapworker.domain.keys import MergeKey
 
 __all__ = ["Batch", "FlushReason", "MergeKey", "Outcome", "OutcomeEntry"]
 
@@ -17,20 +19,6 @@ FlushReason = Literal["full", "linger", "pressure", "shutdown"]
 #: entries whose desktop_ids together cover the batch exactly once.
 OutcomeEntry: TypeAlias = JobEntry | ResultError
 Outcome: TypeAlias = tuple[OutcomeEntry, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class MergeKey:
-    """Requests with equal keys may share a batch-create call: same project, same snapshot settings."""
-
-    project_id: str
-    disk_type: str | None
-    system_disk_snapshot: DiskSnapshotInfo | None
-    data_disk_snapshot: DiskSnapshotInfo | None
-
-    @classmethod
-    def of(cls, request: SnapshotRequest) -> MergeKey:
-        return cls(request.project_id, request.disk_type, request.system_disk_snapshot, request.data_disk_snapshot)
 
 
 @dataclass(frozen=True, slots=True)

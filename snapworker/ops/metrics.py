@@ -8,7 +8,7 @@ latency, retries, throttles) is recorded as it happens, through the client's obs
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -23,10 +23,33 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from snapworker.cloud.limiter import Limiter
+    from snapworker.core import BatchingCore
     from snapworker.idempotency.health import StoreHealth
-    from snapworker.runtime.worker import Worker
+    from snapworker.runtime.stats import WorkerStats
 
-__all__ = ["ApiMetrics", "WorkerCollector", "build_registry"]
+__all__ = ["ApiMetrics", "WorkerCollector", "WorkerView", "build_registry"]
+
+
+class StoreView(Protocol):
+    @property
+    def health(self) -> StoreHealth: ...
+
+
+class WorkerView(Protocol):
+    """What the collector reads of a worker at scrape time: the worker passes itself, the metrics module never
+    imports the runtime (the dependency points one way)."""
+
+    @property
+    def stats(self) -> WorkerStats: ...
+    @property
+    def core(self) -> BatchingCore: ...
+    @property
+    def limiter(self) -> Limiter | None: ...
+    @property
+    def idempotency(self) -> StoreView | None: ...
+    def ready(self) -> bool: ...
+
 
 _FILL_BUCKETS = (1, 5, 10, 25, 50, 75, 90, 99, 100)
 
@@ -60,7 +83,7 @@ class ApiMetrics:
 class WorkerCollector(Collector):
     """Reads a worker's counters, buffers and limiter when scraped."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: WorkerView) -> None:
         self._worker = worker
 
     def collect(self) -> Iterator[Metric]:
@@ -191,7 +214,7 @@ def _fill_histogram(sizes: dict[int, int]) -> HistogramMetricFamily:
     )
 
 
-def build_registry(worker: Worker) -> tuple[CollectorRegistry, ApiMetrics]:
+def build_registry(worker: WorkerView) -> tuple[CollectorRegistry, ApiMetrics]:
     """A registry with the worker's collector, the API metrics (pass them to the client), and the standard
     process (``process_*``: CPU, memory, open files), Python (``python_info``, ``python_gc_*``) and build
     (``snapworker_build_info{version}``) series."""

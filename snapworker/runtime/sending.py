@@ -29,11 +29,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from snapworker.cloud.client import CreatedJob
 from snapworker.cloud.limiter import Grant, Limiter
 from snapworker.cloud.responses import is_busy, named_desktops
 from snapworker.contract.models import JobEntry, ResultError
 from snapworker.core import Batch, MergeKey, Outcome, OutcomeEntry
+from snapworker.domain.jobs import CreatedJob
 from snapworker.errors import ApiAuthError, ApiClientError, ApiError
 
 __all__ = ["BatchSender", "CallJournal", "SnapshotApi", "error_entry"]

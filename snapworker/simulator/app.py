@@ -45,11 +45,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from snapworker.cloud.signing import SignatureError, verify_signature
 from snapworker.simulator.cli import add_arguments, config_from_args
 from snapworker.simulator.service import InvalidBody, JobStore, parse_batch_create
 from snapworker.simulator.snapshots import SnapshotIndex
 from snapworker.simulator.state import FlowLimiter, SimConfig, SimStats, retry_after_header
+from snapworker.simulator.verify import SignatureError, verify_signature
 
 __all__ = ["SimConfig", "Simulator", "add_arguments", "config_from_args", "run"]
 

@@ -40,10 +40,10 @@ from pydantic import ValidationError
 
 from snapworker.cloud.jobs import JobReader, job_not_found
 from snapworker.contract.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult
+from snapworker.domain.jobs import JobView
 from snapworker.errors import ApiError, BrokerError
 from snapworker.settings import Settings
 from snapworker.tracking.state import Schedule, TrackingUnit, start_unit
-from snapworker.tracking.views import JobView
 
 __all__ = ["TRACKING_TYPE", "Tracker", "declare_tracking_topology", "schedule_of", "tracking_queues"]
 

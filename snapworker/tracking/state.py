@@ -26,7 +26,7 @@ from snapworker.contract.models import (
     SnapshotCompletion,
     SnapshotResult,
 )
-from snapworker.tracking.views import JobView, classify
+from snapworker.domain.jobs import JobView, classify
 
 __all__ = ["Schedule", "TrackedDesktop", "TrackedRequest", "TrackingUnit", "start_unit"]
 

@@ -18,11 +18,11 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from snapworker.cloud.client import CreatedJob, WorkspaceClient, batch_create_body
+from snapworker.cloud.client import WorkspaceClient, batch_create_body
 from snapworker.cloud.limiter import RateLimiter
-from snapworker.cloud.signing import verify_signature
 from snapworker.contract.models import DiskSnapshotInfo
-from snapworker.core.batch import MergeKey
+from snapworker.domain.jobs import CreatedJob
+from snapworker.domain.keys import MergeKey
 from snapworker.errors import (
     ApiAuthError,
     ApiClientError,
@@ -33,6 +33,7 @@ from snapworker.errors import (
 )
 from snapworker.settings import Settings
 from snapworker.simulator.app import Simulator
+from snapworker.simulator.verify import verify_signature
 from tests.conftest import SIM_TOKEN
 
 PROJECT = "0123456789abcdef0123456789abcdef"

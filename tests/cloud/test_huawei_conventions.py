@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from snapworker.cloud.client import WorkspaceClient
-from snapworker.cloud.signing import parse_authorization
 from snapworker.errors import ConfigError
 from snapworker.settings import Settings, load_settings
+from snapworker.simulator.verify import parse_authorization
 
 AK, SK, TOKEN = "HST3UQNAXMPLEAK0001", "tempSK0123456789abcdef", "securitytoken-abc.def"
 DATE = "20261201T020000Z"

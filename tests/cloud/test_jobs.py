@@ -9,11 +9,11 @@ import pytest
 from snapworker.cloud.client import WorkspaceClient
 from snapworker.cloud.jobs import JobReader, job_not_found
 from snapworker.cloud.limiter import Grant, RateLimiter
-from snapworker.core.batch import MergeKey
+from snapworker.domain.jobs import classify
+from snapworker.domain.keys import MergeKey
 from snapworker.errors import ApiError
 from snapworker.settings import Settings
 from snapworker.simulator.app import Simulator
-from snapworker.tracking.views import classify
 from tests.conftest import SIM_TOKEN
 
 PROJECT = "proj-1"

@@ -12,14 +12,13 @@ from urllib.parse import quote, urlsplit
 import pytest
 
 from snapworker.cloud.signing import (
-    SignatureError,
     canonical_query,
     canonical_uri,
     format_sdk_date,
     sign_request,
     sign_request_details,
-    verify_signature,
 )
+from snapworker.simulator.verify import SignatureError, verify_signature
 
 AK = "AKEXAMPLEAK0000000000"
 SK = "SKEXAMPLEsecretkey0000000000000000000000"

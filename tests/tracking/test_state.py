@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from snapworker.contract.models import JobEntry, SnapshotResult
-from snapworker.tracking import state, views
+from snapworker.domain import jobs as views
+from snapworker.domain.jobs import JobView, SubJobView
+from snapworker.tracking import state
 from snapworker.tracking.state import Schedule, TrackingUnit, start_unit
-from snapworker.tracking.views import JobView, SubJobView
 
 T0 = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
 PROJECT = "p1"

@@ -1,4 +1,5 @@
-"""What one read of a job told, as the tracking decides with it: plain values, no I/O.
+"""Jobs: the one batch-create made, and what one read of a job told, as the tracking decides with it: plain
+values, no I/O.
 
 :mod:`snapworker.cloud.jobs` makes them from the API's documents; :mod:`snapworker.tracking.state` reads them.
 """
@@ -8,12 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["JobView", "Phase", "SubJobView", "classify"]
+__all__ = ["CreatedJob", "JobView", "Phase", "SubJobView", "classify"]
 
 _SUCCEEDED = frozenset({"SUCCESS", "COMPLETE"})
 _FAILED = frozenset({"FAIL", "FAILED"})
 
 Phase = Literal["succeeded", "failed", "running"]
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedJob:
+    """A job batch-create made. ``possible_duplicate``: a retry after a response timeout succeeded, so an
+    earlier try may have created a job for the same desktops too."""
+
+    job_id: str
+    api_request_id: str | None
+    possible_duplicate: bool
 
 
 def classify(status: object) -> Phase:

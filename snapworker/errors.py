@@ -60,13 +60,10 @@ class ConfigError(SnapworkerError):
 class InvalidMessage(SnapworkerError):
     """A queue message is not a valid request. ``problems`` are readable validation messages."""
 
-    def __init__(
-        self, problems: list[str], *, project_id: str | None = None, desktop_ids: tuple[str, ...] = ()
-    ) -> None:
+    def __init__(self, problems: list[str], *, project_id: str | None = None) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
         self.project_id = project_id
-        self.desktop_ids = desktop_ids
 
 
 class ResultTimeout(SnapworkerError):

@@ -55,7 +55,6 @@ class FakeSession:
         return Delivery(
             envelope=Envelope(body=body, content_type="application/json", message_id=message_id),
             reply_to=None,
-            redelivered=False,
             tag=tag,
             session=cast(AmqpSession, self),
         )

@@ -54,7 +54,6 @@ class Message:
     headers: Mapping[str, str] | None = None
     content_type: str = "application/json"
     message_id: str | None = None
-    reply_to: str | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -63,7 +62,6 @@ class Delivery:
 
     envelope: Envelope
     reply_to: str | None
-    redelivered: bool
     tag: int
     session: AmqpSession = field(repr=False)
     settled: bool = False
@@ -172,7 +170,6 @@ class AmqpSession:
                     correlation_id=props.correlation_id,
                 ),
                 reply_to=props.reply_to or None,
-                redelivered=bool(message.redelivered),
                 tag=message.delivery_tag or 0,
                 session=self,
             )
@@ -395,7 +392,6 @@ class AmqpSession:
                     delivery_mode=2,  # persistent
                     correlation_id=m.correlation_id,
                     message_id=m.message_id,
-                    reply_to=m.reply_to,
                     headers=dict(m.headers) if m.headers else None,
                 ),
             )
@@ -419,12 +415,6 @@ class AmqpSession:
         if not isinstance(outcome, aiormq.exceptions.DeliveryError):
             self._on_close(self, outcome)  # the channel or connection failed under the publish
         return BrokerError(f"publishing to {message.queue!r} failed: {outcome!r}")
-
-    async def publish(self, message: Message) -> None:
-        """Publish one message and wait for its confirm; raises what :meth:`publish_many` would return."""
-        [outcome] = await self.publish_many([message])
-        if outcome is not None:
-            raise outcome
 
     async def forward(self, messages: Sequence[Outgoing]) -> list[BrokerError | None]:
         """Publish messages as they are (properties untouched) and wait for their confirms, like

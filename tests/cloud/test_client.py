@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,14 +34,16 @@ from snapworker.settings import Settings
 from snapworker.simulator.app import Simulator
 from snapworker.simulator.verify import verify_signature
 from tests.conftest import SIM_TOKEN
+from tests.helpers import unused_loopback_port
 
 PROJECT = "0123456789abcdef0123456789abcdef"
 KEY = MergeKey(PROJECT, "SYSTEM_DISK", DiskSnapshotInfo(name="nightly"), None)
 AK, SK = "AKTESTAK000000000000", "SKtestsecret00000000000000000000000000000"
 
 
-class FakeTime:
-    """Client sleeps are recorded and move the clock at once; the limiter's own sleeps only move it."""
+class InstantTime:
+    """Client sleeps are recorded and move the clock at once; the limiter's own sleeps only move it (unlike
+    test_limiter's FakeTime, nothing here waits for the test to advance the clock)."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -75,7 +76,7 @@ def settings_for(url: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def make_client(settings: Settings, time: FakeTime, **kwargs: Any) -> WorkspaceClient:
+def make_client(settings: Settings, time: InstantTime, **kwargs: Any) -> WorkspaceClient:
     """A client on fake time whose backoff is not jittered (the recorded sleeps are exact)."""
     limiter = RateLimiter.from_settings(settings, clock=time.clock, sleep=time.limiter_sleep)
     return WorkspaceClient(settings, limiter=limiter, clock=time.clock, sleep=time.sleep, jitter=lambda v: v, **kwargs)
@@ -150,7 +151,7 @@ def test_the_body_refuses_zero_or_more_than_100_desktops(count: int) -> None:
 
 
 async def test_batch_create_returns_the_created_job(simulator: Simulator) -> None:
-    async with make_client(settings_for(simulator.url), FakeTime()) as client:
+    async with make_client(settings_for(simulator.url), InstantTime()) as client:
         job = await client.batch_create(KEY, ["d-0001", "d-0002"])
     assert isinstance(job, CreatedJob)
     assert simulator.job_desktops(job.job_id) == ("d-0001", "d-0002")
@@ -159,7 +160,7 @@ async def test_batch_create_returns_the_created_job(simulator: Simulator) -> Non
 
 
 async def test_batch_create_posts_json_to_the_project_url(scripted: ScriptedServer) -> None:
-    async with make_client(settings_for(scripted.url), FakeTime()) as client:
+    async with make_client(settings_for(scripted.url), InstantTime()) as client:
         await client.batch_create(KEY, ["d-1"])
     request, body = scripted.requests[0]
     assert (request.method, request.raw_path) == ("POST", f"/v2/{PROJECT}/snapshots/batch-create")
@@ -172,7 +173,7 @@ async def test_batch_create_posts_json_to_the_project_url(scripted: ScriptedServ
 
 
 async def test_a_wrong_token_is_an_auth_error_and_not_retried(simulator: Simulator) -> None:
-    time = FakeTime()
+    time = InstantTime()
     async with make_client(settings_for(simulator.url, auth_token=SecretStr("wrong")), time) as client:
         with pytest.raises(ApiAuthError) as caught:
             await client.batch_create(KEY, ["d-1"])
@@ -184,7 +185,7 @@ async def test_a_wrong_token_is_an_auth_error_and_not_retried(simulator: Simulat
 async def test_an_aksk_signed_call_is_accepted(simulator: Simulator) -> None:
     simulator.config.credentials = {AK: SK}
     settings = settings_for(simulator.url, auth_token=None, access_key=SecretStr(AK), secret_key=SecretStr(SK))
-    async with make_client(settings, FakeTime()) as client:
+    async with make_client(settings, InstantTime()) as client:
         job = await client.batch_create(KEY, ["d-1"])
     assert simulator.job_desktops(job.job_id) == ("d-1",)
 
@@ -194,7 +195,7 @@ async def test_a_wrong_secret_key_is_an_auth_error(simulator: Simulator) -> None
     settings = settings_for(
         simulator.url, auth_token=None, access_key=SecretStr(AK), secret_key=SecretStr("not-the-sk")
     )
-    async with make_client(settings, FakeTime()) as client:
+    async with make_client(settings, InstantTime()) as client:
         with pytest.raises(ApiAuthError, match="signature"):
             await client.batch_create(KEY, ["d-1"])
 
@@ -203,7 +204,7 @@ async def test_every_try_is_signed_afresh(scripted: ScriptedServer) -> None:
     scripted.replies = [Reply(503), Reply(200, job_json())]
     dates = iter(["20240101T120000Z", "20240101T120001Z"])
     settings = settings_for(scripted.url, auth_token=None, access_key=SecretStr(AK), secret_key=SecretStr(SK))
-    async with make_client(settings, FakeTime(), sdk_date=lambda: next(dates)) as client:
+    async with make_client(settings, InstantTime(), sdk_date=lambda: next(dates)) as client:
         await client.batch_create(KEY, ["d-1"])
     seen = [request.headers["X-Sdk-Date"] for request, _ in scripted.requests]
     assert seen == ["20240101T120000Z", "20240101T120001Z"]
@@ -224,7 +225,7 @@ async def test_every_try_is_signed_afresh(scripted: ScriptedServer) -> None:
 
 
 async def test_a_400_is_permanent_and_not_retried(simulator: Simulator) -> None:
-    time = FakeTime()
+    time = InstantTime()
     async with make_client(settings_for(simulator.url), time) as client:
         with pytest.raises(ApiClientError) as caught:
             await client.batch_create(KEY, ["x" * 37])  # the API takes IDs of at most 36 characters
@@ -239,7 +240,7 @@ async def test_a_400_is_permanent_and_not_retried(simulator: Simulator) -> None:
 async def test_a_403_is_an_auth_error(scripted: ScriptedServer) -> None:
     body = b'{"error_code": "WKS.00010099", "error_msg": "service disabled", "encoded_authorization_message": "x"}'
     scripted.replies = [Reply(403, body, {"X-Request-Id": "rid-403"})]
-    async with make_client(settings_for(scripted.url), FakeTime()) as client:
+    async with make_client(settings_for(scripted.url), InstantTime()) as client:
         with pytest.raises(ApiAuthError) as caught:
             await client.batch_create(KEY, ["d-1"])
     assert (caught.value.error_code, str(caught.value), caught.value.api_request_id) == (
@@ -252,7 +253,7 @@ async def test_a_403_is_an_auth_error(scripted: ScriptedServer) -> None:
 
 async def test_an_unknown_desktop_is_a_404_client_error(simulator: Simulator) -> None:
     simulator.config.unknown_desktops = frozenset({"gone"})
-    async with make_client(settings_for(simulator.url), FakeTime()) as client:
+    async with make_client(settings_for(simulator.url), InstantTime()) as client:
         with pytest.raises(ApiClientError) as caught:
             await client.batch_create(KEY, ["d-1", "gone"])
     assert (caught.value.http_status, caught.value.error_code, caught.value.error_detail) == (404, "WKS.0202", "gone")
@@ -261,7 +262,7 @@ async def test_an_unknown_desktop_is_a_404_client_error(simulator: Simulator) ->
 
 async def test_a_busy_desktop_is_a_409_client_error(simulator: Simulator) -> None:
     simulator.config.busy_desktops = frozenset({"busy"})
-    async with make_client(settings_for(simulator.url), FakeTime()) as client:
+    async with make_client(settings_for(simulator.url), InstantTime()) as client:
         with pytest.raises(ApiClientError) as caught:
             await client.batch_create(KEY, ["busy"])
     assert caught.value.http_status == 409
@@ -273,7 +274,7 @@ async def test_a_busy_desktop_is_a_409_client_error(simulator: Simulator) -> Non
 
 async def test_a_429_waits_in_the_limiter_then_succeeds(simulator: Simulator) -> None:
     simulator.config.rate_per_minute = 1
-    time = FakeTime()
+    time = InstantTime()
 
     async def pause_then_lift_the_limit(seconds: float) -> None:
         await time.limiter_sleep(seconds)
@@ -294,7 +295,7 @@ async def test_a_429_waits_in_the_limiter_then_succeeds(simulator: Simulator) ->
 
 async def test_throttling_never_spends_the_retry_budget(scripted: ScriptedServer) -> None:
     scripted.replies = [Reply(429)] * 5 + [Reply(200, job_json())]
-    async with make_client(settings_for(scripted.url, retry_max_tries=1), FakeTime()) as client:
+    async with make_client(settings_for(scripted.url, retry_max_tries=1), InstantTime()) as client:
         job = await client.batch_create(KEY, ["d-1"])
     assert job.job_id == "job-1"
     assert len(scripted.requests) == 6
@@ -302,7 +303,7 @@ async def test_throttling_never_spends_the_retry_budget(scripted: ScriptedServer
 
 async def test_a_throttled_call_fails_only_when_its_deadline_passes(scripted: ScriptedServer) -> None:
     scripted.replies = [Reply(429)]
-    time = FakeTime()
+    time = InstantTime()
     start = time.now
     async with make_client(settings_for(scripted.url), time) as client:
         with pytest.raises(ApiThrottled):
@@ -313,7 +314,7 @@ async def test_a_throttled_call_fails_only_when_its_deadline_passes(scripted: Sc
 
 async def test_retry_after_seconds_pauses_the_limiter_and_is_not_a_retry(scripted: ScriptedServer) -> None:
     scripted.replies = [Reply(429, headers={"Retry-After": "60"})] * 2 + [Reply(200, job_json())]
-    time = FakeTime()
+    time = InstantTime()
     start = time.now
     async with make_client(settings_for(scripted.url, retry_max_tries=1), time) as client:
         await client.batch_create(KEY, ["d-1"])
@@ -324,7 +325,7 @@ async def test_retry_after_seconds_pauses_the_limiter_and_is_not_a_retry(scripte
 async def test_retry_after_as_an_http_date_is_honoured(scripted: ScriptedServer) -> None:
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     scripted.replies = [Reply(429, headers={"Retry-After": when}), Reply(200, job_json())]
-    time = FakeTime()
+    time = InstantTime()
     start = time.now
     async with make_client(settings_for(scripted.url), time) as client:
         await client.batch_create(KEY, ["d-1"])
@@ -333,7 +334,7 @@ async def test_retry_after_as_an_http_date_is_honoured(scripted: ScriptedServer)
 
 async def test_a_retry_after_beyond_the_budget_gives_up_at_once(scripted: ScriptedServer) -> None:
     scripted.replies = [Reply(429, headers={"Retry-After": "100"})]
-    time = FakeTime()
+    time = InstantTime()
     async with make_client(settings_for(scripted.url, retry_max_time_s=10.0), time) as client:
         with pytest.raises(ApiThrottled):
             await client.batch_create(KEY, ["d-1"])
@@ -343,7 +344,7 @@ async def test_a_retry_after_beyond_the_budget_gives_up_at_once(scripted: Script
 
 async def test_a_granted_call_is_the_first_try_and_is_released_after_it(scripted: ScriptedServer) -> None:
     scripted.replies = [Reply(200, job_json())]
-    time = FakeTime()
+    time = InstantTime()
     start = time.now
     async with make_client(settings_for(scripted.url, rate_burst=1, rate_limit=0.001), time) as client:
         grant = await client.limiter.acquire("p")
@@ -359,7 +360,7 @@ async def test_5xx_answers_are_retried_then_succeed(scripted: ScriptedServer) ->
         Reply(500, b'{"error_code": "WKS.0005", "error_msg": "ECS"}'),
         Reply(200, job_json()),
     ]
-    time = FakeTime()
+    time = InstantTime()
     async with make_client(settings_for(scripted.url), time) as client:
         job = await client.batch_create(KEY, ["d-1"])
     assert job.job_id == "job-1"
@@ -368,7 +369,7 @@ async def test_5xx_answers_are_retried_then_succeed(scripted: ScriptedServer) ->
 
 async def test_an_html_502_page_becomes_a_typed_server_error(simulator: Simulator) -> None:
     simulator.config.html_error_ratio = 1.0
-    async with make_client(settings_for(simulator.url, retry_max_tries=1), FakeTime()) as client:
+    async with make_client(settings_for(simulator.url, retry_max_tries=1), InstantTime()) as client:
         with pytest.raises(ApiServerError) as caught:
             await client.batch_create(KEY, ["d-1"])
     error = caught.value
@@ -379,7 +380,7 @@ async def test_an_html_502_page_becomes_a_typed_server_error(simulator: Simulato
 
 async def test_an_empty_error_body_becomes_a_typed_error(scripted: ScriptedServer) -> None:
     scripted.replies = [Reply(503)]
-    async with make_client(settings_for(scripted.url, retry_max_tries=1), FakeTime()) as client:
+    async with make_client(settings_for(scripted.url, retry_max_tries=1), InstantTime()) as client:
         with pytest.raises(ApiServerError) as caught:
             await client.batch_create(KEY, ["d-1"])
     assert (caught.value.error_code, str(caught.value)) == ("HTTP.503", "HTTP 503 Service Unavailable (empty body)")
@@ -387,7 +388,7 @@ async def test_an_empty_error_body_becomes_a_typed_error(scripted: ScriptedServe
 
 async def test_backoff_stops_after_max_tries(scripted: ScriptedServer) -> None:
     scripted.replies = [Reply(503)]
-    time = FakeTime()
+    time = InstantTime()
     async with make_client(settings_for(scripted.url, retry_max_tries=4), time) as client:
         with pytest.raises(ApiServerError):
             await client.batch_create(KEY, ["d-1"])
@@ -397,7 +398,7 @@ async def test_backoff_stops_after_max_tries(scripted: ScriptedServer) -> None:
 
 async def test_backoff_stops_when_the_time_budget_is_spent(scripted: ScriptedServer) -> None:
     scripted.replies = [Reply(503)]
-    time = FakeTime()
+    time = InstantTime()
     async with make_client(settings_for(scripted.url, retry_max_tries=20, retry_max_time_s=3.0), time) as client:
         with pytest.raises(ApiServerError):
             await client.batch_create(KEY, ["d-1"])
@@ -407,7 +408,7 @@ async def test_backoff_stops_when_the_time_budget_is_spent(scripted: ScriptedSer
 
 async def test_backoff_is_jittered_by_default(scripted: ScriptedServer) -> None:
     scripted.replies = [Reply(503)]
-    time = FakeTime()
+    time = InstantTime()
     settings = settings_for(scripted.url, retry_max_tries=6)
     limiter = RateLimiter.from_settings(settings, clock=time.clock, sleep=time.limiter_sleep)
     async with WorkspaceClient(settings, limiter=limiter, clock=time.clock, sleep=time.sleep) as client:
@@ -419,7 +420,7 @@ async def test_backoff_is_jittered_by_default(scripted: ScriptedServer) -> None:
 
 async def test_queueing_for_the_first_try_does_not_spend_the_time_budget(scripted: ScriptedServer) -> None:
     scripted.replies = [Reply(503), Reply(200, job_json())]
-    time = FakeTime()
+    time = InstantTime()
     settings = settings_for(scripted.url, retry_max_time_s=5.0)
     client = make_client(settings, time)
     client.limiter.on_throttle(60.0)  # everyone waits a minute before the first try
@@ -433,16 +434,11 @@ async def test_queueing_for_the_first_try_does_not_spend_the_time_budget(scripte
 # -- transport errors and timeouts
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_a_refused_connection_is_a_transport_error_and_retried() -> None:
-    time = FakeTime()
-    async with make_client(settings_for(f"http://127.0.0.1:{free_port()}", retry_max_tries=3), time) as client:
+    time = InstantTime()
+    async with make_client(
+        settings_for(f"http://127.0.0.1:{unused_loopback_port()}", retry_max_tries=3), time
+    ) as client:
         with pytest.raises(ApiTransportError) as caught:
             await client.batch_create(KEY, ["d-1"])
     assert type(caught.value) is ApiTransportError
@@ -453,7 +449,7 @@ async def test_a_refused_connection_is_a_transport_error_and_retried() -> None:
 
 async def test_a_response_timeout_is_raised_at_once_by_default(simulator: Simulator) -> None:
     simulator.config.latency_s = 0.4
-    time = FakeTime()
+    time = InstantTime()
     async with make_client(settings_for(simulator.url, read_timeout_s=0.1), time) as client:
         with pytest.raises(ApiResponseTimeout) as caught:
             await client.batch_create(KEY, ["d-1"])
@@ -464,7 +460,7 @@ async def test_a_response_timeout_is_raised_at_once_by_default(simulator: Simula
 
 async def test_a_success_after_a_retried_response_timeout_is_a_possible_duplicate(simulator: Simulator) -> None:
     simulator.config.latency_s = 0.4
-    time = FakeTime()
+    time = InstantTime()
 
     async def sleep_then_answer_fast(seconds: float) -> None:
         await time.sleep(seconds)
@@ -480,7 +476,7 @@ async def test_a_success_after_a_retried_response_timeout_is_a_possible_duplicat
 
 async def test_a_failure_after_a_retried_response_timeout_may_have_created_the_job(simulator: Simulator) -> None:
     simulator.config.latency_s = 0.4
-    time = FakeTime()
+    time = InstantTime()
 
     async def sleep_then_refuse(seconds: float) -> None:
         await time.sleep(seconds)
@@ -499,7 +495,7 @@ async def test_a_failure_after_a_retried_response_timeout_may_have_created_the_j
 
 
 async def test_get_job_returns_the_job_document(simulator: Simulator) -> None:
-    async with make_client(settings_for(simulator.url), FakeTime()) as client:
+    async with make_client(settings_for(simulator.url), InstantTime()) as client:
         created = await client.batch_create(KEY, ["d-1"])
         job = await client.get_job(PROJECT, created.job_id)
     assert job["id"] == created.job_id
@@ -507,7 +503,7 @@ async def test_get_job_returns_the_job_document(simulator: Simulator) -> None:
 
 
 async def test_get_job_of_an_unknown_job_is_a_404_client_error(simulator: Simulator) -> None:
-    async with make_client(settings_for(simulator.url), FakeTime()) as client:
+    async with make_client(settings_for(simulator.url), InstantTime()) as client:
         with pytest.raises(ApiClientError) as caught:
             await client.get_job(PROJECT, "no-such-job")
     assert (caught.value.http_status, caught.value.error_code) == (404, "WKS.0202")
@@ -530,7 +526,7 @@ async def test_each_retry_is_logged_with_its_context_and_no_secret(
 ) -> None:
     scripted.replies = [Reply(503, b'{"error_code": "APIG.0201", "error_msg": "down"}', {"X-Request-Id": "rid-1"})]
     caplog.set_level(logging.WARNING, logger="snapworker.cloud")
-    async with make_client(settings_for(scripted.url, retry_max_tries=3), FakeTime()) as client:
+    async with make_client(settings_for(scripted.url, retry_max_tries=3), InstantTime()) as client:
         with pytest.raises(ApiServerError):
             await client.batch_create(KEY, ["d-1"])
     retries = [r for r in caplog.records if r.name == "snapworker.cloud"]
@@ -561,6 +557,6 @@ class CountingObserver:
 async def test_the_observer_sees_calls_retries_and_throttles(scripted: ScriptedServer) -> None:
     scripted.replies = [Reply(429), Reply(502), Reply(200, job_json())]
     observer = CountingObserver()
-    async with make_client(settings_for(scripted.url), FakeTime(), observer=observer) as client:
+    async with make_client(settings_for(scripted.url), InstantTime(), observer=observer) as client:
         await client.batch_create(KEY, ["d-1"])
     assert (observer.calls, observer.retries, observer.throttles) == (["4xx", "5xx", "2xx"], 2, 1)

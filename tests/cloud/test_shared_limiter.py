@@ -24,6 +24,7 @@ from snapworker.cloud.limiter import Grant, Limiter, RateLimiter
 from snapworker.cloud.shared_limiter import SharedRateLimiter, build_limiter, credential_id
 from snapworker.errors import ConfigError
 from snapworker.settings import Settings
+from tests.helpers import unused_loopback_port
 
 REDIS_URL = os.environ.get("SNAPWORKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 _REDIS = urlsplit(REDIS_URL)
@@ -158,13 +159,6 @@ async def proxy(redis: Redis) -> AsyncIterator[TcpProxy]:
         await p.stop()
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 # -- one budget
 
 
@@ -277,7 +271,7 @@ async def _equals(value: Awaitable[float], expected: float) -> bool:
 async def test_calls_go_on_at_the_local_share_when_redis_is_unreachable(
     make: Make, caplog: pytest.LogCaptureFixture
 ) -> None:
-    limiter = make(rate=20.0, burst=2, url=f"redis://127.0.0.1:{closed_port()}/0")
+    limiter = make(rate=20.0, burst=2, url=f"redis://127.0.0.1:{unused_loopback_port()}/0")
     started = time.monotonic()
     grants = [await one_call(limiter) for _ in range(6)]
     assert time.monotonic() - started < 2.0

@@ -36,6 +36,9 @@ def error_for(batch: Batch, code: str = "WKS.0005", status: int = 500, retryable
     )
 
 
+#: the linger every core test uses (seconds)
+LINGER = 0.25
+
 #: a time by which every linger and hold has run out
 LATER = 1e6
 

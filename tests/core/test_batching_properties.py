@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 
 from snapworker.contract.models import JobEntry, ResultError, SnapshotRequest
 from snapworker.core import Batch, BatchingCore, Finished, MergeKey
-
-LINGER = 0.25
+from tests.core.helpers import LINGER
 
 desktop = st.sampled_from([f"d{i}" for i in range(40)])
 requests = st.builds(

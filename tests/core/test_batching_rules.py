@@ -6,9 +6,7 @@ import pytest
 
 from snapworker.contract.models import JobEntry, ResultError
 from snapworker.core import BatchingCore, MergeKey
-from tests.core.helpers import LATER, error_for, job_for, request, take_all
-
-LINGER = 0.25
+from tests.core.helpers import LATER, LINGER, error_for, job_for, request, take_all
 
 
 def core(max_batch: int = 100) -> BatchingCore:

@@ -8,9 +8,8 @@ from __future__ import annotations
 import pytest
 
 from snapworker.core import BatchingCore, WindowPolicy
-from tests.core.helpers import job_for, request, take_all
+from tests.core.helpers import LINGER, job_for, request, take_all
 
-LINGER = 0.25
 HOLD = 5.0
 STARVE = 60.0
 

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from snapworker.errors import StoreUnavailable
 from snapworker.idempotency.redis_store import RedisStore
 from snapworker.idempotency.store import INTENT, OUTCOME, Row
+from tests.helpers import unused_loopback_port
 
 _BASE = urlsplit(os.environ.get("SNAPWORKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
 REDIS_URL = f"redis://{_BASE.hostname or '127.0.0.1'}:{_BASE.port or 6379}/7"
@@ -66,9 +67,7 @@ async def test_records_carry_the_ttl(store: tuple[RedisStore, str]) -> None:
 
 
 async def test_an_unreachable_redis_raises_store_unavailable() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = unused_loopback_port()
     s = RedisStore(f"redis://127.0.0.1:{port}/0", ttl_s=60, timeout_s=0.5)
     with pytest.raises(StoreUnavailable, match="Redis store"):
         await s.lookup(["k"])

@@ -21,7 +21,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,6 +35,7 @@ from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings
 from snapworker.simulator.app import SimConfig, Simulator
 from tests.conftest import SIM_TOKEN
+from tests.helpers import unused_loopback_port
 from tests.integration.harness import BrokerProbe, WorkerProcess
 
 pytestmark = pytest.mark.broker
@@ -130,17 +130,10 @@ async def test_api_answering_5xx_beyond_the_retry_budget_fails_each_request_retr
     assert await probe.queue_depth(settings.request_queue) == 0
 
 
-def _closed_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port  # nobody listens on it any more (until the test starts a simulator there)
-
-
 async def test_api_unreachable_fails_each_request_retryable_and_the_worker_serves_again_once_it_is_back(
     probe: BrokerProbe, settings: Settings
 ) -> None:
-    port = _closed_loopback_port()
+    port = unused_loopback_port()
     settings = settings.model_copy(update={"api_url": f"http://127.0.0.1:{port}"})
     bodies = requests(20, projects=2)
     async with running_worker(settings) as worker:

@@ -6,7 +6,6 @@ import asyncio
 import io
 import json
 import logging
-import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,22 +16,16 @@ import pytest
 from snapworker.ops.logs import configure_logging
 from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings
+from tests.helpers import unused_loopback_port
 from tests.integration.harness import BrokerProbe
 
 pytestmark = pytest.mark.broker
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def observed(settings: Settings, probe: BrokerProbe) -> AsyncIterator[tuple[Worker, str]]:
     """A worker serving metrics and health; yields it and the endpoint's base URL."""
-    port = _free_port()
+    port = unused_loopback_port()
     worker = Worker(settings.model_copy(update={"metrics_port": port, "consumer_check_s": 60.0}))
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(worker.consuming.wait(), timeout=10)

@@ -22,7 +22,7 @@ from typing import Any, Literal, cast
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
@@ -93,7 +93,6 @@ class AmqpSession:
         self._publish_underlay: aiormq.Channel | None = None
         # deliveries in delivery-tag order, for multiple acks; settled ones leave from the front
         self._held: deque[Delivery] = deque()
-        self._subscriptions: list[AbstractChannel] = []
         self._to_ack: list[Delivery] = []
         self._to_nack: list[tuple[Delivery, bool]] = []
         self._settler: asyncio.Task[None] | None = None
@@ -289,27 +288,6 @@ class AmqpSession:
     @property
     def consuming(self) -> bool:
         return self._consuming and not self.lost.is_set()
-
-    async def subscribe(self, queue: str, on_body: Callable[[bytes, Mapping[str, Any]], None]) -> None:
-        """Read every message of ``queue`` (auto-ack) into ``on_body(body, headers)``: for tools and the demo."""
-        channel = await self._publish_conn.channel()
-        self._subscriptions.append(channel)
-        source = await channel.declare_queue(queue, durable=True)
-
-        async def callback(message: AbstractIncomingMessage) -> None:
-            on_body(message.body, dict(message.headers or {}))
-
-        await source.consume(callback, no_ack=True)
-
-    async def delete_queues(self, names: list[str]) -> None:
-        """Delete queues (the demo and tests clean up after themselves), ending subscriptions first."""
-        for subscription in self._subscriptions:
-            await subscription.close()
-        self._subscriptions.clear()
-        channel = await self._publish_conn.channel()
-        for name in names:
-            await channel.queue_delete(name)
-        await channel.close()
 
     # -- settling
     def settle(self, deliveries: list[Delivery], how: Settle) -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
+import aio_pika
 import aiormq
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from pydantic import ValidationError
@@ -23,9 +25,20 @@ from snapworker.contract.models import COMPLETION_TYPE, SnapshotCompletion, Snap
 from snapworker.errors import BrokerError, ConfigError
 from snapworker.settings import Settings
 
-__all__ = ["BrokerTools", "QueueInfo", "ReceivedResult"]
+__all__ = ["BrokerTools", "QueueInfo", "RawMessage", "ReceivedResult"]
 
 _Inbox = asyncio.Queue[tuple[str, AbstractIncomingMessage] | BrokerError]
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """A request message to publish as it is, through the default exchange."""
+
+    body: bytes
+    queue: str
+    content_type: str | None = None
+    correlation_id: str | None = None
+    message_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +114,53 @@ class BrokerTools:
             ) from exc
         except BROKER_ERRORS as exc:
             raise BrokerError(f"cannot declare the queues: {exc!r}") from exc
+
+    async def subscribe(self, queue: str, on_body: Callable[[bytes, Mapping[str, Any]], None]) -> None:
+        """Read every message of ``queue`` (declared durable if missing; auto-ack) into ``on_body(body,
+        headers)`` until the tools close: the demo's way of watching results."""
+        try:
+            channel = await self._connection.channel(publisher_confirms=False)
+            source = await channel.declare_queue(queue, durable=True)
+
+            async def callback(message: AbstractIncomingMessage) -> None:
+                on_body(message.body, dict(message.headers or {}))
+
+            await source.consume(callback, no_ack=True)
+        except BROKER_ERRORS as exc:
+            raise BrokerError(f"cannot read queue {queue!r}: {exc!r}") from exc
+
+    async def publish_raw(self, messages: Sequence[RawMessage]) -> None:
+        """Publish request messages as given (persistent, mandatory) and wait for every confirm; BrokerError
+        names the first refused. Bad bodies are the point of some callers (the demo sends invalid ones)."""
+        try:
+            async with self._connection.channel(publisher_confirms=True) as channel:
+                await asyncio.gather(
+                    *(
+                        channel.default_exchange.publish(
+                            aio_pika.Message(
+                                m.body,
+                                content_type=m.content_type,
+                                correlation_id=m.correlation_id,
+                                message_id=m.message_id,
+                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            ),
+                            routing_key=m.queue,
+                            mandatory=True,
+                        )
+                        for m in messages
+                    )
+                )
+        except BROKER_ERRORS as exc:
+            raise BrokerError(f"publishing failed: {exc!r}") from exc
+
+    async def delete_queues(self, names: Sequence[str]) -> None:
+        """Delete queues (the demo cleans up after itself)."""
+        try:
+            async with self._connection.channel(publisher_confirms=False) as channel:
+                for name in names:
+                    await channel.queue_delete(name)
+        except BROKER_ERRORS as exc:
+            raise BrokerError(f"cannot delete queues: {exc!r}") from exc
 
     async def follow(
         self,

@@ -17,12 +17,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from snapworker.amqp.session import AmqpSession, Message
 from snapworker.contract.models import SnapshotCompletion, SnapshotRequest, SnapshotResult
 from snapworker.core import MergeKey
 from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings, load_settings
 from snapworker.simulator.app import SimConfig, Simulator
+from snapworker.tools.broker import BrokerTools, RawMessage
 from snapworker.tracking.loop import tracking_queues
 
 __all__ = ["DemoReport", "run_demo"]
@@ -179,52 +179,48 @@ async def run_demo(base: Settings | None = None, *, seed: int = 7, timeout_s: fl
     worker = Worker(settings)
     started = time.perf_counter()
     running = asyncio.create_task(worker.run())
-    publisher = await AmqpSession.open(settings)
-    try:
-        for queue in (settings.result_queue, settings.error_queue):
-            await publisher.subscribe(queue, on_result)
-        await publisher.subscribe(settings.completion_queue, on_completion)
-        await asyncio.wait_for(worker.consuming.wait(), timeout=30)
-        # all at once, confirms awaited together, as a busy publishing service would
-        outcomes = await publisher.publish_many(
-            [
-                Message(
-                    body,
+    async with BrokerTools(settings, connection_name="snapworker-demo") as broker:
+        try:
+            for queue in (settings.result_queue, settings.error_queue):
+                await broker.subscribe(queue, on_result)
+            await broker.subscribe(settings.completion_queue, on_completion)
+            await asyncio.wait_for(worker.consuming.wait(), timeout=30)
+            # all at once, confirms awaited together, as a busy publishing service would
+            await broker.publish_raw(
+                [
+                    RawMessage(
+                        body,
+                        settings.request_queue,
+                        content_type=content_type or "",
+                        correlation_id=f"demo-{n}",
+                        message_id=f"{prefix}-{n}",
+                    )
+                    for n, (body, content_type) in enumerate(messages)
+                ]
+            )
+            await asyncio.wait_for(all_in.wait(), timeout=timeout_s)
+            report.seconds = time.perf_counter() - started
+            if len(report.completions) < sum(1 for r in report.results.values() if r.jobs):
+                await asyncio.wait_for(completed.wait(), timeout=timeout_s)
+            report.completed_seconds = time.perf_counter() - started
+        finally:
+            await worker.close()
+            await running
+            stats = sim.stats()
+            report.api_calls = int(stats["calls_total"])
+            report.batch_sizes = dict(stats["batch_sizes"])
+            report.flushes = Counter(worker.stats.batches_by_reason)
+            report.job_reads = int(stats["job_queries"]) + int(stats.get("sub_job_queries", 0))
+            await broker.delete_queues(
+                [
                     settings.request_queue,
-                    correlation_id=f"demo-{n}",
-                    content_type=content_type or "",
-                    message_id=f"{prefix}-{n}",
-                )
-                for n, (body, content_type) in enumerate(messages)
-            ]
-        )
-        failed = [outcome for outcome in outcomes if outcome is not None]
-        if failed:
-            raise failed[0]
-        await asyncio.wait_for(all_in.wait(), timeout=timeout_s)
-        report.seconds = time.perf_counter() - started
-        if len(report.completions) < sum(1 for r in report.results.values() if r.jobs):
-            await asyncio.wait_for(completed.wait(), timeout=timeout_s)
-        report.completed_seconds = time.perf_counter() - started
-    finally:
-        await worker.close()
-        await running
-        stats = sim.stats()
-        report.api_calls = int(stats["calls_total"])
-        report.batch_sizes = dict(stats["batch_sizes"])
-        report.flushes = Counter(worker.stats.batches_by_reason)
-        report.job_reads = int(stats["job_queries"]) + int(stats.get("sub_job_queries", 0))
-        await publisher.delete_queues(
-            [
-                settings.request_queue,
-                settings.result_queue,
-                settings.error_queue,
-                settings.dead_letter_queue,
-                *tracking_queues(settings),
-            ]
-        )
-        await publisher.close()
-        await sim.stop()
+                    settings.result_queue,
+                    settings.error_queue,
+                    settings.dead_letter_queue,
+                    *tracking_queues(settings),
+                ]
+            )
+            await sim.stop()
     report.requests_by_status = Counter(r.status for r in report.results.values())
     return report
 

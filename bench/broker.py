@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
+from snapworker.amqp.partitioning import partition_queue
 from snapworker.amqp.session import declare_topology
 from snapworker.settings import Settings
 
@@ -47,6 +48,7 @@ class Queues:
     result: str
     error: str
     dead_letter: str
+    partitions: int = 0  # the workers' PARTITIONS: their partition queues are deleted too
 
     @classmethod
     def fresh(cls, system: str) -> Queues:
@@ -54,7 +56,8 @@ class Queues:
         return cls(f"{prefix}.requests", f"{prefix}.results", f"{prefix}.errors", f"{prefix}.dead-letter")
 
     def all(self) -> list[str]:
-        return [self.request, self.result, self.error, self.dead_letter]
+        partitions = [partition_queue(self.request, p) for p in range(self.partitions)]
+        return [self.request, self.result, self.error, self.dead_letter, *partitions]
 
     def settings(self) -> dict[str, str]:
         """As SNAPWORKER_* settings (without the prefix)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 import uuid
@@ -174,7 +175,8 @@ async def run_bound(
     ``before_spawn`` and ``while_running`` (async callables, optional) run just before the first spawn and
     just after the last result is in (e.g. to flush Redis, and to read what the workers left there).
     """
-    queues = Queues.fresh(name)
+    partitions = max((int(w.get("partitions", 0)) for w in workers), default=0)
+    queues = dataclasses.replace(Queues.fresh(name), partitions=partitions)
     messages = workload.messages(uuid.uuid4().hex[:6])
     data: dict[str, Any] = {"requests": workload.n, "projects": workload.projects, "variants": workload.variants}
     data["merge_keys"] = workload.keys

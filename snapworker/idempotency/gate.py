@@ -20,6 +20,7 @@ least once only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
@@ -107,6 +108,7 @@ class AdmissionGate:
         self.reader: SnapshotReader | None = None
         self._waiting: list[tuple[Delivery, Accepted, Keyed]] = []
         self._looking = False
+        self._full: asyncio.Future[None] | None = None  # set when the gathering burst reached _GATHER_MAX
         # delivery -> (every desktop of the request, the entries reused for some): merged into its result
         self._reused: dict[Delivery, tuple[tuple[str, ...], dict[str, OutcomeEntry]]] = {}
 
@@ -119,6 +121,8 @@ class AdmissionGate:
         if not self._looking:
             self._looking = True
             self._spawn(self._look_up())
+        elif self._full is not None and len(self._waiting) >= _GATHER_MAX and not self._full.done():
+            self._full.set_result(None)
         return True
 
     def finish(self, delivery: Delivery, result: SnapshotResult) -> SnapshotResult:
@@ -147,8 +151,12 @@ class AdmissionGate:
             while self._waiting:
                 if len(self._waiting) < _GATHER_MAX:
                     # Let the rest of a burst of deliveries join: one read (and one thread hop) for many requests
-                    # instead of one per delivery; a few ms against LINGER_MS.
-                    await asyncio.sleep(_GATHER_S)
+                    # instead of one per delivery; a few ms against LINGER_MS, cut short once the burst is large.
+                    self._full = asyncio.get_running_loop().create_future()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_GATHER_S):
+                            await self._full
+                    self._full = None
                 gathered, self._waiting = self._waiting, []
                 live = [item for item in gathered if not item[0].session.lost.is_set()]
                 if not live:

@@ -14,18 +14,18 @@ the truth; a later redelivery reconciles against the API instead of trusting the
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 
 from snapworker.contract.models import ResultError
 from snapworker.core import Batch, BatchingCore, Outcome
 from snapworker.errors import StoreUnavailable
 from snapworker.idempotency.health import StoreHealth
-from snapworker.idempotency.store import INTENT, OUTCOME, IdempotencyStore, Row, entry_body
+from snapworker.idempotency.store import INTENT, OUTCOME, IdempotencyStore, Row, entry_body, json_strings
 from snapworker.runtime.failpoints import failpoint
 
 __all__ = ["CallJournal", "Keyed"]
@@ -85,11 +85,12 @@ class CallJournal:
         attempt = _Attempt(uuid.uuid4().hex, {})
         now = time.time()
         rows = []
+        keyed_of = self.keyed.get
         for ticket, desktops in self._core.waiting(batch).items():
-            keyed = self.keyed.get(ticket)
+            keyed = keyed_of(ticket)
             if keyed is not None:
                 attempt.requests[ticket] = (keyed, desktops)
-                rows.append(Row(keyed.key, keyed.fingerprint, INTENT, attempt.id, json.dumps(desktops), now))
+                rows.append(Row(keyed.key, keyed.fingerprint, INTENT, attempt.id, json_strings(desktops), now))
         loop = asyncio.get_running_loop()
         while rows:
             try:
@@ -112,24 +113,31 @@ class CallJournal:
         attempt = self._attempts.pop(batch.id, None)
         if attempt is None:
             return
-        requests = dict(attempt.requests)
+        now = time.time()
+        rows = []
+        requests = attempt.requests
+        announced = [keyed.key for keyed, _ in requests.values()]  # counted in flight by before_call
         for ticket, desktops in self._core.waiting(batch).items():  # joined while the call was in flight
             keyed = self.keyed.get(ticket)
             if keyed is not None and ticket not in requests:
+                # its intent is recorded with the outcome: a store finds outcomes through their intents
                 requests[ticket] = (keyed, desktops)
+                rows.append(Row(keyed.key, keyed.fingerprint, INTENT, attempt.id, json_strings(desktops), now))
         by_desktop = {d: entry for entry in outcome for d in entry.desktop_ids}
-        bodies: dict[int, str] = {}
-        now = time.time()
-        rows = []
+        # Each entry is serialized once per call; a request's row only names its desktops beside it. Usually a
+        # call has one entry (its job), so every request's body is that entry plus its own desktops.
+        quoted = {id(entry): encode_basestring_ascii(entry_body(entry)) for entry in outcome}
+        single = quoted[id(outcome[0])] if len(outcome) == 1 else None
         for keyed, desktops in requests.values():
-            groups: dict[int, list[str]] = {}
-            for desktop_id in desktops:
-                entry = by_desktop.get(desktop_id)
-                if entry is not None:  # a desktop without an outcome stays announced: reconciled if redelivered
-                    groups.setdefault(id(entry), []).append(desktop_id)
-                    if id(entry) not in bodies:
-                        bodies[id(entry)] = entry_body(entry)
-            body = json.dumps([[bodies[e], ds] for e, ds in groups.items()], separators=(",", ":"))
+            if single is not None and all(d in by_desktop for d in desktops):
+                body = f"[[{single},{json_strings(desktops)}]]"
+            else:
+                groups: dict[int, list[str]] = {}
+                for desktop_id in desktops:
+                    entry = by_desktop.get(desktop_id)
+                    if entry is not None:  # a desktop without an outcome stays announced: reconciled if redelivered
+                        groups.setdefault(id(entry), []).append(desktop_id)
+                body = "[" + ",".join(f"[{quoted[e]},{json_strings(ds)}]" for e, ds in groups.items()) + "]"
             rows.append(Row(keyed.key, keyed.fingerprint, OUTCOME, attempt.id, body, now))
         try:
             for tries in range(1, _OUTCOME_TRIES + 1):
@@ -142,7 +150,7 @@ class CallJournal:
                     else:
                         await asyncio.sleep(min(self._hold_s, 1.0))
         finally:
-            self._landed(keyed.key for keyed, _ in attempt.requests.values())
+            self._landed(announced)
         failpoint("after_record_before_publish")
 
     def _landed(self, keys: Iterable[str]) -> None:

@@ -6,7 +6,13 @@
 - **Durable across a crash of the process**: WAL mode with ``synchronous=NORMAL``: a committed transaction
   survives ``kill -9`` (it is in the WAL file); only a power loss may drop the last ones.
 - **Batched**: ``record_intent`` / ``record_outcome`` write all their rows in one transaction (one per API call,
-  not one per request); ``lookup`` reads any number of keys in one statement per 500 keys.
+  not one per request); ``lookup`` reads any number of keys in one statement per 500 keys (and their outcomes in
+  one more).
+- **Cheap to write**: intent rows go to ``idem``, indexed by key; outcome rows to ``idem_outcome``, indexed by
+  attempt, and found through the intent row of the same key and attempt (the store's contract). An index entry
+  per request lands at a random place of a large B-tree, dirtying a page (a WAL frame) of its own; the attempt
+  index of one call's outcome rows dirties one. That halves what a request costs to write. (``idem`` may also
+  hold outcome rows: files written before this split are read as they are.)
 - **Bounded**: rows older than IDEMPOTENCY_TTL_S are deleted, and beyond IDEMPOTENCY_MAX_RECORDS the oldest go
   first; the pruning runs every few thousand rows written, in the same thread.
 - Several worker processes may share the file (SQLite locks it; ``busy_timeout`` waits for the other writer).
@@ -26,7 +32,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from snapworker.errors import StoreUnavailable
-from snapworker.idempotency.store import Row
+from snapworker.idempotency.store import INTENT, OUTCOME, Row
 
 __all__ = ["SqliteStore"]
 
@@ -44,6 +50,15 @@ CREATE TABLE IF NOT EXISTS idem (
     expires REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS idem_key ON idem (key);
+CREATE TABLE IF NOT EXISTS idem_outcome (
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    attempt TEXT NOT NULL,
+    body TEXT NOT NULL,
+    at REAL NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idem_outcome_attempt ON idem_outcome (attempt);
 """
 _LOOKUP_CHUNK = 500  # under SQLite's bound-parameter limit
 _PRUNE_EVERY_ROWS = 5000
@@ -125,6 +140,20 @@ class SqliteStore:
             )
             for key, fp, kind, attempt, body, at in cursor:
                 found.setdefault(key, []).append(Row(key, fp, kind, attempt, body, at))
+        attempts = list({r.attempt for rows in found.values() for r in rows if r.kind == INTENT})
+        for start in range(0, len(attempts), _LOOKUP_CHUNK):
+            chunk = attempts[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            cursor = db.execute(
+                f"SELECT key, fingerprint, attempt, body, at FROM idem_outcome WHERE attempt IN ({marks}) "
+                "AND expires > ? ORDER BY rowid",
+                (*chunk, now),
+            )
+            for key, fp, attempt, body, at in cursor:
+                if key in found:
+                    found[key].append(Row(key, fp, OUTCOME, attempt, body, at))
+        for rows in found.values():
+            rows.sort(key=_oldest_first)
         return found
 
     def _insert(self, rows: Sequence[Row]) -> None:
@@ -132,12 +161,20 @@ class SqliteStore:
             return
         db = self._db()
         expires = time.time() + self._ttl_s
+        intents = [(*r, expires) for r in rows if r.kind == INTENT]
+        outcomes = [(r.key, r.fingerprint, r.attempt, r.body, r.at, expires) for r in rows if r.kind == OUTCOME]
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "INSERT INTO idem (key, fingerprint, kind, attempt, body, at, expires) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(r.key, r.fingerprint, r.kind, r.attempt, r.body, r.at, expires) for r in rows],
-            )
+            if intents:
+                db.executemany(
+                    "INSERT INTO idem (key, fingerprint, kind, attempt, body, at, expires) VALUES (?,?,?,?,?,?,?)",
+                    intents,
+                )
+            if outcomes:
+                db.executemany(
+                    "INSERT INTO idem_outcome (key, fingerprint, attempt, body, at, expires) VALUES (?,?,?,?,?,?)",
+                    outcomes,
+                )
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -149,12 +186,18 @@ class SqliteStore:
             self._prune(db)
 
     def _prune(self, db: sqlite3.Connection) -> None:
-        """Expired rows out; then, past max_rows, the oldest (rowids grow with time)."""
-        # Rows expire in about rowid order (one TTL): look only at the oldest, never scan the table.
-        db.execute(
-            "DELETE FROM idem WHERE rowid IN (SELECT rowid FROM idem ORDER BY rowid LIMIT ?) AND expires <= ?",
-            (4 * _PRUNE_EVERY_ROWS, time.time()),
-        )
-        low, high = db.execute("SELECT min(rowid), max(rowid) FROM idem").fetchone()
-        if low is not None and high - low + 1 > self._max_rows:
-            db.execute("DELETE FROM idem WHERE rowid <= ?", (high - self._max_rows,))
+        """Expired rows out; then, past max_rows (per table), the oldest (rowids grow with time)."""
+        for table in ("idem", "idem_outcome"):
+            # Rows expire in about rowid order (one TTL): look only at the oldest, never scan the table.
+            db.execute(
+                f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY rowid LIMIT ?) "
+                "AND expires <= ?",
+                (4 * _PRUNE_EVERY_ROWS, time.time()),
+            )
+            low, high = db.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
+            if low is not None and high - low + 1 > self._max_rows:
+                db.execute(f"DELETE FROM {table} WHERE rowid <= ?", (high - self._max_rows,))
+
+
+def _oldest_first(row: Row) -> tuple[float, int]:
+    return (row.at, row.kind)

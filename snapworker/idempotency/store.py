@@ -18,22 +18,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from json.encoder import encode_basestring_ascii
+from typing import Literal, NamedTuple, Protocol
 
 from snapworker.contract.models import JobEntry, ResultError, SnapshotRequest
-from snapworker.core import MergeKey, OutcomeEntry
+from snapworker.core import OutcomeEntry
 
-__all__ = ["INTENT", "OUTCOME", "IdempotencyStore", "RequestState", "Row", "entry_body", "fingerprint", "state_of"]
+__all__ = [
+    "INTENT",
+    "OUTCOME",
+    "IdempotencyStore",
+    "RequestState",
+    "Row",
+    "entry_body",
+    "fingerprint",
+    "json_strings",
+    "state_of",
+]
 
 INTENT: Literal[0] = 0
 OUTCOME: Literal[1] = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One record row. ``body``: the intent's desktop IDs, or the outcome's entries, as JSON text."""
+class Row(NamedTuple):
+    """One record row. ``body``: the intent's desktop IDs, or the outcome's entries, as JSON text. (A tuple, not
+    a dataclass: thousands are made a second, and a store can bind one as it is.)"""
 
     key: str
     fingerprint: str
@@ -55,23 +66,32 @@ class IdempotencyStore(Protocol):
         ...
 
     async def record_outcome(self, rows: Sequence[Row]) -> None:
-        """Durably add outcome rows (one write for all of them) after the call they settle."""
+        """Durably add outcome rows (one write for all of them) after the call they settle. Each has an intent
+        row of the same key and attempt, recorded before or among ``rows`` (a backend may find outcomes
+        through their intents); ``rows`` may hold such intent rows too."""
         ...
 
     async def close(self) -> None: ...
 
 
 def fingerprint(request: SnapshotRequest) -> str:
-    """What makes two requests with one request_id the same request: merge key and desktop set."""
-    key = MergeKey.of(request)
+    """What makes two requests with one request_id the same request: merge key (see ``MergeKey.of``) and
+    desktop set."""
+    system, data = request.system_disk_snapshot, request.data_disk_snapshot
     parts = [
-        key.project_id,
-        key.disk_type or "",
-        key.system_disk_snapshot.model_dump_json() if key.system_disk_snapshot else "",
-        key.data_disk_snapshot.model_dump_json() if key.data_disk_snapshot else "",
+        request.project_id,
+        request.disk_type or "",
+        system.model_dump_json() if system else "",
+        data.model_dump_json() if data else "",
         *sorted(request.desktop_ids),
     ]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+
+
+def json_strings(values: Iterable[str]) -> str:
+    """A JSON array of strings, as ``json.dumps`` reads it back; built in C per string (``json.dumps`` makes an
+    encoder per call, which costs more than the encoding of a short list)."""
+    return "[" + ",".join(map(encode_basestring_ascii, values)) + "]"
 
 
 def entry_body(entry: OutcomeEntry) -> str:

@@ -16,8 +16,9 @@ What it answers, in the order the real gateway and service decide:
    ``{error_code, error_msg, request_id}`` (APIG.1002 no credentials, APIG.0301 bad ones).
 2. Flow control, batch-create only, per user (the token or the AK): 429 APIG.0308 with Huawei's
    "policy user over ratelimit" message. Job queries are not limited.
-3. Injected faults (batch-create only): ``html_error_ratio`` 502 text/html pages, ``error_5xx_ratio``
-   500 WKS.0005 / 502 / 503 JSON. No job is created.
+3. Injected faults (batch-create only): ``error_429_ratio`` 429 APIG.0308 whatever the limits,
+   ``html_error_ratio`` 502 text/html pages, ``error_5xx_ratio`` 500 WKS.0005 / 502 / 503 JSON. No job is
+   created. (``latency_jitter_s`` and ``stall_ratio``/``stall_s`` delay answers: see :class:`SimConfig`.)
 4. The service: 400 WKS.0001 for a body the real API refuses, 404 WKS.0202 for an unknown desktop, 409
    WKS.0110 for a busy one (for ``busy_for_s`` after the first call that found it busy, or for ever), else 200
    ``{"job_id"}``. Service errors use ``{error_code, error_msg, error_detail, encoded_authorization_message}``;
@@ -190,9 +191,15 @@ class Simulator:
             return "anonymous"
         return _gateway_error(401, "APIG.1002", "Incorrect IAM authentication information: x-auth-token not found")
 
-    async def _answer(self, response: web.Response) -> web.Response:
-        if self.config.latency_s > 0:
-            await asyncio.sleep(self.config.latency_s)
+    async def _answer(self, response: web.Response, *, may_stall: bool = False) -> web.Response:
+        config = self.config
+        delay = config.latency_s
+        if config.latency_jitter_s > 0:
+            delay += self._rng.uniform(0.0, config.latency_jitter_s)
+        if may_stall and config.stall_ratio > 0 and self._rng.random() < config.stall_ratio:
+            delay += config.stall_s
+        if delay > 0:
+            await asyncio.sleep(delay)
         return response
 
     async def _batch_create(self, request: web.Request) -> web.Response:
@@ -202,7 +209,7 @@ class Simulator:
         body = await request.read()
         response = self._decide_batch_create(request, body, now)
         stats.record_status(response.status, now)
-        return await self._answer(response)
+        return await self._answer(response, may_stall=True)
 
     def _decide_batch_create(self, request: web.Request, body: bytes, now: float) -> web.Response:
         config = self.config
@@ -219,6 +226,10 @@ class Simulator:
             if config.send_retry_after:
                 response.headers["Retry-After"] = retry_after_header(refused.retry_after_s)
             return response
+        if config.error_429_ratio > 0 and self._rng.random() < config.error_429_ratio:
+            return _gateway_error(
+                429, "APIG.0308", "The throttling threshold has been reached: policy ip over ratelimit"
+            )
         if config.html_error_ratio > 0 or config.error_5xx_ratio > 0:
             fault = self._injected_fault(request)
             if fault is not None:

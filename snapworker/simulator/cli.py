@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--error-5xx-ratio", type=float, default=0.0, help="share of calls answered 5xx")
     parser.add_argument("--html-error-ratio", type=float, default=0.0, help="share answered 502 text/html")
     parser.add_argument("--latency-s", type=float, default=0.0, help="delay before every answer")
+    parser.add_argument("--error-429-ratio", type=float, default=0.0, help="share of admitted calls answered 429")
+    parser.add_argument("--latency-jitter-s", type=float, default=0.0, help="random extra delay, up to this")
+    parser.add_argument("--stall-ratio", type=float, default=0.0, help="share of calls answered --stall-s later")
+    parser.add_argument("--stall-s", type=float, default=0.0, help="how much later a stalled call is answered")
     parser.add_argument("--unknown-desktop", action="append", default=[], help="desktop ID answered 404")
     parser.add_argument("--busy-desktop", action="append", default=[], help="desktop ID answered 409")
     parser.add_argument(
@@ -54,6 +58,10 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         error_5xx_ratio=args.error_5xx_ratio,
         html_error_ratio=args.html_error_ratio,
         latency_s=args.latency_s,
+        error_429_ratio=args.error_429_ratio,
+        latency_jitter_s=args.latency_jitter_s,
+        stall_ratio=args.stall_ratio,
+        stall_s=args.stall_s,
         unknown_desktops=frozenset(args.unknown_desktop),
         busy_desktops=frozenset(args.busy_desktop),
         busy_for_s=args.busy_for_s,

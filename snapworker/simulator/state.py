@@ -42,6 +42,15 @@ class SimConfig:
     """Share of those calls answered 502 with a text/html gateway page (no job)."""
     latency_s: float = 0.0
     """Delay before every API answer. Jobs are created before it, as a slow real API would."""
+    # -- chaos faults (bench/soak.py): random, from the ``seed``'s generator, off by default
+    error_429_ratio: float = 0.0
+    """Share of admitted batch-create calls refused 429 APIG.0308 anyway, as an overloaded gateway would."""
+    latency_jitter_s: float = 0.0
+    """A random extra delay, uniform in [0, this), before every API answer (after ``latency_s``)."""
+    stall_ratio: float = 0.0
+    """Share of batch-create calls whose answer is held ``stall_s`` more (after the job is created): with
+    ``stall_s`` over the client's read timeout, a response timeout whose job may exist."""
+    stall_s: float = 0.0
     unknown_desktops: frozenset[str] = frozenset()
     """A batch containing one is refused 404 WKS.0202, naming the first one (see ``name_culprits``)."""
     busy_desktops: frozenset[str] = frozenset()
@@ -92,6 +101,8 @@ class SimStats:
         self.calls_by_status: Counter[int] = Counter()
         self.batch_sizes: Counter[int] = Counter()
         self.desktops: set[str] = set()
+        self.desktops_repeated: set[str] = set()  # in more than one job: snapshotted again
+        self.repeated_snapshots = 0  # desktop snapshots beyond each desktop's first
         self.max_calls_in_one_second = 0
         self.max_arrivals_in_any_60_s = 0
         self.max_calls_in_any_60_s = 0
@@ -121,7 +132,12 @@ class SimStats:
     def record_job(self, desktop_ids: tuple[str, ...]) -> None:
         self.jobs_created += 1
         self.batch_sizes[len(desktop_ids)] += 1
-        self.desktops.update(desktop_ids)
+        for desktop_id in desktop_ids:
+            if desktop_id in self.desktops:
+                self.desktops_repeated.add(desktop_id)
+                self.repeated_snapshots += 1
+            else:
+                self.desktops.add(desktop_id)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``GET /_sim/stats`` document (JSON object keys are strings)."""
@@ -130,6 +146,8 @@ class SimStats:
             "calls_by_status": {str(k): v for k, v in sorted(self.calls_by_status.items())},
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
             "distinct_desktops": len(self.desktops),
+            "desktops_repeated": len(self.desktops_repeated),
+            "repeated_snapshots": self.repeated_snapshots,
             "max_calls_in_one_second": self.max_calls_in_one_second,
             "max_calls_in_any_60_s": self.max_calls_in_any_60_s,
             "max_arrivals_in_any_60_s": self.max_arrivals_in_any_60_s,

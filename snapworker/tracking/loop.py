@@ -152,7 +152,7 @@ class Tracker:
                 )
                 await self._serve(conn)
                 delay = 0.5
-            except _BROKER_ERRORS as exc:
+            except (*_BROKER_ERRORS, BrokerError) as exc:  # BrokerError: _serve saw the connection drop
                 log.warning("tracking: broker session failed (%r); retrying in %.1f s", exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)

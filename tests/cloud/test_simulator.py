@@ -355,6 +355,35 @@ async def test_latency_delays_the_answer(simulator: Simulator, session: aiohttp.
     assert time.monotonic() - started >= 0.2
 
 
+async def test_error_429_ratio_answers_429_apig_0308_whatever_the_limits(
+    simulator: Simulator, session: aiohttp.ClientSession
+) -> None:
+    simulator.config.error_429_ratio = 1.0
+    answer = await _batch(session, simulator, {"desktop_ids": ["d-1"]})
+    assert (answer.status, answer.json()["error_code"]) == (429, "APIG.0308")
+    assert simulator.stats()["jobs_created"] == 0
+
+
+async def test_a_stalled_answer_comes_stall_s_late_and_its_job_exists(
+    simulator: Simulator, session: aiohttp.ClientSession
+) -> None:
+    simulator.config.stall_ratio, simulator.config.stall_s = 1.0, 0.3
+    simulator.config.latency_jitter_s = 0.05
+    started = time.monotonic()
+    answer = await _batch(session, simulator, {"desktop_ids": ["d-1"]})
+    assert time.monotonic() - started >= 0.3
+    assert answer.status == 200
+    assert simulator.stats()["jobs_created"] == 1
+
+
+async def test_stats_count_desktops_snapshotted_again(simulator: Simulator, session: aiohttp.ClientSession) -> None:
+    await _batch(session, simulator, {"desktop_ids": ["d-1", "d-2"]})
+    await _batch(session, simulator, {"desktop_ids": ["d-2", "d-3"]})
+    await _batch(session, simulator, {"desktop_ids": ["d-2"]})
+    stats = simulator.stats()
+    assert (stats["distinct_desktops"], stats["desktops_repeated"], stats["repeated_snapshots"]) == (3, 1, 2)
+
+
 async def test_every_response_carries_a_request_id(simulator: Simulator, session: aiohttp.ClientSession) -> None:
     simulator.config.rate_per_minute = 1
     answers = [
@@ -497,7 +526,8 @@ def test_cli_options_build_the_config() -> None:
     options = (
         "--port 0 --token t --access-key ak --secret-key sk --rate-per-minute 100 --rate-per-second 5 "
         "--error-5xx-ratio 0.1 --latency-s 0.5 --unknown-desktop u1 --unknown-desktop u2 --busy-desktop b1 "
-        "--job-duration-s 2 --busy-for-s 30 --unnamed-culprits"
+        "--job-duration-s 2 --busy-for-s 30 --unnamed-culprits --error-429-ratio 0.2 --latency-jitter-s 0.3 "
+        "--stall-ratio 0.05 --stall-s 7"
     )
     args = parser.parse_args(options.split(" "))
     config = config_from_args(args)
@@ -509,6 +539,7 @@ def test_cli_options_build_the_config() -> None:
     assert config.unknown_desktops == frozenset({"u1", "u2"})
     assert config.busy_desktops == frozenset({"b1"})
     assert (config.busy_for_s, config.name_culprits) == (30.0, False)
+    assert (config.error_429_ratio, config.latency_jitter_s, config.stall_ratio, config.stall_s) == (0.2, 0.3, 0.05, 7)
 
 
 async def test_cli_run_serves_until_sigterm(session: aiohttp.ClientSession) -> None:

@@ -8,7 +8,7 @@ import sys
 
 from snapworker.contract.models import JobEntry, ResultError, SnapshotRequest
 from snapworker.idempotency.gate import compose
-from snapworker.idempotency.store import INTENT, OUTCOME, Row, entry_body, fingerprint, state_of
+from snapworker.idempotency.store import INTENT, OUTCOME, Row, entry_body, fingerprint, json_strings, state_of
 from snapworker.runtime import failpoints
 
 JOB = JobEntry(job_id="j1", desktop_ids=("d1", "d2"))
@@ -69,3 +69,9 @@ def test_an_armed_failpoint_kills_the_process_with_sigkill() -> None:
 def test_an_unarmed_failpoint_does_nothing() -> None:
     failpoints.configure("")
     failpoints.failpoint("after_api_before_record")
+
+
+def test_json_strings_is_a_json_array_of_any_strings() -> None:
+    values = ["d1", 'q"uote\\', "é\u2028", "\x00ctl", ""]
+    assert json.loads(json_strings(values)) == values
+    assert json_strings(()) == "[]"

@@ -65,3 +65,21 @@ async def test_a_store_that_cannot_open_raises_store_unavailable(tmp_path: Path)
     with pytest.raises(StoreUnavailable, match="SQLite store"):
         await store.lookup(["k1"])
     await store.close()
+
+
+async def test_outcomes_are_found_through_the_intent_of_their_key_and_attempt(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    await store.record_intent([Row("k1", "fp", INTENT, "a1", '["d1"]', 1.0), Row("k2", "fp", INTENT, "a1", "[]", 1.0)])
+    # one call's write: k1's outcome, and k3 (joined while the call was in flight) announced with its outcome
+    await store.record_outcome(
+        [
+            Row("k1", "fp", OUTCOME, "a1", "[1]", 2.0),
+            Row("k3", "fp", INTENT, "a1", '["d3"]', 2.0),
+            Row("k3", "fp", OUTCOME, "a1", "[3]", 2.0),
+        ]
+    )
+    found = await store.lookup(["k1", "k2", "k3"])
+    await store.close()
+    assert [(r.kind, r.body) for r in found["k1"]] == [(INTENT, '["d1"]'), (OUTCOME, "[1]")]
+    assert [r.kind for r in found["k2"]] == [INTENT]  # another key's outcome of the same attempt is not k2's
+    assert [(r.kind, r.body) for r in found["k3"]] == [(INTENT, '["d3"]'), (OUTCOME, "[3]")]

@@ -82,6 +82,8 @@ class Worker:
         self._progress = asyncio.Event()  # a batch was cut or a task ended (the drain waits on it)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        # one SHUTDOWN_TIMEOUT_S for the whole stop (the drain, then tracking's looks in progress), set at close()
+        self._shutdown_deadline: float | None = None
         self._stopped = asyncio.Event()
         self.consuming = asyncio.Event()
         self._results = ResultPublisher(settings, self.stats)
@@ -169,7 +171,9 @@ class Worker:
                 loop_task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             if self._tracker is not None and tracking is not None:
-                await self._tracker.close()  # after the drain: the results it published started their tracking
+                # after the drain (the results it published started their tracking), within what is left of the
+                # one shutdown budget: a SIGTERM never takes more than SHUTDOWN_TIMEOUT_S plus the last round trips
+                await self._tracker.close(deadline=self._shutdown_deadline)
                 await asyncio.gather(tracking, return_exceptions=True)
             if owned_api is not None:
                 await owned_api.close()
@@ -208,6 +212,8 @@ class Worker:
 
     async def close(self) -> None:
         """Stop consuming, drain within SHUTDOWN_TIMEOUT_S, requeue the rest; returns when ``run`` has ended."""
+        if self._shutdown_deadline is None:
+            self._shutdown_deadline = asyncio.get_running_loop().time() + self.settings.shutdown_timeout_s
         self._stopping.set()
         if self._limiter is not None:
             await self._stopped.wait()
@@ -296,7 +302,7 @@ class Worker:
         self._core.close()  # every pending desktop may go now, full or not, as the limiter allows
         self._wake.set()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.shutdown_timeout_s
+        deadline = self._shutdown_deadline or loop.time() + self.settings.shutdown_timeout_s
         if self._busy():
             log.info(
                 "draining: %d desktops pending, %d batches in flight, up to %.0f s",

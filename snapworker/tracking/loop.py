@@ -94,6 +94,7 @@ class Tracker:
         self._publish: AbstractChannel | None = None
         self._ready = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._deadline: float | None = None  # on the loop's clock: when the looks in progress must have ended
         self._handling: set[asyncio.Task[Any]] = set()
         self.units_started = 0
         self.looks = 0  # tracking messages handled: each reads every job of its unit still running, once
@@ -188,9 +189,14 @@ class Tracker:
             await queue.cancel(tag)
         # Let the looks in progress commit; what is left unacked returns to the queue when the connection closes.
         if self._handling:
-            await asyncio.wait(set(self._handling), timeout=self._settings.shutdown_timeout_s)
+            loop = asyncio.get_running_loop()
+            timeout = self._settings.shutdown_timeout_s if self._deadline is None else self._deadline - loop.time()
+            await asyncio.wait(set(self._handling), timeout=max(0.0, timeout))
 
-    async def close(self) -> None:
+    async def close(self, *, deadline: float | None = None) -> None:
+        """Stop taking tracking messages; looks in progress may finish until ``deadline`` (the loop's clock),
+        else for SHUTDOWN_TIMEOUT_S. What is left unacked returns to the queue."""
+        self._deadline = deadline
         self._stopping.set()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

@@ -21,7 +21,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from snapworker.amqp.partitioning import partition_queue
-from snapworker.amqp.session import declare_topology
+from snapworker.amqp.topology import declare_topology
 from snapworker.settings import Settings
 
 __all__ = ["Broker", "Queues", "check_loopback", "ctl_queue_state"]

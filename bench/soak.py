@@ -66,7 +66,7 @@ from bench.broker import Queues, check_loopback, ctl_queue_state
 from bench.infra import SimProcess
 from bench.procs import Measured, kill_leftovers, machine_info, snapworker_env
 from snapworker.amqp.partitioning import partition_queue
-from snapworker.amqp.session import declare_topology
+from snapworker.amqp.topology import declare_topology
 from snapworker.settings import Settings
 from snapworker.tracking.loop import tracking_queues
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -27,8 +26,9 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
 from snapworker.amqp.errors import connect_error
-from snapworker.amqp.partitioning import partition_queue
 from snapworker.amqp.publish import Outgoing, publish_confirmed
+from snapworker.amqp.settler import Settler
+from snapworker.amqp.topology import declare_topology
 from snapworker.contract.intake import Envelope
 from snapworker.errors import BrokerError, ConfigError, UnroutableResult
 from snapworker.settings import Settings
@@ -91,13 +91,10 @@ class AmqpSession:
         self.prefetch = settings.prefetch
         self._underlay: aiormq.Channel | None = None
         self._publish_underlay: aiormq.Channel | None = None
-        # deliveries in delivery-tag order, for multiple acks; settled ones leave from the front
-        self._held: deque[Delivery] = deque()
-        self._to_ack: list[Delivery] = []
-        self._to_nack: list[tuple[Delivery, bool]] = []
-        self._settler: asyncio.Task[None] | None = None
         self.lost = asyncio.Event()
         self.lost_reason = ""
+        # deliveries in delivery-tag order, for multiple acks; settled ones leave from the front
+        self._settler = Settler(lambda: self._underlay, self.lost, lambda exc: self._on_close(self, exc))
         for conn in (consume_conn, publish_conn):
             conn.close_callbacks.add(self._on_close)
         for channel in (consume_channel, publish_channel):
@@ -172,7 +169,7 @@ class AmqpSession:
                 tag=message.delivery_tag or 0,
                 session=self,
             )
-            self._held.append(delivery)
+            self._settler.hold(delivery)
             on_delivery(delivery)
 
         self._on_message = callback
@@ -283,7 +280,7 @@ class AmqpSession:
 
     def held(self) -> list[Delivery]:
         """Deliveries of this session not yet settled."""
-        return [d for d in self._held if not d.settled]
+        return cast(list[Delivery], self._settler.unsettled())
 
     @property
     def consuming(self) -> bool:
@@ -291,66 +288,14 @@ class AmqpSession:
 
     # -- settling
     def settle(self, deliveries: list[Delivery], how: Settle) -> None:
-        """Decide to ack, dead-letter or requeue deliveries of this session, each once; the frames follow.
-
-        One settler task sends the frames in the order decided. When the oldest unsettled deliveries are acked,
-        a single ``basic.ack multiple=true`` covers them all (cheaper for the broker and the wire); the others
-        are acked one by one at once, so a slow batch never holds back finished requests. Deliveries of an
-        older session are skipped: the broker has requeued them already.
-        """
-        for delivery in deliveries:
-            if delivery.settled or delivery.session is not self:
-                continue
-            delivery.settled = True
-            if how == "ack":
-                self._to_ack.append(delivery)
-            else:
-                self._to_nack.append((delivery, how == "requeue"))
-        if self._settler is None and not self.lost.is_set():
-            self._settler = asyncio.create_task(self._send_settlements())
+        """Decide to ack, dead-letter or requeue deliveries of this session, each once; the frames follow (in
+        the order decided, from one task: see :class:`~snapworker.amqp.settler.Settler`). Deliveries of an older
+        session are skipped: the broker has requeued them already."""
+        self._settler.decide((d for d in deliveries if d.session is self), how)
 
     async def settlements_sent(self) -> None:
         """Wait until every settlement decided so far has reached the broker (call it before :meth:`close`)."""
-        while self._settler is not None and not self.lost.is_set():
-            await asyncio.shield(self._settler)
-        # The settler only queues its frames (wait=False), and closing the connection drops what is still
-        # queued: the broker would redeliver requests already answered. One round trip on the same channel
-        # (a basic.qos that changes nothing) is answered only after every frame queued before it.
-        channel = self._underlay
-        if channel is None or channel.is_closed or self.lost.is_set():
-            return
-        try:
-            await channel.basic_qos(prefetch_count=self.prefetch)
-        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
-            self._on_close(self, exc)
-
-    async def _send_settlements(self) -> None:
-        try:
-            while (self._to_ack or self._to_nack) and not self.lost.is_set():
-                # Decide synchronously (no await) on a snapshot, then send in that order. Settlements decided
-                # while we send wait for the next round, so a multiple ack never covers a tag that is still
-                # to be nacked or acked alone.
-                acks, nacks = self._to_ack, self._to_nack
-                self._to_ack, self._to_nack = [], []
-                prefix_end = 0
-                while self._held and self._held[0].settled:
-                    prefix_end = self._held.popleft().tag
-                in_prefix = [d for d in acks if d.tag <= prefix_end]
-                channel = self._underlay
-                assert channel is not None
-                # wait=False: the frames are queued in order; there is no answer to wait for
-                for delivery, requeue in nacks:
-                    await channel.basic_nack(delivery.tag, requeue=requeue, wait=False)
-                if in_prefix:
-                    await channel.basic_ack(max(d.tag for d in in_prefix), multiple=True, wait=False)
-                for delivery in acks:
-                    if delivery.tag > prefix_end:
-                        await channel.basic_ack(delivery.tag, wait=False)
-        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
-            # The channel is gone: the broker redelivers what was not settled; this session is over.
-            self._on_close(self, exc)
-        finally:
-            self._settler = None
+        await self._settler.sent(self.prefetch)
 
     # -- publishing
     async def publish_many(self, messages: Sequence[Message]) -> list[BrokerError | None]:
@@ -454,21 +399,3 @@ class AmqpSession:
         channel = cast(aiormq.Channel, await self._publish_channel.get_underlay_channel())
         self._publish_underlay = channel
         return channel
-
-
-async def declare_topology(channel: AbstractChannel, settings: Settings) -> None:
-    """Declare every queue snapworker uses, durable; the request queue dead-letters to the dead-letter queue."""
-    arguments: dict[str, Any] = {
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": settings.dead_letter_queue,
-    }
-    if settings.queue_type == "quorum":
-        arguments |= {"x-queue-type": "quorum", "x-delivery-limit": settings.delivery_limit}
-    for name in (settings.result_queue, settings.error_queue, settings.dead_letter_queue):
-        await channel.declare_queue(name, durable=True)
-    await channel.declare_queue(settings.request_queue, durable=True, arguments=arguments)
-    # Partitions are request queues too: same type, same dead-lettering.
-    for partition in range(settings.partitions):
-        await channel.declare_queue(
-            partition_queue(settings.request_queue, partition), durable=True, arguments=arguments
-        )

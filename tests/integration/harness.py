@@ -25,7 +25,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from pydantic import SecretStr
 
 from snapworker.amqp.partitioning import partition_queue
-from snapworker.amqp.session import declare_topology
+from snapworker.amqp.topology import declare_topology
 from snapworker.contract.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult
 from snapworker.settings import Settings
 from snapworker.tracking.loop import declare_tracking_topology, tracking_queues

@@ -10,7 +10,8 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from snapworker.amqp.session import REASON_HEADER, declare_topology
+from snapworker.amqp.session import REASON_HEADER
+from snapworker.amqp.topology import declare_topology
 from snapworker.settings import Settings
 from snapworker.tools.replay import REPLAYED_HEADER
 from tests.integration.test_tools import _env, _snapworker

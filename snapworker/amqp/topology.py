@@ -1,0 +1,30 @@
+"""The queues snapworker uses, declared durable and idempotently by the worker, the tools and the tests alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aio_pika.abc import AbstractChannel
+
+from snapworker.amqp.partitioning import partition_queue
+from snapworker.settings import Settings
+
+__all__ = ["declare_topology"]
+
+
+async def declare_topology(channel: AbstractChannel, settings: Settings) -> None:
+    """Declare every queue snapworker uses, durable; the request queue dead-letters to the dead-letter queue."""
+    arguments: dict[str, Any] = {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": settings.dead_letter_queue,
+    }
+    if settings.queue_type == "quorum":
+        arguments |= {"x-queue-type": "quorum", "x-delivery-limit": settings.delivery_limit}
+    for name in (settings.result_queue, settings.error_queue, settings.dead_letter_queue):
+        await channel.declare_queue(name, durable=True)
+    await channel.declare_queue(settings.request_queue, durable=True, arguments=arguments)
+    # Partitions are request queues too: same type, same dead-lettering.
+    for partition in range(settings.partitions):
+        await channel.declare_queue(
+            partition_queue(settings.request_queue, partition), durable=True, arguments=arguments
+        )

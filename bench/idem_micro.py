@@ -1,9 +1,11 @@
 """Micro-benchmark of the idempotency store's per-request cost (not part of `bench/run`).
 
-    python -m bench.idem_micro [N]
+    python -m bench.idem_micro [N] [--busy]
 
 Times, for N one-desktop keyed requests in calls of 100: the gate's per-request work (key, fingerprint), the
-journal's intent and outcome rows, and the SQLite store's writes and lookups (on its thread, awaited).
+journal's intent and outcome rows, and the SQLite store's writes and lookups (on its thread, awaited). ``--busy``: the event loop meanwhile
+spins in pure Python, so the store's thread must win the GIL back each time it lets it go (CPU figures then
+include the spinning: read the wall ones).
 """
 
 from __future__ import annotations
@@ -19,7 +21,18 @@ from snapworker.idempotency.store import INTENT, OUTCOME, Row, entry_body, finge
 from snapworker.models import JobEntry, SnapshotRequest
 
 
-async def main(n: int) -> None:
+async def _busy(stop: asyncio.Event) -> None:
+    """The event loop's own work meanwhile: pure Python, yielding every ~1 ms (as a loaded worker does)."""
+    while not stop.is_set():
+        deadline = time.perf_counter() + 0.001
+        while time.perf_counter() < deadline:
+            pass
+        await asyncio.sleep(0)
+
+
+async def main(n: int, busy: bool) -> None:
+    stop = asyncio.Event()
+    spinner = asyncio.create_task(_busy(stop)) if busy else None
     bodies = [f'{{"project_id":"p{i % 50:03d}-x","desktop_ids":["d-x-{i:07d}"]}}'.encode() for i in range(n)]
     requests = [SnapshotRequest.model_validate_json(b) for b in bodies]
     t = time.process_time()
@@ -65,8 +78,11 @@ async def main(n: int) -> None:
             await store.lookup(keys[start : start + 500])
         t_found, w_found = time.process_time() - t, time.perf_counter() - w
         await store.close()
+    stop.set()
+    if spinner is not None:
+        await spinner
     us = 1e6 / n
-    print(f"N={n}  µs per request (CPU; wall in brackets)")
+    print(f"N={n}  µs per request (CPU; wall in brackets){'; the loop kept busy' if busy else ''}")
     print(f"  gate: key + fingerprint      {t_gate * us:6.1f}")
     print(f"  journal: intent+outcome rows {t_rows * us:6.1f}")
     print(f"  store: lookups, none found   {t_lookup * us:6.1f} [{w_lookup * us:.1f}]")
@@ -76,4 +92,4 @@ async def main(n: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000))
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000, "--busy" in sys.argv))

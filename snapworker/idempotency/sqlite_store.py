@@ -49,7 +49,8 @@ FILE_NAME = "idempotency.sqlite3"
 #: The layout's version (``PRAGMA user_version``). A file of another version is emptied when opened: its records
 #: are a short-lived cache of outcomes, and the worst a lost record costs is a reconciliation against the API.
 SCHEMA_VERSION = 2
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS idem_call (
     id INTEGER PRIMARY KEY,
     attempt TEXT NOT NULL,
@@ -58,19 +59,39 @@ CREATE TABLE IF NOT EXISTS idem_call (
     expires REAL NOT NULL,
     upto INTEGER NOT NULL,
     body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idem_call_attempt ON idem_call (attempt);
+)
+""",
+    """
+CREATE INDEX IF NOT EXISTS idem_call_attempt ON idem_call (attempt)
+""",
+    """
 CREATE TABLE IF NOT EXISTS idem_key (
     h INTEGER NOT NULL,
     call INTEGER NOT NULL,
     PRIMARY KEY (h, call)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS idem_key_call ON idem_key (call);
-"""
-_OLD_TABLES = ("idem", "idem_outcome", "idem_call", "idem_key")
+) WITHOUT ROWID
+""",
+    """
+CREATE INDEX IF NOT EXISTS idem_key_call ON idem_key (call)
+""",
+    """
+CREATE VIEW IF NOT EXISTS idem_write (attempt, kind, at, expires, n, body, hashes) AS
+    SELECT attempt, kind, at, expires, 0, body, NULL FROM idem_call
+""",
+    """
+CREATE TRIGGER IF NOT EXISTS idem_write_insert INSTEAD OF INSERT ON idem_write BEGIN
+    INSERT INTO idem_call (attempt, kind, at, expires, upto, body) VALUES (
+        NEW.attempt, NEW.kind, NEW.at, NEW.expires,
+        coalesce((SELECT upto FROM idem_call ORDER BY id DESC LIMIT 1), 0) + NEW.n, NEW.body
+    );
+    INSERT OR IGNORE INTO idem_key (h, call)
+        SELECT value, (SELECT max(id) FROM idem_call) FROM json_each(coalesce(NEW.hashes, '[]'));
+END
+""",
+)
+_OLD_TABLES = ("idem", "idem_outcome", "idem_call", "idem_key")  # (the view and trigger go with idem_call)
 _CHECKPOINT_PAGES = 4000  # about 16 MB of WAL between checkpoints (SQLite's default: 1000)
 _WAL_LIMIT_BYTES = 64 << 20
-_LOOKUP_CHUNK = 500  # under SQLite's bound-parameter limit
 _PRUNE_EVERY_ROWS = 5000
 
 
@@ -91,7 +112,6 @@ class SqliteStore:
         self._thread: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._written_since_prune = _PRUNE_EVERY_ROWS  # prune once soon after opening
-        self._total = 0  # request entries ever written (idem_call.upto of the latest call)
 
     # -- the event loop's side
     async def _run(self, fn: Callable[[], T]) -> T:
@@ -140,39 +160,37 @@ class SqliteStore:
                 conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
                 conn.execute("PRAGMA temp_store=MEMORY")
                 _migrate(conn)
-                self._total = conn.execute("SELECT coalesce(max(upto), 0) FROM idem_call").fetchone()[0]
             except BaseException:
                 conn.close()
                 raise
             self._conn = conn
         return self._conn
 
+    # Every statement below is one sqlite3 C call: the thread lets the GIL go while SQLite works and must win it
+    # back after, which takes up to the switch interval (5 ms) while the event loop is busy. A statement per row
+    # (executemany, or iterating a cursor) would pay that per row; one statement pays it once per write.
     def _lookup(self, keys: Sequence[str]) -> dict[str, list[Row]]:
         db = self._db()
         now = time.time()
-        wanted: dict[int, list[str]] = {}
-        for key in dict.fromkeys(keys):
-            wanted.setdefault(key_hash(key), []).append(key)
-        hashes = list(wanted)
-        calls: set[int] = set()
-        for start in range(0, len(hashes), _LOOKUP_CHUNK):
-            chunk = hashes[start : start + _LOOKUP_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            calls.update(c for (c,) in db.execute(f"SELECT call FROM idem_key WHERE h IN ({marks})", chunk))
-        if not calls:
+        asked = set(keys)
+        hashes = "[" + ",".join([str(key_hash(key)) for key in asked]) + "]"
+        (calls,) = db.execute(
+            "SELECT json_group_array(DISTINCT call) FROM idem_key WHERE h IN (SELECT value FROM json_each(?))",
+            (hashes,),
+        ).fetchone()
+        if calls == "[]":
             return {}
-        asked = {key for same in wanted.values() for key in same}
         found: dict[str, list[Row]] = {}
         attempts: dict[str, set[str]] = {}  # attempt -> the keys found announced under it
-        for attempt, kind, at, body in self._calls(db, "id", list(calls), now):
+        for attempt, kind, at, body in self._calls(db, "id", calls, now):
             for key, fp, row_body in json.loads(body):
                 if key in asked:
                     found.setdefault(key, []).append(Row(key, fp, kind, attempt, row_body, at))
                     if kind == INTENT:
                         attempts.setdefault(attempt, set()).add(key)
         if attempts:
-            for attempt, kind, at, body in self._calls(db, "attempt", list(attempts), now, kind=OUTCOME):
-                announced = attempts[attempt]
+            for attempt, kind, at, body in self._calls(db, "attempt", json.dumps(list(attempts)), now, kind=OUTCOME):
+                announced = attempts.get(attempt, set())
                 for key, fp, row_body in json.loads(body):
                     if key in announced:
                         found[key].append(Row(key, fp, kind, attempt, row_body, at))
@@ -182,19 +200,17 @@ class SqliteStore:
 
     @staticmethod
     def _calls(
-        db: sqlite3.Connection, column: str, values: list[int] | list[str], now: float, *, kind: int | None = None
+        db: sqlite3.Connection, column: str, values: str, now: float, *, kind: int | None = None
     ) -> list[tuple[str, int, float, str]]:
-        out: list[tuple[str, int, float, str]] = []
+        """The unexpired calls whose ``column`` is in the JSON array ``values``, in one row (one C call)."""
         only = "" if kind is None else f" AND kind = {int(kind)}"
-        for start in range(0, len(values), _LOOKUP_CHUNK):
-            chunk = values[start : start + _LOOKUP_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            out += db.execute(
-                f"SELECT attempt, kind, at, body FROM idem_call WHERE {column} IN ({marks}) AND expires > ?{only} "
-                "ORDER BY id",
-                (*chunk, now),
-            )
-        return out
+        (found,) = db.execute(
+            "SELECT json_group_array(json_array(attempt, kind, at, body)) FROM "
+            f"(SELECT attempt, kind, at, body FROM idem_call WHERE {column} IN (SELECT value FROM json_each(?)) "
+            f"AND expires > ?{only} ORDER BY id)",
+            (values, now),
+        ).fetchone()
+        return [tuple(call) for call in json.loads(found)]
 
     def _insert(self, rows: Sequence[Row]) -> None:
         if not rows:
@@ -202,33 +218,22 @@ class SqliteStore:
         db = self._db()
         expires = time.time() + self._ttl_s
         # One row per call and kind (the key, fingerprint and body of each request as one JSON array), and one
-        # index entry (key hash -> call) per request announced: the only per-request work SQLite does.
+        # index entry (key hash -> call) per request announced: the only per-request work SQLite does. All of
+        # it in one statement (the view's trigger), atomic as any statement is.
         groups: dict[tuple[str, int], list[Row]] = {}
         for r in rows:
             groups.setdefault((r.attempt, r.kind), []).append(r)
-        total = self._total
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for (attempt, kind), group in groups.items():
-                body = json.dumps([(r.key, r.fingerprint, r.body) for r in group], separators=(",", ":"))
-                at = max(r.at for r in group)
-                if kind == INTENT:
-                    total += len(group)
-                call = db.execute(
-                    "INSERT INTO idem_call (attempt, kind, at, expires, upto, body) VALUES (?,?,?,?,?,?)",
-                    (attempt, kind, at, expires, total, body),
-                ).lastrowid
-                if kind == INTENT:
-                    db.executemany(
-                        "INSERT OR IGNORE INTO idem_key (h, call) VALUES (?,?)",
-                        [(key_hash(r.key), call) for r in group],
-                    )
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        self._total = total
+        values: list[object] = []
+        for (attempt, kind), group in groups.items():
+            body = json.dumps([(r.key, r.fingerprint, r.body) for r in group], separators=(",", ":"))
+            at = max(r.at for r in group)
+            if kind == INTENT:
+                hashes: str | None = "[" + ",".join([str(key_hash(r.key)) for r in group]) + "]"
+                values += (attempt, kind, at, expires, len(group), body, hashes)
+            else:
+                values += (attempt, kind, at, expires, 0, body, None)
+        marks = ",".join(["(?,?,?,?,?,?,?)"] * len(groups))
+        db.execute(f"INSERT INTO idem_write (attempt, kind, at, expires, n, body, hashes) VALUES {marks}", values)
         self._written_since_prune += len(rows)
         if self._written_since_prune >= _PRUNE_EVERY_ROWS:
             self._written_since_prune = 0
@@ -242,7 +247,10 @@ class SqliteStore:
             "DELETE FROM idem_call WHERE id IN (SELECT id FROM idem_call ORDER BY id LIMIT ?) AND expires <= ?",
             (_PRUNE_EVERY_ROWS, time.time()),
         )
-        db.execute("DELETE FROM idem_call WHERE upto <= ?", (self._total - self._max_rows,))
+        db.execute(
+            "DELETE FROM idem_call WHERE upto <= (SELECT upto FROM idem_call ORDER BY id DESC LIMIT 1) - ?",
+            (self._max_rows,),
+        )
         oldest = db.execute("SELECT min(id) FROM idem_call").fetchone()[0]
         db.execute("DELETE FROM idem_key WHERE call < ?", (oldest if oldest is not None else 1 << 62,))
 
@@ -257,9 +265,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
         if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
             for table in _OLD_TABLES:
                 conn.execute(f"DROP TABLE IF EXISTS {table}")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _SCHEMA:
+                conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

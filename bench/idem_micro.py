@@ -3,9 +3,9 @@
     python -m bench.idem_micro [N] [--busy]
 
 Times, for N one-desktop keyed requests in calls of 100: the gate's per-request work (key, fingerprint), the
-journal's intent and outcome rows, and the SQLite store's writes and lookups (on its thread, awaited). ``--busy``: the event loop meanwhile
-spins in pure Python, so the store's thread must win the GIL back each time it lets it go (CPU figures then
-include the spinning: read the wall ones).
+journal's intent and outcome rows, and the SQLite store's writes and lookups (on its thread, awaited).
+``--busy``: the event loop meanwhile spins in pure Python, so the store's thread must win the GIL back each
+time it lets it go (CPU figures then include the spinning: read the wall ones).
 """
 
 from __future__ import annotations

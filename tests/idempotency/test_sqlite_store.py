@@ -123,3 +123,16 @@ async def test_outcomes_are_found_through_the_intent_of_their_key_and_attempt(tm
     assert [(r.kind, r.body) for r in found["k1"]] == [(INTENT, '["d1"]'), (OUTCOME, "[1]")]
     assert [r.kind for r in found["k2"]] == [INTENT]  # another key's outcome of the same attempt is not k2's
     assert [(r.kind, r.body) for r in found["k3"]] == [(INTENT, '["d3"]'), (OUTCOME, "[3]")]
+
+
+async def test_a_file_of_this_layout_missing_some_of_it_gets_it_back(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    await store.record_intent([row("k1")])
+    await store.close()
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("DROP VIEW idem_write")
+    reopened = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    await reopened.record_intent([row("k2")])
+    found = await reopened.lookup(["k1", "k2"])
+    await reopened.close()
+    assert sorted(found) == ["k1", "k2"]

@@ -188,16 +188,16 @@ class SqliteStore:
             return {}
         found: dict[str, list[Row]] = {}
         attempts: dict[str, set[str]] = {}  # attempt -> the keys found announced under it
-        for attempt, kind, at, body in self._calls(db, "id", calls, now):
-            for key, fp, row_body in json.loads(body):
+        for attempt, kind, body in self._calls(db, "id", calls, now):
+            for key, fp, row_body, at in json.loads(body):
                 if key in asked:
                     found.setdefault(key, []).append(Row(key, fp, kind, attempt, row_body, at))
                     if kind == INTENT:
                         attempts.setdefault(attempt, set()).add(key)
         if attempts:
-            for attempt, kind, at, body in self._calls(db, "attempt", json.dumps(list(attempts)), now, kind=OUTCOME):
+            for attempt, kind, body in self._calls(db, "attempt", json.dumps(list(attempts)), now, kind=OUTCOME):
                 announced = attempts.get(attempt, set())
-                for key, fp, row_body in json.loads(body):
+                for key, fp, row_body, at in json.loads(body):
                     if key in announced:
                         found[key].append(Row(key, fp, kind, attempt, row_body, at))
         for rows in found.values():
@@ -207,12 +207,12 @@ class SqliteStore:
     @staticmethod
     def _calls(
         db: sqlite3.Connection, column: str, values: str, now: float, *, kind: int | None = None
-    ) -> list[tuple[str, int, float, str]]:
+    ) -> list[tuple[str, int, str]]:
         """The unexpired calls whose ``column`` is in the JSON array ``values``, in one row (one C call)."""
         only = "" if kind is None else f" AND kind = {int(kind)}"
         (found,) = db.execute(
-            "SELECT json_group_array(json_array(attempt, kind, at, body)) FROM "
-            f"(SELECT attempt, kind, at, body FROM idem_call WHERE {column} IN (SELECT value FROM json_each(?)) "
+            "SELECT json_group_array(json_array(attempt, kind, body)) FROM "
+            f"(SELECT attempt, kind, body FROM idem_call WHERE {column} IN (SELECT value FROM json_each(?)) "
             f"AND expires > ?{only} ORDER BY id)",
             (values, now),
         ).fetchone()
@@ -223,7 +223,7 @@ class SqliteStore:
             return
         db = self._db()
         expires = time.time() + self._ttl_s
-        # One row per call and kind (the key, fingerprint and body of each request as one JSON array), and one
+        # One row per call and kind (each request's key, fingerprint, body and time in one JSON array), and one
         # index entry (key hash -> call) per request announced: the only per-request work SQLite does. All of
         # it in one statement (the view's trigger), atomic as any statement is.
         groups: dict[tuple[str, int], list[Row]] = {}
@@ -231,7 +231,7 @@ class SqliteStore:
             groups.setdefault((r.attempt, r.kind), []).append(r)
         values: list[object] = []
         for (attempt, kind), group in groups.items():
-            body = json.dumps([(r.key, r.fingerprint, r.body) for r in group], separators=(",", ":"))
+            body = json.dumps([(r.key, r.fingerprint, r.body, r.at) for r in group], separators=(",", ":"))
             at = max(r.at for r in group)
             if kind == INTENT:
                 hashes: str | None = "[" + ",".join([str(key_hash(r.key)) for r in group]) + "]"

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -94,7 +93,6 @@ _OLD_TABLES = ("idem", "idem_outcome", "idem_call", "idem_key")
 _CHECKPOINT_PAGES = 4000  # about 16 MB of WAL between checkpoints (SQLite's default: 1000)
 _WAL_LIMIT_BYTES = 64 << 20
 _PRUNE_EVERY_ROWS = 5000
-_SWITCH_INTERVAL_S = 0.0005
 
 
 def key_hash(key: str) -> int:
@@ -120,10 +118,6 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         if self._thread is None:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapworker-sqlite")
-            # The store's thread waits for the GIL after each statement and each hop; while the event loop is
-            # busy that is the switch interval, 5 ms by default, on the path of every call (its intent first).
-            # Only threads that ask for the GIL are affected: without this store, the loop runs alone.
-            sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL_S))
         try:
             async with asyncio.timeout(self._timeout_s):  # not wait_for: that makes a task per call
                 return await loop.run_in_executor(self._thread, fn)

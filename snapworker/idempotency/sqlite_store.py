@@ -6,15 +6,20 @@
 - **Durable across a crash of the process**: WAL mode with ``synchronous=NORMAL``: a committed transaction
   survives ``kill -9`` (it is in the WAL file); only a power loss may drop the last ones.
 - **Batched**: ``record_intent`` / ``record_outcome`` write all their rows in one transaction (one per API call,
-  not one per request); ``lookup`` reads any number of keys in one statement per 500 keys (and their outcomes in
-  one more).
-- **Cheap to write**: intent rows go to ``idem``, indexed by key; outcome rows to ``idem_outcome``, indexed by
-  attempt, and found through the intent row of the same key and attempt (the store's contract). An index entry
-  per request lands at a random place of a large B-tree, dirtying a page (a WAL frame) of its own; the attempt
-  index of one call's outcome rows dirties one. That halves what a request costs to write. (``idem`` may also
-  hold outcome rows: files written before this split are read as they are.)
-- **Bounded**: rows older than IDEMPOTENCY_TTL_S are deleted, and beyond IDEMPOTENCY_MAX_RECORDS the oldest go
-  first; the pruning runs every few thousand rows written, in the same thread.
+  not one per request); ``lookup`` reads any number of keys in one statement per 500 keys (and the calls they
+  name in one or two more).
+- **Cheap to write**: a call's rows of one kind are **one** row of ``idem_call`` (every request's key,
+  fingerprint and body in one JSON array, encoded on this thread, not the event loop's); the only per-request
+  work is one entry of ``idem_key``: a 64-bit hash of the key -> the call, in a ``WITHOUT ROWID`` table (an
+  integer index entry: a third of what a text key costs to place in the B-tree). Outcomes get no index entry:
+  they are found through the intent of the same key and attempt (the store's contract), by ``idem_call``'s
+  attempt index. Checkpoints come every 4,000 pages, not SQLite's 1,000.
+- **Versioned**: ``PRAGMA user_version`` names the layout (:data:`SCHEMA_VERSION`); a file of another one (the
+  per-request rows of earlier versions) is emptied when opened: its records are a short-lived cache of
+  outcomes, not kept across such an upgrade. A request republished after the upgrade whose only record was in
+  the old layout is treated as new (sent again): upgrade between bursts, with the worker stopped cleanly.
+- **Bounded**: calls older than IDEMPOTENCY_TTL_S are deleted, and beyond IDEMPOTENCY_MAX_RECORDS request entries
+  the oldest calls go first; the pruning runs every few thousand rows written, in the same thread.
 - Several worker processes may share the file (SQLite locks it; ``busy_timeout`` waits for the other writer).
 
 ``sqlite3.Error`` and ``OSError`` become :class:`~snapworker.errors.StoreUnavailable`; so does a statement that
@@ -24,10 +29,12 @@ takes longer than ``timeout_s`` (a stuck disk): the worker then holds its messag
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from hashlib import blake2b
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,29 +46,59 @@ __all__ = ["SqliteStore"]
 T = TypeVar("T")
 
 FILE_NAME = "idempotency.sqlite3"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS idem (
-    key TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
+#: The layout's version (``PRAGMA user_version``). A file of another version is emptied when opened: its records
+#: are a short-lived cache of outcomes, and the worst a lost record costs is a reconciliation against the API.
+SCHEMA_VERSION = 2
+_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS idem_call (
+    id INTEGER PRIMARY KEY,
+    attempt TEXT NOT NULL,
     kind INTEGER NOT NULL,
-    attempt TEXT NOT NULL,
-    body TEXT NOT NULL,
     at REAL NOT NULL,
-    expires REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idem_key ON idem (key);
-CREATE TABLE IF NOT EXISTS idem_outcome (
-    key TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    attempt TEXT NOT NULL,
-    body TEXT NOT NULL,
-    at REAL NOT NULL,
-    expires REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idem_outcome_attempt ON idem_outcome (attempt);
-"""
-_LOOKUP_CHUNK = 500  # under SQLite's bound-parameter limit
+    expires REAL NOT NULL,
+    upto INTEGER NOT NULL,
+    body TEXT NOT NULL
+)
+""",
+    """
+CREATE INDEX IF NOT EXISTS idem_call_attempt ON idem_call (attempt)
+""",
+    """
+CREATE TABLE IF NOT EXISTS idem_key (
+    h INTEGER NOT NULL,
+    call INTEGER NOT NULL,
+    PRIMARY KEY (h, call)
+) WITHOUT ROWID
+""",
+    """
+CREATE INDEX IF NOT EXISTS idem_key_call ON idem_key (call)
+""",
+    """
+CREATE VIEW IF NOT EXISTS idem_write (attempt, kind, at, expires, n, body, hashes) AS
+    SELECT attempt, kind, at, expires, 0, body, NULL FROM idem_call
+""",
+    """
+CREATE TRIGGER IF NOT EXISTS idem_write_insert INSTEAD OF INSERT ON idem_write BEGIN
+    INSERT INTO idem_call (attempt, kind, at, expires, upto, body) VALUES (
+        NEW.attempt, NEW.kind, NEW.at, NEW.expires,
+        coalesce((SELECT upto FROM idem_call ORDER BY id DESC LIMIT 1), 0) + NEW.n, NEW.body
+    );
+    INSERT OR IGNORE INTO idem_key (h, call)
+        SELECT value, (SELECT max(id) FROM idem_call) FROM json_each(coalesce(NEW.hashes, '[]'));
+END
+""",
+)
+_OLD_TABLES = ("idem", "idem_outcome", "idem_call", "idem_key")
+_CHECKPOINT_PAGES = 4000  # about 16 MB of WAL between checkpoints (SQLite's default: 1000)
+_WAL_LIMIT_BYTES = 64 << 20
 _PRUNE_EVERY_ROWS = 5000
+
+
+def key_hash(key: str) -> int:
+    """A key's 64-bit index entry (signed, as SQLite stores integers). Two keys may share one: the rows found
+    through it are those of the calls it names, and each carries its key in full."""
+    return int.from_bytes(blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 class SqliteStore:
@@ -118,85 +155,123 @@ class SqliteStore:
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.executescript(_SCHEMA)
+                # fewer checkpoints (each one writes the pages back and syncs); the WAL is cut back after each
+                conn.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+                conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
+                conn.execute("PRAGMA temp_store=MEMORY")
+                _migrate(conn)
             except BaseException:
                 conn.close()
                 raise
             self._conn = conn
         return self._conn
 
+    # Every statement below is one sqlite3 C call: the thread lets the GIL go while SQLite works and must win it
+    # back after, which takes up to the switch interval (5 ms) while the event loop is busy. A statement per row
+    # (executemany, or iterating a cursor) would pay that per row; one statement pays it once per write.
     def _lookup(self, keys: Sequence[str]) -> dict[str, list[Row]]:
         db = self._db()
         now = time.time()
+        asked = set(keys)
+        hashes = "[" + ",".join([str(key_hash(key)) for key in asked]) + "]"
+        (calls,) = db.execute(
+            "SELECT json_group_array(DISTINCT call) FROM idem_key WHERE h IN (SELECT value FROM json_each(?))",
+            (hashes,),
+        ).fetchone()
+        if calls == "[]":
+            return {}
         found: dict[str, list[Row]] = {}
-        unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), _LOOKUP_CHUNK):
-            chunk = unique[start : start + _LOOKUP_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            cursor = db.execute(
-                f"SELECT key, fingerprint, kind, attempt, body, at FROM idem WHERE key IN ({marks}) AND expires > ? "
-                "ORDER BY rowid",
-                (*chunk, now),
-            )
-            for key, fp, kind, attempt, body, at in cursor:
-                found.setdefault(key, []).append(Row(key, fp, kind, attempt, body, at))
-        attempts = list({r.attempt for rows in found.values() for r in rows if r.kind == INTENT})
-        for start in range(0, len(attempts), _LOOKUP_CHUNK):
-            chunk = attempts[start : start + _LOOKUP_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            cursor = db.execute(
-                f"SELECT key, fingerprint, attempt, body, at FROM idem_outcome WHERE attempt IN ({marks}) "
-                "AND expires > ? ORDER BY rowid",
-                (*chunk, now),
-            )
-            for key, fp, attempt, body, at in cursor:
-                if key in found:
-                    found[key].append(Row(key, fp, OUTCOME, attempt, body, at))
+        attempts: dict[str, set[str]] = {}  # attempt -> the keys found announced under it
+        for attempt, kind, body in self._calls(db, "id", calls, now):
+            for key, fp, row_body, at in json.loads(body):
+                if key in asked:
+                    found.setdefault(key, []).append(Row(key, fp, kind, attempt, row_body, at))
+                    if kind == INTENT:
+                        attempts.setdefault(attempt, set()).add(key)
+        if attempts:
+            for attempt, kind, body in self._calls(db, "attempt", json.dumps(list(attempts)), now, kind=OUTCOME):
+                announced = attempts.get(attempt, set())
+                for key, fp, row_body, at in json.loads(body):
+                    if key in announced:
+                        found[key].append(Row(key, fp, kind, attempt, row_body, at))
         for rows in found.values():
             rows.sort(key=_oldest_first)
         return found
+
+    @staticmethod
+    def _calls(
+        db: sqlite3.Connection, column: str, values: str, now: float, *, kind: int | None = None
+    ) -> list[tuple[str, int, str]]:
+        """The unexpired calls whose ``column`` is in the JSON array ``values``, in one row (one C call)."""
+        only = "" if kind is None else f" AND kind = {int(kind)}"
+        (found,) = db.execute(
+            "SELECT json_group_array(json_array(attempt, kind, body)) FROM "
+            f"(SELECT attempt, kind, body FROM idem_call WHERE {column} IN (SELECT value FROM json_each(?)) "
+            f"AND expires > ?{only} ORDER BY id)",
+            (values, now),
+        ).fetchone()
+        return [tuple(call) for call in json.loads(found)]
 
     def _insert(self, rows: Sequence[Row]) -> None:
         if not rows:
             return
         db = self._db()
         expires = time.time() + self._ttl_s
-        intents = [(*r, expires) for r in rows if r.kind == INTENT]
-        outcomes = [(r.key, r.fingerprint, r.attempt, r.body, r.at, expires) for r in rows if r.kind == OUTCOME]
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if intents:
-                db.executemany(
-                    "INSERT INTO idem (key, fingerprint, kind, attempt, body, at, expires) VALUES (?,?,?,?,?,?,?)",
-                    intents,
-                )
-            if outcomes:
-                db.executemany(
-                    "INSERT INTO idem_outcome (key, fingerprint, attempt, body, at, expires) VALUES (?,?,?,?,?,?)",
-                    outcomes,
-                )
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        # One row per call and kind (each request's key, fingerprint, body and time in one JSON array), and one
+        # index entry (key hash -> call) per request announced: the only per-request work SQLite does. All of
+        # it in one statement (the view's trigger), atomic as any statement is.
+        groups: dict[tuple[str, int], list[Row]] = {}
+        for r in rows:
+            groups.setdefault((r.attempt, r.kind), []).append(r)
+        values: list[object] = []
+        for (attempt, kind), group in groups.items():
+            body = json.dumps([(r.key, r.fingerprint, r.body, r.at) for r in group], separators=(",", ":"))
+            at = max(r.at for r in group)
+            if kind == INTENT:
+                hashes: str | None = "[" + ",".join([str(key_hash(r.key)) for r in group]) + "]"
+                values += (attempt, kind, at, expires, len(group), body, hashes)
+            else:
+                values += (attempt, kind, at, expires, 0, body, None)
+        marks = ",".join(["(?,?,?,?,?,?,?)"] * len(groups))
+        db.execute(f"INSERT INTO idem_write (attempt, kind, at, expires, n, body, hashes) VALUES {marks}", values)
         self._written_since_prune += len(rows)
         if self._written_since_prune >= _PRUNE_EVERY_ROWS:
             self._written_since_prune = 0
             self._prune(db)
 
     def _prune(self, db: sqlite3.Connection) -> None:
-        """Expired rows out; then, past max_rows (per table), the oldest (rowids grow with time)."""
-        for table in ("idem", "idem_outcome"):
-            # Rows expire in about rowid order (one TTL): look only at the oldest, never scan the table.
-            db.execute(
-                f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY rowid LIMIT ?) "
-                "AND expires <= ?",
-                (4 * _PRUNE_EVERY_ROWS, time.time()),
-            )
-            low, high = db.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
-            if low is not None and high - low + 1 > self._max_rows:
-                db.execute(f"DELETE FROM {table} WHERE rowid <= ?", (high - self._max_rows,))
+        """Expired calls out; then, past max_rows request entries, the oldest calls (ids grow with time); and
+        the index entries of the calls gone."""
+        # Calls expire in about id order (one TTL): look only at the oldest, never scan the table.
+        db.execute(
+            "DELETE FROM idem_call WHERE id IN (SELECT id FROM idem_call ORDER BY id LIMIT ?) AND expires <= ?",
+            (_PRUNE_EVERY_ROWS, time.time()),
+        )
+        db.execute(
+            "DELETE FROM idem_call WHERE upto <= (SELECT upto FROM idem_call ORDER BY id DESC LIMIT 1) - ?",
+            (self._max_rows,),
+        )
+        oldest = db.execute("SELECT min(id) FROM idem_call").fetchone()[0]
+        db.execute("DELETE FROM idem_key WHERE call < ?", (oldest if oldest is not None else 1 << 62,))
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create what is missing; a file of another layout is emptied first (checked again under the write lock:
+    another process may have done it meanwhile)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            conn.execute("DROP VIEW IF EXISTS idem_write")  # its trigger goes with it
+            for table in _OLD_TABLES:
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        for statement in _SCHEMA:  # all IF NOT EXISTS
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _oldest_first(row: Row) -> tuple[float, int]:

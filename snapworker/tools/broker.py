@@ -18,7 +18,7 @@ import aiormq
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from pydantic import ValidationError
 
-from snapworker.amqp.session import declare_topology
+from snapworker.amqp.topology import declare_topology
 from snapworker.client import BROKER_ERRORS, open_connection
 from snapworker.contract.intake import validation_problems
 from snapworker.contract.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult

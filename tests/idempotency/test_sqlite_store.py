@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from snapworker.errors import StoreUnavailable
+from snapworker.idempotency import sqlite_store
 from snapworker.idempotency.sqlite_store import SqliteStore
 from snapworker.idempotency.store import INTENT, OUTCOME, Row
 
@@ -46,16 +47,55 @@ async def test_expired_rows_are_not_found(tmp_path: Path) -> None:
     assert found == {}
 
 
-async def test_past_max_rows_the_oldest_rows_go(tmp_path: Path) -> None:
+async def test_past_max_rows_the_oldest_calls_go(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
-    await store.record_intent([row(f"k{i}") for i in range(6000)])  # more than one prune period
+    for call in range(60):  # 6,000 request entries in calls of 100: more than one prune period
+        await store.record_intent(
+            [Row(f"k{call * 100 + i}", "fp", INTENT, f"a{call}", '["d1"]', 1.0) for i in range(100)]
+        )
     oldest, newest = await store.lookup(["k0"]), await store.lookup(["k5999"])
     await store.close()
     with sqlite3.connect(store.path) as conn:
-        count = conn.execute("SELECT count(*) FROM idem").fetchone()[0]
+        entries = conn.execute("SELECT count(*) FROM idem_key").fetchone()[0]
+        calls = conn.execute("SELECT count(*) FROM idem_call").fetchone()[0]
     assert oldest == {}
     assert list(newest) == ["k5999"]
-    assert count == 1000
+    # whole calls go (here of 100 requests each), at a prune, every _PRUNE_EVERY_ROWS rows written
+    assert 1000 <= entries <= 1000 + sqlite_store._PRUNE_EVERY_ROWS
+    assert calls == entries // 100
+
+
+async def test_a_file_of_the_previous_layout_is_emptied_and_used(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "idempotency.sqlite3") as conn:
+        conn.execute(
+            "CREATE TABLE idem (key TEXT, fingerprint TEXT, kind INTEGER, attempt TEXT, body TEXT, at REAL, "
+            "expires REAL)"
+        )
+        conn.execute("INSERT INTO idem VALUES ('k1', 'fp', 0, 'a0', '[]', 1.0, 1e12)")
+    store = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    assert await store.lookup(["k1"]) == {}
+    await store.record_intent([row("k2")])
+    await store.close()
+    reopened = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    found = await reopened.lookup(["k2"])
+    await reopened.close()
+    assert list(found) == ["k2"]
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'idem'").fetchone()[0] == 0
+
+
+async def test_keys_that_share_an_index_entry_keep_their_own_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "key_hash", lambda key: 7)  # every key collides
+    store = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    await store.record_intent([Row("k1", "fp", INTENT, "a1", '["d1"]', 1.0)])
+    await store.record_intent([Row("k2", "fp", INTENT, "a2", '["d2"]', 1.0)])
+    await store.record_outcome([Row("k2", "fp", OUTCOME, "a2", "[2]", 2.0)])
+    found = await store.lookup(["k1", "k3"])
+    await store.close()
+    assert list(found) == ["k1"]
+    assert [(r.kind, r.body) for r in found["k1"]] == [(INTENT, '["d1"]')]
 
 
 async def test_a_store_that_cannot_open_raises_store_unavailable(tmp_path: Path) -> None:
@@ -83,3 +123,16 @@ async def test_outcomes_are_found_through_the_intent_of_their_key_and_attempt(tm
     assert [(r.kind, r.body) for r in found["k1"]] == [(INTENT, '["d1"]'), (OUTCOME, "[1]")]
     assert [r.kind for r in found["k2"]] == [INTENT]  # another key's outcome of the same attempt is not k2's
     assert [(r.kind, r.body) for r in found["k3"]] == [(INTENT, '["d3"]'), (OUTCOME, "[3]")]
+
+
+async def test_a_file_of_this_layout_missing_some_of_it_gets_it_back(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    await store.record_intent([row("k1")])
+    await store.close()
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("DROP VIEW idem_write")
+    reopened = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    await reopened.record_intent([row("k2")])
+    found = await reopened.lookup(["k1", "k2"])
+    await reopened.close()
+    assert sorted(found) == ["k1", "k2"]

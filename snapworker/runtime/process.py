@@ -16,7 +16,10 @@ __all__ = ["run_worker"]
 
 log = logging.getLogger("snapworker.process")
 
-_GC_GEN0 = 20_000  # allocations between young collections (CPython's default: 700)
+# Allocations between young collections (CPython's default: 700). Measured with `bash bench/run --only
+# throughput,memory`: 10,000 costs the same CPU per request as 20,000 (0.165 against 0.161 s per 1,000), and
+# keeps the 200,000-request backlog's peak RSS at 88 MB instead of 136 MB.
+_GC_GEN0 = 10_000
 
 
 def describe(settings: Settings) -> str:

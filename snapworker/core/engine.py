@@ -206,16 +206,6 @@ class BatchingCore:
                     finished.append(Finished(ticket, result))
         return finished
 
-    def waiting_on(self, batch_id: int) -> list[Ticket]:
-        """The requests that wait for batch ``batch_id``'s outcome (none once it completed)."""
-        batch = self._in_flight.get(batch_id)
-        if batch is None:
-            return []
-        tickets: dict[Ticket, None] = {}
-        for desktop_id in batch.desktop_ids:
-            tickets.update(dict.fromkeys(self._waiters.get((batch.key, desktop_id), ())))
-        return list(tickets)
-
     def drop(self, tickets: Iterable[Ticket]) -> None:
         """Forget requests whose messages the broker will redeliver (their channel closed).
 

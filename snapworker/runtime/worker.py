@@ -435,7 +435,7 @@ class Worker:
                 extra={"project_id": batch.key.project_id, "batch_id": batch.id, "job_id": job_id},
             )
         answered: list[tuple[Delivery, SnapshotResult]] = []
-        waiting = self._core.waiting_on(batch.id)
+        waiting = list(self._core.waiting(batch))
         try:
             finished_requests = self._core.complete(batch.id, outcome, datetime.now(UTC))
         except Exception as exc:  # a bug must not leave the batch's requests held until the session ends

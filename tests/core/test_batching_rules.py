@@ -229,12 +229,12 @@ def test_a_ticket_cannot_be_opened_twice() -> None:
         c.submit("t1", request("p1", "b"), "r1", None, now=0.0)
 
 
-def test_waiting_on_names_every_request_of_an_in_flight_batch_once() -> None:
+def test_waiting_names_every_request_of_a_batch_once_with_its_desktops() -> None:
     core = BatchingCore(max_batch=10, linger_s=0.0)
     core.submit("a", request("p", "d1", "d2"), "a", None, 0.0)
     core.submit("b", request("p", "d2"), "b", None, 0.0)
     batch = core.take(1.0)
     assert batch is not None
-    assert sorted(map(str, core.waiting_on(batch.id))) == ["a", "b"]
+    assert core.waiting(batch) == {"a": ("d1", "d2"), "b": ("d2",)}
     core.complete(batch.id, (), 2.0)
-    assert core.waiting_on(batch.id) == []
+    assert core.waiting(batch) == {}

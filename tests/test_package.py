@@ -31,6 +31,12 @@ def test_every_public_name_in_the_package_namespace_is_in_all() -> None:
     assert public - modules - {"version", "PackageNotFoundError"} == set(snapworker.__all__) - {"__version__"}
 
 
+def test_every_exception_of_the_tree_is_public() -> None:
+    from snapworker import errors
+
+    assert set(errors.__all__) <= set(snapworker.__all__)
+
+
 def test_version_comes_from_package_metadata() -> None:
     from importlib.metadata import version
 

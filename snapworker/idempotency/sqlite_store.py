@@ -6,7 +6,8 @@
 - **Durable across a crash of the process**: WAL mode with ``synchronous=NORMAL``: a committed transaction
   survives ``kill -9`` (it is in the WAL file); only a power loss may drop the last ones.
 - **Batched**: ``record_intent`` / ``record_outcome`` write all their rows in one transaction (one per API call,
-  not one per request); ``lookup`` reads any number of keys in one statement per 500 keys (and the calls they
+  not one per request), and the writes of calls that end or start together share one (a group commit,
+  :mod:`.group_commit`); ``lookup`` reads any number of keys in one statement per 500 keys (and the calls they
   name in one or two more).
 - **Cheap to write**: a call's rows of one kind are **one** row of ``idem_call`` (every request's key,
   fingerprint and body in one JSON array, encoded on this thread, not the event loop's); the only per-request
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from snapworker.errors import StoreUnavailable
+from snapworker.idempotency.group_commit import GroupCommit
 from snapworker.idempotency.store import INTENT, OUTCOME, Row
 
 __all__ = ["SqliteStore"]
@@ -93,6 +95,7 @@ _OLD_TABLES = ("idem", "idem_outcome", "idem_call", "idem_key")
 _CHECKPOINT_PAGES = 4000  # about 16 MB of WAL between checkpoints (SQLite's default: 1000)
 _WAL_LIMIT_BYTES = 64 << 20
 _PRUNE_EVERY_ROWS = 5000
+_GROUPS_PER_STATEMENT = 1000  # 7 parameters each: within SQLite's default limit of 32,766 per statement
 
 
 def key_hash(key: str) -> int:
@@ -112,6 +115,8 @@ class SqliteStore:
         self._thread: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._written_since_prune = _PRUNE_EVERY_ROWS  # prune once soon after opening
+        # writes that arrive while one is on the thread share the next transaction (one hop and commit for many)
+        self._writes: GroupCommit[Row] = GroupCommit(self._write)
 
     # -- the event loop's side
     async def _run(self, fn: Callable[[], T]) -> T:
@@ -131,12 +136,17 @@ class SqliteStore:
         return await self._run(lambda: self._lookup(keys))
 
     async def record_intent(self, rows: Sequence[Row]) -> None:
-        await self._run(lambda: self._insert(rows))
+        await self._writes.write(rows)
 
     async def record_outcome(self, rows: Sequence[Row]) -> None:
+        await self._writes.write(rows)
+
+    async def _write(self, rows: list[Row]) -> None:
         await self._run(lambda: self._insert(rows))
 
     async def close(self) -> None:
+        await self._writes.wait_idle()
+
         def shut() -> None:
             if self._conn is not None:
                 self._conn.close()
@@ -232,8 +242,23 @@ class SqliteStore:
                 values += (attempt, kind, at, expires, len(group), body, hashes)
             else:
                 values += (attempt, kind, at, expires, 0, body, None)
-        marks = ",".join(["(?,?,?,?,?,?,?)"] * len(groups))
-        db.execute(f"INSERT INTO idem_write (attempt, kind, at, expires, n, body, hashes) VALUES {marks}", values)
+        # One statement, unless a group commit gathered more calls than SQLite binds parameters in one
+        # (32,766): then one transaction of several.
+        chunks = [values[i : i + _GROUPS_PER_STATEMENT * 7] for i in range(0, len(values), _GROUPS_PER_STATEMENT * 7)]
+        if len(chunks) > 1:
+            db.execute("BEGIN")
+        try:
+            for chunk in chunks:
+                marks = ",".join(["(?,?,?,?,?,?,?)"] * (len(chunk) // 7))
+                db.execute(
+                    f"INSERT INTO idem_write (attempt, kind, at, expires, n, body, hashes) VALUES {marks}", chunk
+                )
+            if len(chunks) > 1:
+                db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
         self._written_since_prune += len(rows)
         if self._written_since_prune >= _PRUNE_EVERY_ROWS:
             self._written_since_prune = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,35 @@ async def test_a_file_of_this_layout_missing_some_of_it_gets_it_back(tmp_path: P
     found = await reopened.lookup(["k1", "k2"])
     await reopened.close()
     assert sorted(found) == ["k1", "k2"]
+
+
+async def test_writes_made_together_share_a_transaction_and_are_all_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqliteStore(tmp_path, ttl_s=60, max_rows=10_000)
+    inserts: list[int] = []
+    insert = store._insert
+
+    def counted(rows: Sequence[Row]) -> None:
+        inserts.append(len(rows))
+        insert(rows)
+
+    monkeypatch.setattr(store, "_insert", counted)
+    writes = [store.record_intent([Row(f"k{i}", "fp", INTENT, f"a{i}", '["d1"]', 1.0)]) for i in range(20)]
+    await asyncio.gather(*writes)
+    found = await store.lookup([f"k{i}" for i in range(20)])
+    await store.close()
+    assert sum(inserts) == 20
+    assert len(inserts) <= 2  # the first write alone at most, the rest together
+    assert sorted(found) == sorted(f"k{i}" for i in range(20))
+
+
+async def test_more_calls_in_one_write_than_one_statement_binds_are_all_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "_GROUPS_PER_STATEMENT", 3)
+    store = SqliteStore(tmp_path, ttl_s=60, max_rows=10_000)
+    await store.record_intent([Row(f"k{i}", "fp", INTENT, f"a{i}", '["d1"]', 1.0) for i in range(10)])
+    found = await store.lookup([f"k{i}" for i in range(10)])
+    await store.close()
+    assert sorted(found) == sorted(f"k{i}" for i in range(10))

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -24,21 +21,11 @@ from snapworker.cloud.limiter import Grant, Limiter, RateLimiter
 from snapworker.cloud.shared_limiter import SharedRateLimiter, build_limiter, credential_id
 from snapworker.errors import ConfigError
 from snapworker.settings import Settings
-from tests.helpers import unused_loopback_port
+from tests.helpers import REDIS_HOST, REDIS_PORT, redis_test_url, require_redis, unused_loopback_port
 
-REDIS_URL = os.environ.get("SNAPWORKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-_REDIS = urlsplit(REDIS_URL)
-REDIS_HOST, REDIS_PORT = _REDIS.hostname or "127.0.0.1", _REDIS.port or 6379
+REDIS_URL = redis_test_url(0)
 
 Make = Callable[..., SharedRateLimiter]
-
-
-def _redis_answers() -> bool:
-    try:
-        socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=2).close()
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -49,11 +36,7 @@ def prefix() -> str:
 @pytest.fixture
 async def redis(prefix: str) -> AsyncIterator[Redis]:
     """A plain client on the test Redis; deletes the test's keys at the end. Under CI a missing Redis fails."""
-    if not _redis_answers():
-        message = f"Redis does not answer at {REDIS_HOST}:{REDIS_PORT}"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_redis()
     client = Redis.from_url(REDIS_URL, decode_responses=True)
     try:
         yield client

@@ -6,11 +6,8 @@ Redis fails the test instead of skipping it.
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -18,20 +15,14 @@ from redis.asyncio import Redis
 from snapworker.errors import StoreUnavailable
 from snapworker.idempotency.redis_store import RedisStore
 from snapworker.idempotency.store import INTENT, OUTCOME, Row
-from tests.helpers import unused_loopback_port
+from tests.helpers import redis_test_url, require_redis, unused_loopback_port
 
-_BASE = urlsplit(os.environ.get("SNAPWORKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
-REDIS_URL = f"redis://{_BASE.hostname or '127.0.0.1'}:{_BASE.port or 6379}/7"
+REDIS_URL = redis_test_url(7)
 
 
 @pytest.fixture
 async def store() -> AsyncIterator[tuple[RedisStore, str]]:
-    try:
-        socket.create_connection((_BASE.hostname or "127.0.0.1", _BASE.port or 6379), timeout=2).close()
-    except OSError:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("Redis does not answer")
-        pytest.skip("Redis does not answer")
+    require_redis()
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     s = RedisStore(REDIS_URL, ttl_s=60)
     try:

@@ -4,7 +4,8 @@ The crash test runs a worker process that kills itself (SIGKILL, through a failp
 answered and before the outcome is recorded, or right after it is recorded and before the results go out, or is
 killed at a random moment; round after round, each new process picking up what the last one held. The
 simulator's snapshots are the ground truth: no desktop may have two, and every request must get its result.
-``SNAPWORKER_TEST_IDEMPOTENCY_ROUNDS`` sets the rounds (5 by default; 20 for the figure in the README).
+``SNAPWORKER_TEST_IDEMPOTENCY_ROUNDS`` sets the rounds (5 by default; 20 for the figure in the README). The
+rounds run once on each store: the embedded SQLite file and Redis (a fleet's; under CI a missing Redis fails).
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ import asyncio
 import os
 import random
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
+from redis.asyncio import Redis
 
 from snapworker.settings import Settings
 from snapworker.simulator.app import Simulator
+from tests.helpers import redis_test_url, require_redis
 from tests.integration.harness import BrokerProbe, WorkerProcess
 from tests.integration.test_faults import running_worker
 
@@ -32,11 +37,28 @@ def api_calls(simulator: Simulator) -> int:
     return int(simulator.stats()["jobs_created"])
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+async def on_store(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> AsyncIterator[Settings]:
+    """The test's settings with the idempotency store on SQLite (under tmp_path) or on Redis (database 7; the
+    test's keys, named after its unique request queue, are deleted at the end)."""
+    if request.param == "sqlite":
+        yield settings.model_copy(update={"idempotency_store": "sqlite", "state_dir": str(tmp_path / "state")})
+        return
+    require_redis()
+    url = redis_test_url(7)
+    yield settings.model_copy(update={"idempotency_store": "redis", "redis_url": SecretStr(url)})
+    client = Redis.from_url(url)
+    keys = [key async for key in client.scan_iter(match=f"snapworker:idem:{settings.request_queue}\x1f*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
 async def test_kills_at_the_failpoints_and_at_random_repeat_no_snapshot_and_lose_no_request(
-    probe: BrokerProbe, simulator: Simulator, settings: Settings, tmp_path: Path
+    probe: BrokerProbe, simulator: Simulator, on_store: Settings, tmp_path: Path
 ) -> None:
     simulator.config.latency_s = 0.05
-    state = settings.model_copy(update={"state_dir": str(tmp_path / "state")})
+    state = on_store
     rng = random.Random(12)
     ids: list[str] = []
     kills = []
@@ -61,8 +83,9 @@ async def test_kills_at_the_failpoints_and_at_random_repeat_no_snapshot_and_lose
         answered = await probe.wait_for_requests(ids, timeout=60)
     repeated = simulator.snapshots.repeated()
     print(
-        f"\n{len(kills)} kill rounds ({len(ids)} requests): {api_calls(simulator)} jobs, {len(repeated)} desktops "
-        f"snapshotted twice, {len(set(ids) - set(answered))} requests lost, {probe.duplicates()} duplicate results"
+        f"\n{state.idempotency_store}: {len(kills)} kill rounds ({len(ids)} requests): {api_calls(simulator)} jobs, "
+        f"{len(repeated)} desktops snapshotted twice, {len(set(ids) - set(answered))} requests lost, "
+        f"{probe.duplicates()} duplicate results"
     )
     assert kills == [-signal.SIGKILL] * ROUNDS
     assert repeated == {}

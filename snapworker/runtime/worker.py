@@ -381,10 +381,12 @@ class Worker:
 
     def _answer_from_record(self, delivery: Delivery, result: SnapshotResult) -> None:
         """A request answered from its idempotency record: published (and acked) without a call. Its jobs are
-        not tracked again (they were when first answered, unless the first answer never went out)."""
+        tracked again: the first answer may never have gone out (a worker killed between recording the outcome
+        and publishing it), and a job followed twice only means its completion may come twice (at least once,
+        as results do)."""
         log_problem_result(result)
         self.stats.count_result(result)
-        self._spawn(self._results.publish([(delivery, result)], settle="ack"), (delivery,))
+        self._spawn(self._answer([(delivery, result)]), (delivery,))
 
     # -- the window: widened as more merge keys are active, so that their batches can fill
     def _maybe_widen(self) -> None:
@@ -451,11 +453,15 @@ class Worker:
             log_problem_result(result)
             self.stats.count_result(result)
             answered.append((finished.ticket, result))
-        if answered and self._tracker is not None:
+        if answered:
+            await self._answer(answered)
+
+    async def _answer(self, answered: list[tuple[Delivery, SnapshotResult]]) -> None:
+        """Start tracking the results' jobs, then publish them and ack their requests."""
+        if self._tracker is not None:
             # confirmed before the requests are acked: a request whose result went out has its jobs followed
             await self._tracker.start([(result, delivery.reply_to) for delivery, result in answered])
-        if answered:
-            await self._results.publish(answered, settle="ack")
+        await self._results.publish(answered, settle="ack")
 
     # -- helpers
     def _spawn(self, coro: Coroutine[Any, Any, None], deliveries: Sequence[Delivery] = ()) -> None:

@@ -147,6 +147,31 @@ async def test_a_worker_killed_while_tracking_leaves_its_jobs_to_another(
     assert {c.status for c in probe.completions()} == {"succeeded"}
 
 
+async def test_a_request_answered_from_its_record_after_a_kill_still_gets_its_completion(
+    simulator: Simulator,
+    probe: BrokerProbe,
+    settings: Settings,
+    start_worker: Callable[..., Awaitable[Worker]],
+    tmp_path: Path,
+) -> None:
+    simulator.config.job_duration_s = 0.5
+    state = settings.model_copy(update={"state_dir": str(tmp_path / "state")})
+    # killed after the outcome is recorded, before the result (and the start of tracking) went out
+    killed = state.model_copy(update={"failpoints": "after_record_before_publish"})
+    async with WorkerProcess(killed, tmp_path / "worker.log") as child:
+        await probe.publish(request("r-record", "desk-record"))
+        assert await child.wait(timeout=20) == -signal.SIGKILL, child.log()
+    assert simulator.stats()["jobs_created"] == 1
+    worker = await start_worker(state_dir=state.state_dir)
+    await wait_completions(probe, 1)
+    assert worker.idempotency is not None
+    assert worker.idempotency.health.from_record == 1
+    assert simulator.stats()["jobs_created"] == 1
+    (completion,) = probe.completions()
+    assert completion.request_id == "r-record"
+    assert completion.status == "succeeded"
+
+
 async def test_the_client_waits_for_the_completion_of_what_it_asked(
     simulator: Simulator, settings: Settings, worker: Worker
 ) -> None:

@@ -80,6 +80,9 @@ def _brief(name: str, data: dict[str, Any]) -> str:
                 f"{system} {rate} (cpu {d.get('cpu_s') or 0:.1f} s, calls {(d.get('sim') or {}).get('calls_total')}, "
                 f"other processes {other} cpu-s)"
             )
+        for k, pair in enumerate(data.get("store_pairs", ())):
+            shown = [f"{system} {pair[system].get('requests_per_s') or 0:,.0f}" for system in pair]
+            parts.append(f"pair {k + 1}: " + ", ".join(shown) + " req/s")
         return "throughput: " + "; ".join(parts)
     if name == "steady":
         lat = data["latency_ms"]

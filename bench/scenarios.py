@@ -12,19 +12,36 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.broker import Broker, Message, Queues
 from bench.infra import Drive, SimProcess, drive, parse_settings_line, parse_totals, verify_drained
 from bench.procs import CpuWatch, Measured, find_pid, snapworker_env, wait_until_quiet
 from bench.report import minimum_calls
 
-__all__ = ["SYSTEMS", "WORKERS", "Context", "Sizes", "backlog", "measure_backlog", "rotated"]
+__all__ = [
+    "STORE_PAIRS",
+    "SYSTEMS",
+    "WORKERS",
+    "Context",
+    "Sizes",
+    "backlog",
+    "measure_backlog",
+    "rotated",
+    "throughput_order",
+]
+
+T = TypeVar("T")
 
 SYSTEMS = ("worker", "nostore", "noapi", "perapi")
 #: the systems that are snapworker: "nostore" is the worker with IDEMPOTENCY_STORE=off (what the store costs)
 WORKERS = frozenset({"worker", "nostore"})
 PUBLISH_IN_FLIGHT = 1000
+#: Extra (worker, nostore) pairs per throughput run. The store's price is a small difference between two noisy
+#: figures: on 2 cores the broker's CPU for the same backlog varies up to 3x from one drain to the next, and
+#: single on/off ratios ranged 0.72x-1.28x. So it is measured on more pairs than the baselines get runs, each
+#: pair back to back (the same machine conditions for both), the order alternating from pair to pair.
+STORE_PAIRS = 2
 
 
 @dataclass(frozen=True)
@@ -136,9 +153,18 @@ def backlog_minimum_calls(n: int, projects: int, max_batch: int = 100) -> int:
     return minimum_calls(((i % projects, str(i)) for i in range(n)), max_batch)
 
 
-def rotated(items: tuple[str, ...], by: int) -> list[str]:
+def rotated(items: tuple[T, ...], by: int) -> list[T]:
     k = by % len(items)
     return [*items[k:], *items[:k]]
+
+
+def throughput_order(systems: tuple[str, ...], run_index: int) -> list[str]:
+    """The run's order: rotated per run, with worker and nostore back to back, which of them first alternating."""
+    pair = [s for s in systems if s in WORKERS]
+    if run_index % 2:
+        pair.reverse()
+    units = ([tuple(pair)] if pair else []) + [(s,) for s in systems if s not in WORKERS]
+    return [s for unit in rotated(tuple(units), run_index) for s in unit]
 
 
 async def measure_backlog(
@@ -194,19 +220,32 @@ async def measure_backlog(
 
 
 async def throughput(ctx: Context, run_index: int, systems: tuple[str, ...]) -> dict[str, Any]:
-    """One run: each system on its own identical backlog, back to back, in an order rotated per run."""
+    """One run: each system on its own identical backlog, back to back (see :func:`throughput_order`); then
+    STORE_PAIRS more (worker, nostore) pairs, each back to back, for the store's price."""
     n, projects = ctx.sizes.throughput, ctx.sizes.projects
-    out: dict[str, Any] = {"order": rotated(systems, run_index)}
-    for system in out["order"]:
-        out[system] = await measure_backlog(
+    out: dict[str, Any] = {"order": throughput_order(systems, run_index)}
+
+    async def measure(system: str, log_name: str) -> dict[str, Any]:
+        return await measure_backlog(
             ctx,
             system,
             n=n,
             projects=projects,
-            log_name=f"throughput-r{run_index}-{system}",
+            log_name=log_name,
             timeout_s=60 + n / 100,
             overrides=ctx.backlog_settings if system in WORKERS else None,
         )
+
+    for system in out["order"]:
+        out[system] = await measure(system, f"throughput-r{run_index}-{system}")
+    out["store_pairs"] = []
+    if set(systems) >= WORKERS:
+        for k in range(STORE_PAIRS):
+            first_on = (run_index + k + 1) % 2 == 0
+            pair: dict[str, Any] = {}
+            for system in ("worker", "nostore") if first_on else ("nostore", "worker"):
+                pair[system] = await measure(system, f"throughput-r{run_index}-pair{k}-{system}")
+            out["store_pairs"].append(pair)
     return out
 
 

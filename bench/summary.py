@@ -59,7 +59,7 @@ def _throughput(runs: Runs, medians: dict[str, Any]) -> list[Row]:
             )
         )
     if "worker" in rate and "nostore" in rate:
-        rows += _store_cost(runs, rate, medians)
+        rows += _store_cost(runs, medians)
     if "worker" in rate:
         steady = {s: spread(_get(r, s, "requests_per_s_after_consuming") for r in runs) for s in systems}
         medians["throughput_after_consuming_requests_per_s"] = {s: v.to_json() for s, v in steady.items()}
@@ -104,22 +104,31 @@ def _throughput(runs: Runs, medians: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def _store_cost(runs: Runs, rate: dict[str, Any], medians: dict[str, Any]) -> list[Row]:
-    """The idempotency store's price: throughput on/off within each run (then the median), and the difference of
-    CPU per request (after start-up) within each run, in microseconds."""
-    ratios = spread(ratio(_get(r, "worker", "requests_per_s"), _get(r, "nostore", "requests_per_s")) for r in runs)
+def _store_cost(runs: Runs, medians: dict[str, Any]) -> list[Row]:
+    """The idempotency store's price, per (worker, nostore) pair: each run's own pair and its extra
+    ``store_pairs``. Throughput on/off and the difference of CPU per request (after start-up, in microseconds)
+    within each pair, then the median over all pairs."""
+    pairs = [
+        p
+        for r in runs
+        for p in (r, *r.get("store_pairs", ()))
+        if _ok(p.get("worker", {})) and _ok(p.get("nostore", {}))
+    ]
+    ratios = spread(ratio(_get(p, "worker", "requests_per_s"), _get(p, "nostore", "requests_per_s")) for p in pairs)
     medians["throughput_ratio_store_on_vs_off"] = ratios.to_json()
     extra = []
-    for r in runs:
-        on, off = _get(r, "worker", "cpu_s_per_1k_after_start"), _get(r, "nostore", "cpu_s_per_1k_after_start")
+    for p in pairs:
+        on, off = _get(p, "worker", "cpu_s_per_1k_after_start"), _get(p, "nostore", "cpu_s_per_1k_after_start")
         extra.append(None if on is None or off is None else (on - off) * 1000)  # s per 1k -> us per request
     cost = spread(extra)
     medians["store_cpu_us_per_request"] = cost.to_json()
+    on = spread(_get(p, "worker", "requests_per_s") for p in pairs)
+    off = spread(_get(p, "nostore", "requests_per_s") for p in pairs)
     return [
         Row(
-            "  idempotency store on vs off (req/s)",
-            rate["worker"].show(),
-            f"IDEMPOTENCY_STORE=off: {rate['nostore'].show()}",
+            f"  idempotency store on vs off (req/s), {len(pairs)} pairs",
+            on.show(),
+            f"IDEMPOTENCY_STORE=off: {off.show()}",
             ratios.show("{:.2f}x"),
             f">= {STORE_ON_VS_OFF:.2f}x",
             verdict(ratios.median >= STORE_ON_VS_OFF if ratios.median is not None else None),

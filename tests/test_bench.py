@@ -28,7 +28,7 @@ from bench.report import (
     request_merge_key,
     spread,
 )
-from bench.scenarios import SYSTEMS, backlog, backlog_minimum_calls, rotated
+from bench.scenarios import SYSTEMS, backlog, backlog_minimum_calls, rotated, throughput_order
 from bench.summary import summarize
 from snapworker.contract.models import SnapshotRequest
 from snapworker.simulator.state import SimStats
@@ -168,6 +168,34 @@ def test_store_on_vs_off_row_and_cpu_cost_per_request() -> None:
     assert next(r for r in rows if "store on vs off" in r.figure).verdict == "FAIL"
     rows, _ = summarize({"throughput": [{"worker": r["worker"]} for r in runs]})
     assert not any("store" in r.figure for r in rows)  # no off run: no row
+
+
+def test_the_store_ratio_counts_each_runs_extra_pairs_too() -> None:
+    def system(rate: float, cpu_per_1k: float) -> dict[str, object]:
+        return {
+            "expected": 1000,
+            "outcome": "ok",
+            "request_queue_after": {"ready": 0, "unacked": 0},
+            "requests_per_s": rate,
+            "cpu_s_per_1k_after_start": cpu_per_1k,
+        }
+
+    pair_ok = {"worker": system(1000.0, 0.20), "nostore": system(1000.0, 0.16)}
+    run = {"worker": system(700.0, 0.30), "nostore": system(1000.0, 0.15), "store_pairs": [pair_ok, pair_ok]}
+    rows, medians = summarize({"throughput": [run]})
+    store = next(r for r in rows if "store on vs off" in r.figure)
+    assert "3 pairs" in store.figure
+    assert (store.ratio, store.verdict) == ("1.00x (0.70x–1.00x)", "PASS")
+    assert medians["store_cpu_us_per_request"]["median"] == pytest.approx(40.0)
+
+
+def test_worker_and_nostore_run_back_to_back_and_take_turns_first() -> None:
+    orders = [throughput_order(SYSTEMS, i) for i in range(4)]
+    for order in orders:
+        assert sorted(order) == sorted(SYSTEMS)
+        assert abs(order.index("worker") - order.index("nostore")) == 1
+    assert [order.index("worker") < order.index("nostore") for order in orders] == [True, False, True, False]
+    assert [order[0] for order in orders] != [orders[0][0]] * 4  # the rotation still moves who goes first
 
 
 # --------------------------------------------------------------------------------------------------- rate-bound

@@ -143,20 +143,22 @@ def test_summary_verdicts_on_synthetic_runs() -> None:
     assert next(r for r in rows if r.figure.startswith("API economy")).verdict == "PASS"
 
 
-def test_store_on_vs_off_row_and_cpu_cost_per_request() -> None:
-    def system(rate: float, cpu_per_1k: float) -> dict[str, object]:
-        return {
-            "expected": 1000,
-            "outcome": "ok",
-            "request_queue_after": {"ready": 0, "unacked": 0},
-            "requests_per_s": rate,
-            "cpu_s_per_1k_after_start": cpu_per_1k,
-        }
+def _system(rate: float, cpu_per_1k: float) -> dict[str, object]:
+    """A throughput run of one system that drained its backlog."""
+    return {
+        "expected": 1000,
+        "outcome": "ok",
+        "request_queue_after": {"ready": 0, "unacked": 0},
+        "requests_per_s": rate,
+        "cpu_s_per_1k_after_start": cpu_per_1k,
+    }
 
+
+def test_store_on_vs_off_row_and_cpu_cost_per_request() -> None:
     runs = [
-        {"worker": system(900.0, 0.20), "nostore": system(1000.0, 0.15)},
-        {"worker": system(800.0, 0.22), "nostore": system(1000.0, 0.16)},
-        {"worker": system(950.0, 0.18), "nostore": system(1000.0, 0.15)},
+        {"worker": _system(900.0, 0.20), "nostore": _system(1000.0, 0.15)},
+        {"worker": _system(800.0, 0.22), "nostore": _system(1000.0, 0.16)},
+        {"worker": _system(950.0, 0.18), "nostore": _system(1000.0, 0.15)},
     ]
     rows, medians = summarize({"throughput": runs})
     store = next(r for r in rows if "store on vs off" in r.figure)
@@ -171,17 +173,8 @@ def test_store_on_vs_off_row_and_cpu_cost_per_request() -> None:
 
 
 def test_the_store_ratio_counts_each_runs_extra_pairs_too() -> None:
-    def system(rate: float, cpu_per_1k: float) -> dict[str, object]:
-        return {
-            "expected": 1000,
-            "outcome": "ok",
-            "request_queue_after": {"ready": 0, "unacked": 0},
-            "requests_per_s": rate,
-            "cpu_s_per_1k_after_start": cpu_per_1k,
-        }
-
-    pair_ok = {"worker": system(1000.0, 0.20), "nostore": system(1000.0, 0.16)}
-    run = {"worker": system(700.0, 0.30), "nostore": system(1000.0, 0.15), "store_pairs": [pair_ok, pair_ok]}
+    pair_ok = {"worker": _system(1000.0, 0.20), "nostore": _system(1000.0, 0.16)}
+    run = {"worker": _system(700.0, 0.30), "nostore": _system(1000.0, 0.15), "store_pairs": [pair_ok, pair_ok]}
     rows, medians = summarize({"throughput": [run]})
     store = next(r for r in rows if "store on vs off" in r.figure)
     assert "3 pairs" in store.figure

@@ -89,6 +89,7 @@ class Drive:
     results: int = 0
     cpu_s: float | None = None  # utime + stime at completion (start-up included)
     cpu_at_consuming_s: float | None = None  # utime + stime when the consumer was first seen: start-up
+    thread_cpu_s: dict[str, float] = field(default_factory=dict)  # cpu_s of the main / other threads, at completion
     vm_hwm_mb: float | None = None
     peak_rss_sampled_mb: float = 0.0
     outcome: str = "ok"  # ok | timeout | died
@@ -155,6 +156,7 @@ async def drive(
         tick += 1
         await asyncio.sleep(POLL_S)
     run.cpu_s = proc.cpu_s()
+    run.thread_cpu_s = proc.thread_cpu_s()
     run.cpu_elsewhere = watch.stop()
     measured = run.cpu_s or 0.0
     named = measured + sum(run.cpu_elsewhere.get(k) or 0.0 for k in ("broker_cpu_s", "simulator_cpu_s", "bench_cpu_s"))

@@ -122,6 +122,13 @@ def _store_cost(runs: Runs, medians: dict[str, Any]) -> list[Row]:
         extra.append(None if on is None or off is None else (on - off) * 1000)  # s per 1k -> us per request
     cost = spread(extra)
     medians["store_cpu_us_per_request"] = cost.to_json()
+    # where it goes: the event loop's thread, or the store's own (the worker's other threads, less the
+    # store-off worker's), per request including start-up
+    split: dict[str, Any] = {}
+    for thread in ("main", "others"):
+        split[thread] = spread(_thread_extra_us(p, thread) for p in pairs)
+        name = "main_thread" if thread == "main" else "other_threads"
+        medians[f"store_cpu_us_per_request_{name}"] = split[thread].to_json()
     on = spread(_get(p, "worker", "requests_per_s") for p in pairs)
     off = spread(_get(p, "nostore", "requests_per_s") for p in pairs)
     return [
@@ -134,7 +141,24 @@ def _store_cost(runs: Runs, medians: dict[str, Any]) -> list[Row]:
             verdict(ratios.median >= STORE_ON_VS_OFF if ratios.median is not None else None),
         ),
         Row("  store's CPU per request (us, on - off)", cost.show("{:.0f}"), "", "", "", "info"),
+        Row(
+            "    of it: event loop's thread / other threads (us)",
+            f"{split['main'].show('{:.0f}')} / {split['others'].show('{:.0f}')}",
+            "",
+            "",
+            "",
+            "info",
+        ),
     ]
+
+
+def _thread_extra_us(pair: dict[str, Any], thread: str) -> float | None:
+    """CPU of ``thread`` ("main" or "others") per request with the store on minus off, in microseconds."""
+    on, off = _get(pair, "worker", "thread_cpu_s", thread), _get(pair, "nostore", "thread_cpu_s", thread)
+    expected = _get(pair, "worker", "expected")
+    if on is None or off is None or not expected:
+        return None
+    return float((on - off) / expected * 1e6)
 
 
 def _steady(runs: Runs, medians: dict[str, Any]) -> list[Row]:

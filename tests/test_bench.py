@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from bench.broker import check_loopback
 from bench.fleet import fleet_budget, fleet_settings
 from bench.infra import parse_settings_line, parse_totals
 from bench.limited import Workload, add_call_figures, answered_once, lost, tally
-from bench.procs import parse_proc_stat_busy, parse_stat_cpu_ticks, parse_status_kb
+from bench.procs import Measured, parse_proc_stat_busy, parse_stat_cpu_ticks, parse_status_kb
 from bench.ratebound import timeout_for
 from bench.report import (
     Row,
@@ -91,6 +92,30 @@ def test_proc_parsing_on_this_process() -> None:
     assert parse_status_kb(status, "NoSuchField") is None
     busy, total = parse_proc_stat_busy(Path("/proc/stat").read_text())
     assert 0 <= busy <= total
+
+
+async def test_thread_cpu_tells_the_main_thread_from_the_others(tmp_path: Path) -> None:
+    # a child whose second thread spins for 0.5 s, then both sleep: the CPU is the other thread's
+    spin = (
+        "import threading, time\n"
+        "def spin():\n"
+        "    end = time.process_time() + 0.5\n"
+        "    while time.process_time() < end: pass\n"
+        "    time.sleep(30)\n"
+        "threading.Thread(target=spin, daemon=True).start()\n"
+        "time.sleep(30)\n"
+    )
+    child = Measured("spinner", ["-c", spin], tmp_path / "spinner.log")
+    try:
+        for _ in range(100):  # up to 5 s for the spin to be done
+            await asyncio.sleep(0.05)
+            if child.thread_cpu_s().get("others", 0.0) >= 0.45:
+                break
+        split = child.thread_cpu_s()
+    finally:
+        await child.stop(timeout_s=5)
+    assert split["others"] >= 0.45
+    assert split["main"] < split["others"]
 
 
 def test_stat_parsing_survives_odd_command_names() -> None:
@@ -180,6 +205,14 @@ def test_the_store_ratio_counts_each_runs_extra_pairs_too() -> None:
     assert "3 pairs" in store.figure
     assert (store.ratio, store.verdict) == ("1.00x (0.70x–1.00x)", "PASS")
     assert medians["store_cpu_us_per_request"]["median"] == pytest.approx(40.0)
+
+
+def test_the_store_cost_is_split_between_the_event_loop_and_the_other_threads() -> None:
+    on = {**_system(1000.0, 0.20), "thread_cpu_s": {"main": 5.0, "others": 0.6}}
+    off = {**_system(1000.0, 0.16), "thread_cpu_s": {"main": 4.9, "others": 0.0}}
+    _, medians = summarize({"throughput": [{"worker": on, "nostore": off}]})
+    assert medians["store_cpu_us_per_request_main_thread"]["median"] == pytest.approx(100.0)  # 0.1 s / 1,000
+    assert medians["store_cpu_us_per_request_other_threads"]["median"] == pytest.approx(600.0)
 
 
 def test_worker_and_nostore_run_back_to_back_and_take_turns_first() -> None:

@@ -67,7 +67,7 @@ from bench.infra import SimProcess
 from bench.procs import Measured, kill_leftovers, machine_info, snapworker_env
 from snapworker.amqp.partitioning import partition_queue
 from snapworker.amqp.topology import declare_topology
-from snapworker.settings import Settings
+from snapworker.settings import Settings, redact_url
 from snapworker.tracking.loop import tracking_queues
 
 __all__ = ["SoakConfig", "SoakResult", "format_report", "main", "run_soak"]
@@ -103,6 +103,9 @@ class SoakConfig:
     retry_max_time_s: float = 30.0
     rate_limit: float = 20.0
     partitions: int = 0
+    #: None: one SQLite idempotency store for all workers (one host); a URL: Redis, as a fleet runs (the shared
+    #: rate budget comes with it). The soak's keys there are deleted at the end.
+    redis_url: str | None = None
     rss_bound_mb: float = 150.0
     drain_timeout_s: float = 240.0
     seed: int | None = None
@@ -127,6 +130,8 @@ class SoakConfig:
         }
         if self.partitions:
             settings["partitions"] = str(self.partitions)
+        if self.redis_url is not None:
+            settings.update(idempotency_store="redis", redis_url=self.redis_url)
         return settings
 
     def sim_argv(self, token: str) -> list[str]:
@@ -529,9 +534,23 @@ def _event_text(event: dict[str, Any]) -> str:
     return f"{event['action']} worker{event['slot']} (pid {event['pid']}{extra}), restarted"
 
 
+async def _delete_idempotency_keys(url: str, namespace: str) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"snapworker:idem:{namespace}\x1f*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await client.delete(*keys[start : start + 1000])
+    finally:
+        await client.aclose()
+
+
 async def run_soak(config: SoakConfig) -> SoakResult:
     """Run one soak as ``config`` says; never raises for a broken invariant (see ``SoakResult.ok``)."""
     check_loopback(config.amqp_url)
+    if config.redis_url is not None:
+        check_loopback(config.redis_url)
     rng = random.Random(config.seed)
     log_dir = config.log_dir / f"soak-{datetime.now(UTC):%Y%m%dT%H%M%S}"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -653,6 +672,9 @@ async def run_soak(config: SoakConfig) -> SoakResult:
             for name in every_queue:
                 await channel.queue_delete(name)
             await cleanup.close()
+        if config.redis_url is not None:
+            with contextlib.suppress(Exception):
+                await _delete_idempotency_keys(config.redis_url, queues.request)
     fleet.scan_logs()
 
     # -- the figures and the invariants
@@ -748,6 +770,8 @@ async def run_soak(config: SoakConfig) -> SoakResult:
     if not invariants["memory_bounded"]:
         problems.append(f"peak worker RSS {peak} MB (bound {config.rss_bound_mb} MB)")
     config_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    if config.redis_url is not None:
+        config_json["redis_url"] = redact_url(config.redis_url)
     config_json["amqp_url"] = re.sub(r"//[^@/]*@", "//***@", config.amqp_url)
     return SoakResult(figures=figures, invariants=invariants, problems=problems, config=config_json)
 
@@ -757,7 +781,8 @@ def format_report(result: SoakResult) -> str:
     c = result.config
     lines = [
         f"chaos soak: {c['minutes']:g} min, {c['workers']} workers, {c['rate']:g} requests/s, "
-        f"broker restarts {'on' if c['broker_restarts'] else 'off'}",
+        f"broker restarts {'on' if c['broker_restarts'] else 'off'}, "
+        f"idempotency store {'Redis' if c.get('redis_url') else 'SQLite'}",
         "",
         "| figure | value |",
         "|---|---|",
@@ -825,6 +850,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--projects", type=int, default=10, help="projects the requests spread over (default 10)")
     parser.add_argument("--partitions", type=int, default=0, help="the workers' PARTITIONS (default 0)")
     parser.add_argument("--no-broker-restart", action="store_true", help="never stop the broker app")
+    parser.add_argument(
+        "--redis-url", default=None, help="idempotency store (and rate budget) on this Redis, as a fleet runs"
+    )
     parser.add_argument("--chaos-every", type=_pair, default=(8.0, 25.0), help="MIN,MAX seconds between faults")
     parser.add_argument("--no-witness", action="store_true", help="let the chaos signal worker 0 too")
     parser.add_argument("--rss-bound-mb", type=float, default=150.0, help="peak RSS a worker may reach (150)")
@@ -844,6 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate=args.rate,
         projects=args.projects,
         partitions=args.partitions,
+        redis_url=args.redis_url,
         broker_restarts=not args.no_broker_restart,
         chaos_every_s=args.chaos_every,
         witness=not args.no_witness,

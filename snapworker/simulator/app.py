@@ -18,12 +18,17 @@ What it answers, in the order the real gateway and service decide:
    "policy user over ratelimit" message. Job queries are not limited.
 3. Injected faults (batch-create only): ``error_429_ratio`` 429 APIG.0308 whatever the limits,
    ``html_error_ratio`` 502 text/html pages, ``error_5xx_ratio`` 500 WKS.0005 / 502 / 503 JSON. No job is
-   created. (``latency_jitter_s`` and ``stall_ratio``/``stall_s`` delay answers: see :class:`SimConfig`.)
+   created. (``latency_jitter_s`` and ``stall_ratio``/``stall_s`` delay answers, and ``drop_after_create_ratio``
+   creates the job and then closes the connection unanswered: see :class:`SimConfig`.)
 4. The service: 400 WKS.0001 for a body the real API refuses, 404 WKS.0202 for an unknown desktop, 409
    WKS.0110 for a busy one (for ``busy_for_s`` after the first call that found it busy, or for ever), else 200
    ``{"job_id"}``. Service errors use ``{error_code, error_msg, error_detail, encoded_authorization_message}``;
    404/409 name the first desktop at fault in ``error_msg`` and ``error_detail`` unless ``name_culprits`` is off
    (then the batch has to be bisected to find it).
+
+Reads: ``GET workspace-jobs/{job_id}`` and ``GET workspace-sub-jobs`` (the SDK's ``ShowJobResponse`` and
+``ListItaSubJobsResponse``, see :mod:`.service`), ``GET snapshots`` (``ListDesktopSnapshotResponse``, see
+:mod:`.snapshots`); 400 WKS.0001 for a query the API refuses. They are not flow-controlled.
 
 Every response, errors and unknown paths included, carries an ``X-Request-Id`` (uuid hex). ``/_sim/stats``
 (GET) and ``/_sim/reset`` (POST) need no credentials. Error codes and messages follow Huawei's published
@@ -48,7 +53,7 @@ from aiohttp.typedefs import Handler
 
 from snapworker.simulator.cli import add_arguments, config_from_args
 from snapworker.simulator.service import InvalidBody, JobStore, parse_batch_create
-from snapworker.simulator.snapshots import SnapshotIndex
+from snapworker.simulator.snapshots import InvalidQuery, SnapshotIndex, parse_listing_query
 from snapworker.simulator.state import FlowLimiter, SimConfig, SimStats, retry_after_header
 from snapworker.simulator.verify import SignatureError, verify_signature
 
@@ -209,7 +214,24 @@ class Simulator:
         body = await request.read()
         response = self._decide_batch_create(request, body, now)
         stats.record_status(response.status, now)
+        # 200 is only ever answered with a new job. The roll is made only then, so this fault leaves the draws
+        # of the others as they were.
+        ratio = self.config.drop_after_create_ratio
+        if response.status == 200 and ratio > 0 and self._rng.random() < ratio:
+            stats.dropped_answers += 1
+            return self._drop_connection(request, response)
         return await self._answer(response, may_stall=True)
+
+    @staticmethod
+    def _drop_connection(request: web.Request, response: web.Response) -> web.Response:
+        """Close the connection before anything is written; returns the answer that will never be sent.
+
+        aiohttp then fails to write it to the closing transport, takes that for a client gone away (logged at
+        debug level only, no traceback) and goes on serving other connections.
+        """
+        if request.transport is not None:
+            request.transport.close()
+        return response
 
     def _decide_batch_create(self, request: web.Request, body: bytes, now: float) -> web.Response:
         config = self.config
@@ -289,6 +311,7 @@ class Simulator:
         return _gateway_error(status, "APIG.0201", "Backend unavailable")
 
     async def _get_job(self, request: web.Request) -> web.Response:
+        self._stats.record_read(time.monotonic())
         self._stats.job_queries += 1
         user = self._authenticate(request, await request.read())
         if isinstance(user, web.Response):
@@ -302,18 +325,23 @@ class Simulator:
         return await self._answer(response)
 
     async def _list_snapshots(self, request: web.Request) -> web.Response:
-        """``GET snapshots?desktop_id=&snapshot_name=&disk_type=&status=&offset=&limit=`` (see sim_snapshots)."""
+        """``GET snapshots`` with the SDK's ``ListDesktopSnapshotRequest`` query (lists as repeated keys) ->
+        ``{"desktop_snapshots": [...], "total_count"}`` (see :mod:`.snapshots`); 400 WKS.0001 for a bad query."""
+        self._stats.record_read(time.monotonic())
+        self._stats.snapshot_queries += 1
         user = self._authenticate(request, await request.read())
         if isinstance(user, web.Response):
             return await self._answer(user)
         try:
-            listing = self.snapshots.listing(request.match_info["project_id"], dict(request.query), time.monotonic())
-        except ValueError:
-            return await self._answer(_service_error(400, "WKS.0001", "offset and limit must be integers", "limit"))
+            query = parse_listing_query(request.query)
+        except InvalidQuery as exc:
+            return await self._answer(_service_error(400, "WKS.0001", str(exc), exc.field))
+        listing = self.snapshots.listing(request.match_info["project_id"], query, time.monotonic())
         return await self._answer(web.json_response(listing))
 
     async def _list_sub_jobs(self, request: web.Request) -> web.Response:
         """``GET workspace-sub-jobs?job_id=&limit=&offset=`` -> ``{"total_count", "jobs": [sub-job, ...]}``."""
+        self._stats.record_read(time.monotonic())
         self._stats.sub_job_queries += 1
         user = self._authenticate(request, await request.read())
         if isinstance(user, web.Response):

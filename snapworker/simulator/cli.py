@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-jitter-s", type=float, default=0.0, help="random extra delay, up to this")
     parser.add_argument("--stall-ratio", type=float, default=0.0, help="share of calls answered --stall-s later")
     parser.add_argument("--stall-s", type=float, default=0.0, help="how much later a stalled call is answered")
+    parser.add_argument(
+        "--drop-after-create-ratio",
+        type=float,
+        default=0.0,
+        help="share of calls that create their job, then close the connection without answering",
+    )
     parser.add_argument("--unknown-desktop", action="append", default=[], help="desktop ID answered 404")
     parser.add_argument("--busy-desktop", action="append", default=[], help="desktop ID answered 409")
     parser.add_argument(
@@ -62,6 +68,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         latency_jitter_s=args.latency_jitter_s,
         stall_ratio=args.stall_ratio,
         stall_s=args.stall_s,
+        drop_after_create_ratio=args.drop_after_create_ratio,
         unknown_desktops=frozenset(args.unknown_desktop),
         busy_desktops=frozenset(args.busy_desktop),
         busy_for_s=args.busy_for_s,

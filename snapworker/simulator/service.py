@@ -19,6 +19,7 @@ __all__ = [
     "InvalidBody",
     "Job",
     "JobStore",
+    "desktop_name",
     "parse_batch_create",
 ]
 
@@ -32,8 +33,17 @@ DISK_TYPES: Final = frozenset({"SYSTEM_DISK", "DATA_DISKS", "ALL"})
 # --------------------------------------------------------------------------------------------------- jobs
 
 
+#: The job type of a batch-create job and of its sub-jobs (Huawei's value is not documented: an imitation).
+JOB_TYPE: Final = "BATCH_CREATE_SNAPSHOTS"
+
+
 def _huawei_time(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def desktop_name(desktop_id: str) -> str:
+    """The name the simulator gives a desktop (jobs' entities and snapshots alike)."""
+    return f"desktop-{desktop_id[:8]}"
 
 
 @dataclass(slots=True)
@@ -50,17 +60,27 @@ class Job:
     """Wall clock, UTC."""
     duration_s: float
 
+    def done(self, now: float) -> bool:
+        """Whether the job has ended at monotonic time ``now``."""
+        return now - self.created_at >= self.duration_s
+
+    def progress(self, now: float) -> int:
+        """Percent done at ``now``: 100 once ended, else the share of ``duration_s`` elapsed (at most 99)."""
+        if self.done(now):
+            return 100
+        return min(99, int(100 * (now - self.created_at) / self.duration_s))
+
     def to_dict(self, now: float, *, inline: int | None = None) -> dict[str, Any]:
-        """The ``GET /v2/{project_id}/workspace-jobs/{job_id}`` document at monotonic time ``now``; ``inline``:
-        how many sub-jobs it lists (None: all; ``sub_jobs_total`` always counts all)."""
-        done = now - self.created_at >= self.duration_s
-        end_time = _huawei_time(self.begin_time + timedelta(seconds=self.duration_s)) if done else None
+        """The ``GET /v2/{project_id}/workspace-jobs/{job_id}`` document at monotonic time ``now`` (the SDK's
+        ``ShowJobResponse``); ``inline``: how many sub-jobs it lists (None: all; ``sub_jobs_total`` always counts
+        all)."""
+        done = self.done(now)
         failed_job = done and not self.failing.isdisjoint(self.desktop_ids)
         return {
             "id": self.id,
-            "job_type": "BATCH_CREATE_SNAPSHOTS",
+            "job_type": JOB_TYPE,
             "begin_time": _huawei_time(self.begin_time),
-            "end_time": end_time,
+            "end_time": self._end_time(done),
             "status": ("FAIL" if failed_job else "SUCCESS") if done else "RUNNING",
             "job_error_code": "WKS.0005" if failed_job else None,
             "fail_reason": "Some snapshots failed to be created." if failed_job else None,
@@ -68,10 +88,15 @@ class Job:
             "sub_jobs": self.sub_jobs(now, 0, inline),
         }
 
+    def _end_time(self, done: bool) -> str | None:
+        return _huawei_time(self.begin_time + timedelta(seconds=self.duration_s)) if done else None
+
     def sub_jobs(self, now: float, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-        """The sub-jobs from ``offset`` (at most ``limit``), one per desktop, as the job lists them."""
-        done = now - self.created_at >= self.duration_s
+        """The sub-jobs from ``offset`` (at most ``limit``), one per desktop, as the job lists them: each the
+        SDK's ``JobDetailInfo`` (``job_id`` is the parent job's id, ``process`` an int percent)."""
+        done = self.done(now)
         job_uuid = uuid.UUID(self.id)
+        begin_time, end_time, process = _huawei_time(self.begin_time), self._end_time(done), self.progress(now)
         end = len(self.desktop_ids) if limit is None else offset + limit
         sub_jobs = []
         for desktop_id in self.desktop_ids[offset:end]:
@@ -79,11 +104,16 @@ class Job:
             sub_jobs.append(
                 {
                     "id": str(uuid.uuid5(job_uuid, desktop_id)),
+                    "job_type": JOB_TYPE,
+                    "entities": {"desktop_id": desktop_id, "desktop_name": desktop_name(desktop_id)},
+                    "begin_time": begin_time,
+                    "end_time": end_time,
                     "status": ("FAIL" if failed else "SUCCESS") if done else "RUNNING",
                     "error_code": "WKS.0005" if failed else None,
                     "fail_reason": f"Failed to create the snapshot of desktop {desktop_id}." if failed else None,
-                    "process": "100" if done else "0",
-                    "entities": {"desktop_id": desktop_id, "desktop_name": f"desktop-{desktop_id[:8]}"},
+                    "project_id": self.project_id,
+                    "job_id": self.id,
+                    "process": process,
                 }
             )
         return sub_jobs

@@ -51,6 +51,11 @@ class SimConfig:
     """Share of batch-create calls whose answer is held ``stall_s`` more (after the job is created): with
     ``stall_s`` over the client's read timeout, a response timeout whose job may exist."""
     stall_s: float = 0.0
+    drop_after_create_ratio: float = 0.0
+    """Share of batch-create calls that create their job (and its snapshots) and then close the connection
+    without any answer: the client sees the connection drop after its request was sent. Drawn only among calls
+    that would have created a job; counted in ``dropped_answers`` and, as the service's decision, in
+    ``calls_by_status`` as 200."""
     unknown_desktops: frozenset[str] = frozenset()
     """A batch containing one is refused 404 WKS.0202, naming the first one (see ``name_culprits``)."""
     busy_desktops: frozenset[str] = frozenset()
@@ -91,13 +96,16 @@ _NOT_ADMITTED = frozenset({401, 429})
 
 
 class SimStats:
-    """Counters over batch-create calls. Memory: O(distinct desktops + calls in the last minute)."""
+    """Counters over batch-create calls and reads. Memory: O(distinct desktops + calls in the last minute)."""
 
     def __init__(self) -> None:
         self.calls_total = 0
         self.jobs_created = 0
         self.job_queries = 0
         self.sub_job_queries = 0
+        self.snapshot_queries = 0
+        self.dropped_answers = 0  # batch-create calls whose job was created but whose answer was never sent
+        self.max_reads_in_one_second = 0
         self.calls_by_status: Counter[int] = Counter()
         self.batch_sizes: Counter[int] = Counter()
         self.desktops: set[str] = set()
@@ -107,6 +115,7 @@ class SimStats:
         self.max_arrivals_in_any_60_s = 0
         self.max_calls_in_any_60_s = 0
         self._last_second: deque[float] = deque()
+        self._reads_last_second: deque[float] = deque()
         self._arrivals_last_minute: deque[float] = deque()
         self._admitted_last_minute: deque[float] = deque()
 
@@ -116,6 +125,12 @@ class SimStats:
         self.max_calls_in_one_second = max(self.max_calls_in_one_second, _busiest(self._last_second, now, 1.0))
         in_minute = _busiest(self._arrivals_last_minute, now, 60.0)
         self.max_arrivals_in_any_60_s = max(self.max_arrivals_in_any_60_s, in_minute)
+
+    def record_read(self, now: float) -> None:
+        """A read GET arrived (a job, a sub-jobs page or a snapshot listing; before any check). Tracks the
+        busiest sliding 1 s window of reads."""
+        in_second = _busiest(self._reads_last_second, now, 1.0)
+        self.max_reads_in_one_second = max(self.max_reads_in_one_second, in_second)
 
     def record_status(self, status: int, now: float | None = None) -> None:
         """The answer to a call that arrived at ``now`` (its :meth:`record_arrival` time; default: the present).
@@ -154,6 +169,9 @@ class SimStats:
             "jobs_created": self.jobs_created,
             "job_queries": self.job_queries,
             "sub_job_queries": self.sub_job_queries,
+            "snapshot_queries": self.snapshot_queries,
+            "max_reads_in_one_second": self.max_reads_in_one_second,
+            "dropped_answers": self.dropped_answers,
         }
 
 

@@ -11,8 +11,9 @@ Third-party errors (aiohttp, aio-pika, pydantic) are translated at the edge that
     ├── ResultTimeout               SnapshotClient.create_snapshots got no result in time
     ├── ApiError                    the Workspace API did not create a job
     │   ├── ApiDeadlineExceeded     the request's deadline passed before the limiter let a try go
-    │   ├── ApiTransportError       no HTTP response (connection refused, reset, DNS, TLS)
-    │   │   └── ApiResponseTimeout  the request was sent but no answer came: a job may exist anyway
+    │   ├── ApiTransportError       no HTTP response, and nothing was sent (connect, DNS, TLS refused)
+    │   │   └── ApiResponseLost     the request may have reached the API, and no answer came: maybe created
+    │   │       └── ApiResponseTimeout  ... because the answer did not come in time
     │   └── ApiStatusError          an HTTP error response, with Huawei's error body parsed
     │       ├── ApiThrottled        429, or APIG.0308 in any status
     │       ├── ApiServerError      5xx
@@ -32,6 +33,7 @@ __all__ = [
     "ApiClientError",
     "ApiDeadlineExceeded",
     "ApiError",
+    "ApiResponseLost",
     "ApiResponseTimeout",
     "ApiServerError",
     "ApiStatusError",
@@ -85,11 +87,13 @@ class ApiError(SnapworkerError):
     """A batch-create call did not create a job.
 
     ``retryable`` says whether the same call may succeed later; ``maybe_created`` whether the cloud may have
-    created the job although we saw no success (the response was lost).
+    created the job although we saw no success (the response was lost); ``tries``: the tries the call made
+    before it gave up (throttled ones not counted).
     """
 
     retryable: bool = False
     maybe_created: bool = False
+    tries: int = 1
     http_status: int | None = None
     error_code: str = "SNAPWORKER.API_ERROR"
     error_detail: str | None = None
@@ -108,16 +112,25 @@ class ApiDeadlineExceeded(ApiError):
 
 
 class ApiTransportError(ApiError):
-    """No HTTP response at all: the request may not have reached the API."""
+    """No HTTP response, and no byte of the request reached the socket (connecting, DNS or TLS failed): the
+    API cannot have processed it, so sending it again is safe."""
 
     retryable = True
     error_code = "SNAPWORKER.TRANSPORT"
 
 
-class ApiResponseTimeout(ApiTransportError):
-    """The request was sent but the response did not arrive in time."""
+class ApiResponseLost(ApiTransportError):
+    """The request was (at least partly) written, and no usable answer came: the connection dropped or was
+    reset, or the answer's body broke off. The API may have processed it: ``maybe_created``. A POST is never
+    sent again before the API's snapshots were checked (reconciled)."""
 
     maybe_created = True
+    error_code = "SNAPWORKER.RESPONSE_LOST"
+
+
+class ApiResponseTimeout(ApiResponseLost):
+    """The request was sent but the response did not arrive in time."""
+
     error_code = "SNAPWORKER.RESPONSE_TIMEOUT"
 
 

@@ -134,10 +134,11 @@ class Settings(BaseSettings):
         description="Redis for state a fleet shares (the rate budget of one credential); off if unset.",
     )
     retry_max_tries: int = Field(default=8, ge=1, description="Tries of one batch, the first included.")
-    retry_on_response_timeout: bool = Field(
-        default=False,
-        description="Retry a POST whose response timed out. It may duplicate snapshots; without it the "
-        "desktops fail with maybe_created=true.",
+    reconcile_delay_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="A call whose answer was lost: its desktops' snapshots are listed this long after (the API may "
+        "still be recording it), and only those it did not make are sent again.",
     )
     isolate_max_extra_calls: int = Field(
         default=16,
@@ -183,9 +184,16 @@ class Settings(BaseSettings):
     )
     track_prefetch: int = Field(default=32, ge=1, le=65535, description="Tracking messages one worker holds.")
     read_rate_limit: float = Field(
-        default=3.0, gt=0, description="Job reads (GET) per second, a budget apart from batch-create's."
+        default=3.0,
+        gt=0,
+        description="Reads (GET: job tracking and snapshot listings) per second and credential, a budget apart "
+        "from batch-create's.",
     )
-    read_rate_burst: int = Field(default=5, ge=1, description="Reads allowed at once above the steady rate.")
+    read_rate_burst: int = Field(
+        default=1,
+        ge=1,
+        description="Reads that may go at once; 1 keeps every second at READ_RATE_LIMIT reads at most.",
+    )
 
     # -- process
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
@@ -335,6 +343,11 @@ def load_settings(**overrides: object) -> Settings:
 
 #: SNAPWORKER_* variables that are not settings: the test suite's own.
 _NOT_SETTINGS_PREFIXES = ("SNAPWORKER_TEST_",)
+#: Settings that were removed, and why nothing takes their place.
+_RETIRED = {
+    "RETRY_ON_RESPONSE_TIMEOUT": "a call whose answer was lost is reconciled against the API's snapshots before "
+    "anything is sent again (see SNAPWORKER_RECONCILE_DELAY_S)",
+}
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
@@ -347,6 +360,9 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
             continue
         name = upper.removeprefix("SNAPWORKER_")
         if name in known:
+            continue
+        if name in _RETIRED:
+            warnings.append(f"ignoring {variable}: the setting was retired: {_RETIRED[name]}")
             continue
         # compared without the prefix they all share, which would make any two names look alike
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)

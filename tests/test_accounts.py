@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from snapworker.cloud.accounts import AccountRouter, NoAccountForProject, load_accounts
 from snapworker.cloud.client import WorkspaceClient
-from snapworker.cloud.limiter import Grant
+from snapworker.cloud.limiter import Grant, Limiter
 from snapworker.domain.jobs import CreatedJob
 from snapworker.domain.keys import MergeKey
 from snapworker.errors import ConfigError
@@ -85,12 +86,29 @@ class _FakeClient(WorkspaceClient):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.calls: list[str] = []
+        self.reads: list[str] = []
+
+    async def get_json(
+        self, path: str, project_id: str, *, limiter: Limiter | None = None, grant: Grant | None = None
+    ) -> dict[str, Any]:
+        if grant is not None:
+            self.read_limiter.release()
+        self.reads.append(project_id)
+        snapshot = {"snapshot_id": f"s-{project_id}", "desktop_id": "d1", "description": "snapworker:a1"}
+        return {"desktop_snapshots": [snapshot], "total_count": 1}
 
     async def batch_create(
-        self, key: MergeKey, desktop_ids: Sequence[str], *, grant: Grant | None = None, deadline: float | None = None
+        self,
+        key: MergeKey,
+        desktop_ids: Sequence[str],
+        *,
+        grant: Grant | None = None,
+        deadline: float | None = None,
+        marker: str | None = None,
+        max_tries: int | None = None,
     ) -> CreatedJob:
         self.calls.append(key.project_id)
-        return CreatedJob("job", None, False)
+        return CreatedJob("job", None)
 
 
 def _router(tmp_path: Path, text: str = TWO_ACCOUNTS) -> tuple[AccountRouter, dict[str, _FakeClient]]:
@@ -130,3 +148,13 @@ async def test_the_gates_grant_is_released_when_the_call_ends(tmp_path: Path) ->
     grant = await router.limiter.acquire("batches")
     await router.batch_create(MergeKey("p-eu-1", None, None, None), ["d1"], grant=grant)
     assert router.limiter.in_flight == 0
+
+
+async def test_snapshot_listings_go_through_the_projects_account_and_its_read_budget(tmp_path: Path) -> None:
+    router, clients = _router(tmp_path)
+    assert router.read_limiter("p-eu-1") is clients["europe"].read_limiter
+    assert router.read_limiter("p-other") is clients["default"].read_limiter
+    found = await router.list_snapshots("p-eu-1", ["d1"], since=0.0)
+    await router.list_snapshots("p-other", ["d1"], since=0.0)
+    assert [s.snapshot_id for s in found["d1"]] == ["s-p-eu-1"]
+    assert (clients["europe"].reads, clients["default"].reads) == (["p-eu-1"], ["p-other"])

@@ -20,12 +20,19 @@ class FakeApi:
         self.calls: list[tuple[str, ...]] = []
 
     async def batch_create(
-        self, key: MergeKey, desktop_ids: Sequence[str], *, grant: Grant | None = None, deadline: float | None = None
+        self,
+        key: MergeKey,
+        desktop_ids: Sequence[str],
+        *,
+        grant: Grant | None = None,
+        deadline: float | None = None,
+        marker: str | None = None,
+        max_tries: int | None = None,
     ) -> CreatedJob:
         if grant is not None:
             self.limiter.release()
         self.calls.append(tuple(desktop_ids))
-        return CreatedJob(f"job-{len(self.calls)}", None, False)
+        return CreatedJob(f"job-{len(self.calls)}", None)
 
 
 class Harness:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 from multidict import CIMultiDict
@@ -16,7 +16,8 @@ from snapworker.cloud.responses import error_from_response
 from snapworker.contract.models import JobEntry, ResultError, SnapshotResult
 from snapworker.core import Batch, BatchingCore, MergeKey, Outcome
 from snapworker.domain.jobs import CreatedJob
-from snapworker.errors import ApiStatusError
+from snapworker.domain.snapshots import Absent, Created, Doubt, Reconciled, Unknown, Verdict
+from snapworker.errors import ApiResponseLost, ApiStatusError
 from snapworker.runtime.sending import BatchSender
 from tests.core.helpers import request
 
@@ -66,7 +67,14 @@ class FakeApi:
         self.called_at: list[float] = []
 
     async def batch_create(
-        self, key: MergeKey, desktop_ids: Sequence[str], *, grant: Grant | None = None, deadline: float | None = None
+        self,
+        key: MergeKey,
+        desktop_ids: Sequence[str],
+        *,
+        grant: Grant | None = None,
+        deadline: float | None = None,
+        marker: str | None = None,
+        max_tries: int | None = None,
     ) -> CreatedJob:
         self.calls.append(tuple(desktop_ids))
         if self.clock is not None:
@@ -74,7 +82,7 @@ class FakeApi:
         error = self.answer(desktop_ids)
         if error is not None:
             raise error
-        return CreatedJob(f"job-{len(self.calls)}", None, False)
+        return CreatedJob(f"job-{len(self.calls)}", None)
 
 
 def batch(*segments: tuple[str, ...]) -> Batch:
@@ -292,3 +300,142 @@ async def test_a_request_with_one_unknown_desktop_gets_a_partial_result() -> Non
     assert error.error_msg == "The desktop does not exist: ghost"
     assert results["r2"].status == "accepted"
     assert SnapshotResult.model_validate_json(partial.model_dump_json()) == partial  # the contract's shape
+
+
+# -- answers lost in flight: reconciled before anything is sent again
+
+
+class LossyApi(FakeApi):
+    """Loses the answer of its first ``losses`` calls; ``processed`` says whether the API made their snapshots.
+    ``made``: desktop -> the marker the call that snapshotted it wrote."""
+
+    def __init__(self, *, losses: int, processed: bool) -> None:
+        super().__init__(lambda ids: None)
+        self.losses, self.processed = losses, processed
+        self.made: dict[str, str | None] = {}
+        self.markers: list[str | None] = []
+
+    async def batch_create(
+        self,
+        key: MergeKey,
+        desktop_ids: Sequence[str],
+        *,
+        grant: Grant | None = None,
+        deadline: float | None = None,
+        marker: str | None = None,
+        max_tries: int | None = None,
+    ) -> CreatedJob:
+        created = await super().batch_create(
+            key, desktop_ids, grant=grant, deadline=deadline, marker=marker, max_tries=max_tries
+        )
+        self.markers.append(marker)
+        if self.losses > 0:
+            self.losses -= 1
+            if self.processed:
+                self.made.update(dict.fromkeys(desktop_ids, marker))
+            raise ApiResponseLost("the connection broke after the request was sent")
+        self.made.update(dict.fromkeys(desktop_ids, marker))
+        return created
+
+
+class FakeReconciler:
+    """Answers from what ``api`` made: a desktop is created when its snapshot carries one of the doubt's markers;
+    ``unknown`` desktops cannot be told."""
+
+    def __init__(self, api: LossyApi, clock: Clock, unknown: frozenset[str] = frozenset()) -> None:
+        self.api, self.clock, self.unknown = api, clock, unknown
+        self.asked: list[tuple[float, tuple[str, ...]]] = []
+
+    async def check(self, key: MergeKey, doubts: Mapping[str, Doubt]) -> Reconciled:
+        self.asked.append((self.clock.now, tuple(doubts)))
+        verdicts: dict[str, Verdict] = {}
+        for desktop_id, doubt in doubts.items():
+            if desktop_id in self.unknown:
+                verdicts[desktop_id] = Unknown("the listing failed")
+            elif self.api.made.get(desktop_id) in doubt.markers:
+                verdicts[desktop_id] = Created(f"snap-{desktop_id}")
+            else:
+                verdicts[desktop_id] = Absent()
+        return Reconciled(verdicts)
+
+
+async def recover(
+    api: LossyApi, b: Batch, *, unknown: frozenset[str] = frozenset(), deadline: float | None = None
+) -> tuple[Outcome, FakeReconciler, Clock]:
+    clock = Clock()
+    reconciler = FakeReconciler(api, clock, unknown)
+    sender = BatchSender(
+        api,
+        max_extra_calls=16,
+        max_tries=3,
+        clock=clock,
+        sleep=clock.sleep,
+        wall_clock=clock,
+        reconciler=reconciler,
+        reconcile_delay_s=5.0,
+    )
+    return await sender.send(b, deadline=deadline), reconciler, clock
+
+
+async def test_a_lost_answer_whose_call_made_the_snapshots_is_answered_with_them_and_not_sent_again() -> None:
+    api = LossyApi(losses=1, processed=True)
+    outcome, _reconciler, _ = await recover(api, batch(("d1", "d2")))
+    assert api.calls == [("d1", "d2")]
+    assert settled(outcome) == {"d1": "reconciled:snap-d1", "d2": "reconciled:snap-d2"}
+    assert not errors(outcome)
+
+
+async def test_a_lost_answer_whose_call_made_nothing_is_sent_again_once() -> None:
+    api = LossyApi(losses=1, processed=False)
+    outcome, _, _ = await recover(api, batch(("d1",), ("d2",)))
+    assert api.calls == [("d1", "d2"), ("d1", "d2")]
+    assert settled(outcome) == {"d1": "job-2", "d2": "job-2"}
+
+
+async def test_the_listing_waits_reconcile_delay_s_after_the_loss() -> None:
+    api = LossyApi(losses=1, processed=True)
+    _, reconciler, clock = await recover(api, batch(("d1",)))
+    assert clock.sleeps == [5.0]
+    assert reconciler.asked == [(1005.0, ("d1",))]
+
+
+async def test_a_desktop_the_listing_cannot_tell_fails_maybe_created_and_is_not_sent_again() -> None:
+    api = LossyApi(losses=1, processed=False)
+    outcome, _, _ = await recover(api, batch(("d1", "d2")), unknown=frozenset({"d2"}))
+    assert api.calls == [("d1", "d2"), ("d1",)]
+    [error] = errors(outcome)
+    assert (error.desktop_ids, error.error_code, error.maybe_created) == (("d2",), "SNAPWORKER.UNRECONCILED", True)
+
+
+async def test_the_tries_before_and_after_each_loss_share_the_batchs_max_tries() -> None:
+    api = LossyApi(losses=10, processed=False)
+    outcome, reconciler, _ = await recover(api, batch(("d1",)))
+    assert len(api.calls) == 3  # max_tries
+    assert len(reconciler.asked) == 3  # the last loss is listed too: found ones would still be answered
+    [error] = errors(outcome)
+    assert (error.error_code, error.maybe_created) == ("SNAPWORKER.RESPONSE_LOST", False)  # listed: not created
+
+
+async def test_no_recovery_starts_when_the_deadline_leaves_no_room() -> None:
+    api = LossyApi(losses=1, processed=True)
+    outcome, reconciler, _ = await recover(api, batch(("d1",)), deadline=1003.0)
+    assert reconciler.asked == []
+    assert errors(outcome)[0].maybe_created
+
+
+async def test_without_a_reconciler_a_lost_answer_fails_maybe_created() -> None:
+    api = LossyApi(losses=1, processed=True)
+    outcome = await send(api, batch(("d1",)))
+    assert api.calls == [("d1",)]
+    assert errors(outcome)[0].maybe_created
+
+
+async def test_every_call_of_a_batch_writes_its_attempts_marker_and_batches_differ() -> None:
+    api = LossyApi(losses=1, processed=False)
+    await recover(api, batch(("d1",)))
+    await recover(api, batch(("d2",)))
+    first, again, other = api.markers
+    assert first == again
+    assert first is not None
+    assert first.startswith("snapworker:")
+    assert other != first

@@ -18,7 +18,8 @@ slows another), and every call is routed by its project ID. The file is TOML::
 
 Each account is the worker's Settings with these fields replaced, validated like them (empty secrets, two kinds
 of credentials, ...). The worker's sender still asks one limiter for a call before it cuts a batch (late binding):
-that gate admits the sum of the accounts' rates; the call then waits for its own account's limiter.
+that gate admits the sum of the accounts' rates; the call then waits for its own account's limiter. Snapshot
+listings (reconciliation) go through the project's account too, under that account's read budget.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from pydantic import ValidationError
 
 from snapworker.cloud.client import ClientObserver, WorkspaceClient
 from snapworker.cloud.limiter import Grant, Limiter, RateLimiter
+from snapworker.cloud.snapshots import SnapshotReader
 from snapworker.domain.jobs import CreatedJob
 from snapworker.domain.keys import MergeKey
+from snapworker.domain.snapshots import SnapshotView
 from snapworker.errors import ApiError, ConfigError
 from snapworker.settings import Settings
 
@@ -148,6 +151,7 @@ class AccountRouter:
                 self._clients[account.name] = WorkspaceClient(
                     account.settings, limiter=build_limiter(account.settings), observer=observer
                 )
+        self._readers = {name: SnapshotReader(client) for name, client in self._clients.items()}
         self._route = {project: account.name for account in accounts for project in account.projects}
         self._default = default.name if default is not None else None
         self._gate = RateLimiter(
@@ -167,12 +171,26 @@ class AccountRouter:
 
     def client_for(self, project_id: str) -> WorkspaceClient:
         """The client of the project's account; NoAccountForProject when none serves it."""
+        return self._clients[self._account_of(project_id)]
+
+    def _account_of(self, project_id: str) -> str:
         name = self._route.get(project_id, self._default)
         if name is None:
             raise NoAccountForProject(
                 f"no account in ACCOUNTS_FILE serves project {project_id!r}, and there is no [default]"
             )
-        return self._clients[name]
+        return name
+
+    def read_limiter(self, project_id: str) -> Limiter:
+        """The read budget of the project's account (its job reads and snapshot listings share it)."""
+        return self.client_for(project_id).read_limiter
+
+    async def list_snapshots(
+        self, project_id: str, desktop_ids: Sequence[str], *, since: float, grant: Grant | None = None
+    ) -> dict[str, list[SnapshotView]]:
+        """The snapshot listing through the project's account (see SnapshotReader.list_snapshots)."""
+        reader = self._readers[self._account_of(project_id)]
+        return await reader.list_snapshots(project_id, desktop_ids, since=since, grant=grant)
 
     async def batch_create(
         self,
@@ -181,12 +199,14 @@ class AccountRouter:
         *,
         grant: Grant | None = None,
         deadline: float | None = None,
+        marker: str | None = None,
+        max_tries: int | None = None,
     ) -> CreatedJob:
         """The call through the project's account: its limiter, credential and endpoint."""
         try:
             client = self.client_for(key.project_id)
             # the gate's grant is not the account's: the call waits for its own account's budget
-            return await client.batch_create(key, desktop_ids, deadline=deadline)
+            return await client.batch_create(key, desktop_ids, deadline=deadline, marker=marker, max_tries=max_tries)
         finally:
             if grant is not None:
                 self._gate.release()

@@ -1,4 +1,4 @@
-"""The Workspace API client: batch-create and job queries over one aiohttp session, retried and rate limited.
+"""The Workspace API client: batch-create and reads over one aiohttp session, retried and rate limited.
 
 aiohttp stops here: its exceptions become :mod:`snapworker.errors` classes (``raise ... from exc``) and its
 responses become parsed values. Authentication is an IAM token (``X-Auth-Token``) or an AK/SK signature made
@@ -8,11 +8,20 @@ Retries (rules in :class:`~snapworker.cloud.retry.RetryPolicy`): a try starts wh
 it (the first try may bring a grant the caller already holds: the worker asks for a call before it cuts the
 batch); waiting for the limiter is never a try. The time budget starts when the first try is granted. A throttled
 try (429 / APIG.0308) is not a retry either: it cuts and pauses the limiter and waits for it, spending neither
-tries nor the time budget, until the caller's ``deadline`` (or, without one, the time budget) would pass. A POST
-whose response timed out is retried only with RETRY_ON_RESPONSE_TIMEOUT; a success then has
-``possible_duplicate=True`` and a final failure has ``maybe_created=True``. Job queries (GET) always retry
-timeouts; they go through the ``limiter`` their caller gives (reads have their own, higher limit: see
-:mod:`snapworker.cloud.jobs`), never through batch-create's.
+tries nor the time budget, until the caller's ``deadline`` (or, without one, the time budget) would pass.
+
+**A failed try is classified by when it failed.** It was *not sent* only if it failed before any byte of the
+request could reach the socket (connecting, DNS, TLS: aiohttp's ``on_request_headers_sent`` had not fired), or if
+the answer says the API did not process it (429, 503). Anything later (a reset, a dropped connection, a broken
+answer body, a response timeout, a gateway's 502/504 or a 5xx that is not the Workspace service's own error) is
+:class:`~snapworker.errors.ApiResponseLost`, ``maybe_created``: a POST is then never tried again here; the
+sender lists the desktops' snapshots first (:mod:`snapworker.idempotency.reconcile`). Reads (GET) retry anything
+retryable.
+
+Reads go through a budget of their own (:attr:`WorkspaceClient.read_limiter`, READ_RATE_LIMIT /
+READ_RATE_BURST), never batch-create's: job tracking and reconciliation share it. The connection pool has no cap
+of its own: both limiters bound the calls in flight, so a try never waits for a pooled connection, and no timeout
+counts such a wait (``connect`` covers DNS, TCP and TLS; ``sock_read`` the wait for each part of the answer).
 """
 
 from __future__ import annotations
@@ -24,9 +33,9 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -35,12 +44,21 @@ import backoff
 from yarl import URL
 
 from snapworker.cloud.limiter import Grant, Limiter, RateLimiter
-from snapworker.cloud.responses import error_from_response, parse_created_job, parse_job
+from snapworker.cloud.responses import error_from_response, may_have_processed, parse_created_job, parse_job
 from snapworker.cloud.retry import RetryPolicy
 from snapworker.cloud.signing import sdk_date_now, sign_request
 from snapworker.domain.jobs import CreatedJob
 from snapworker.domain.keys import MergeKey
-from snapworker.errors import ApiDeadlineExceeded, ApiError, ApiResponseTimeout, ApiThrottled, ApiTransportError
+from snapworker.domain.snapshots import marked_disks
+from snapworker.errors import (
+    ApiDeadlineExceeded,
+    ApiError,
+    ApiResponseLost,
+    ApiResponseTimeout,
+    ApiServerError,
+    ApiThrottled,
+    ApiTransportError,
+)
 from snapworker.settings import Settings
 
 __all__ = ["ClientObserver", "WorkspaceClient", "batch_create_body"]
@@ -48,6 +66,10 @@ __all__ = ["ClientObserver", "WorkspaceClient", "batch_create_body"]
 log = logging.getLogger("snapworker.cloud")
 
 MAX_DESKTOPS_PER_CALL = 100
+#: Reads are paced this much under READ_RATE_LIMIT. At the full rate, the (N+1)th read of a busy second is granted
+#: exactly one second after the first, and a few ms of jitter on the way (the event loop, the network) would put
+#: N+1 into one second at the API: the headroom keeps every second at READ_RATE_LIMIT reads or fewer.
+_READ_HEADROOM = 0.9
 
 
 class ClientObserver(Protocol):
@@ -65,28 +87,66 @@ class _Response:
     body: bytes
 
 
-def batch_create_body(key: MergeKey, desktop_ids: Sequence[str]) -> bytes:
-    """The exact JSON bytes of a batch-create call; fields (and snapshot info fields) that are None left out."""
+def batch_create_body(key: MergeKey, desktop_ids: Sequence[str], *, marker: str | None = None) -> bytes:
+    """The exact JSON bytes of a batch-create call; fields (and snapshot info fields) that are None left out.
+
+    ``marker`` (see :mod:`snapworker.domain.snapshots`) becomes the description of each disk the call snapshots
+    whose description the request left empty; a description the request gives is sent as it is."""
     if not 1 <= len(desktop_ids) <= MAX_DESKTOPS_PER_CALL:
         raise ValueError(f"batch-create takes 1 to {MAX_DESKTOPS_PER_CALL} desktops, got {len(desktop_ids)}")
     body: dict[str, Any] = {"desktop_ids": list(desktop_ids)}
     if key.disk_type is not None:
         body["disk_type"] = key.disk_type
+    marked = marked_disks(key) if marker is not None else ()
     for name, info in (
         ("system_disk_snapshot", key.system_disk_snapshot),
         ("data_disk_snapshot", key.data_disk_snapshot),
     ):
         fields = info.model_dump(exclude_none=True) if info is not None else {}
+        if name in marked:
+            fields["description"] = marker
         if fields:  # an info with nothing set says nothing: leave it out
             body[name] = fields
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+class _TryTrace:
+    """One try's progress, as aiohttp's tracing tells it. ``sent``: None when the session has no such tracing (a
+    session given from outside): then any failure past connecting counts as possibly sent."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent: bool | None = None
+
+
+def _sent_trace() -> aiohttp.TraceConfig:
+    """Tracing that marks a try as sent just before its headers go to the connection (nothing earlier reaches
+    the socket: the connection is made, or taken from the pool, before)."""
+
+    async def on_start(_: aiohttp.ClientSession, ctx: SimpleNamespace, __: aiohttp.TraceRequestStartParams) -> None:
+        if isinstance(ctx.trace_request_ctx, _TryTrace):
+            ctx.trace_request_ctx.sent = False
+
+    async def on_headers(
+        _: aiohttp.ClientSession, ctx: SimpleNamespace, __: aiohttp.TraceRequestHeadersSentParams
+    ) -> None:
+        if isinstance(ctx.trace_request_ctx, _TryTrace):
+            ctx.trace_request_ctx.sent = True
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_start)
+    trace.on_request_headers_sent.append(on_headers)
+    return trace
+
+
 class WorkspaceClient:
     """One credential's connection to the Workspace API. Use as ``async with WorkspaceClient(settings) as c:``.
 
-    ``limiter`` defaults to one built from ``settings``; share one limiter between clients of one credential.
-    A given ``session`` is used as is and not closed; otherwise the client makes (and closes) its own.
+    ``limiter`` (batch-create's) defaults to one built from ``settings``; share one limiter between clients of one
+    credential. ``read_limiter`` (every GET's) defaults to READ_RATE_LIMIT / READ_RATE_BURST, at most
+    MAX_CONCURRENCY reads in flight. A given ``session`` is used as is and not closed; otherwise the client makes
+    (and closes) its own.
     ``clock``/``sleep``/``jitter``/``sdk_date`` are for tests.
     """
 
@@ -95,6 +155,7 @@ class WorkspaceClient:
         settings: Settings,
         *,
         limiter: Limiter | None = None,
+        read_limiter: Limiter | None = None,
         session: aiohttp.ClientSession | None = None,
         observer: ClientObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -105,6 +166,13 @@ class WorkspaceClient:
         self._settings = settings
         self._base_url = settings.api_url.rstrip("/")
         self._limiter: Limiter = limiter if limiter is not None else RateLimiter.from_settings(settings)
+        self._read_limiter: Limiter = (
+            read_limiter
+            if read_limiter is not None
+            else RateLimiter(
+                settings.read_rate_limit * _READ_HEADROOM, settings.read_rate_burst, settings.max_concurrency
+            )
+        )
         self._session = session
         self._owns_session = session is None
         self._observer = observer
@@ -114,7 +182,13 @@ class WorkspaceClient:
 
     @property
     def limiter(self) -> Limiter:
+        """Batch-create's budget."""
         return self._limiter
+
+    @property
+    def read_limiter(self) -> Limiter:
+        """The reads' budget (job tracking and reconciliation share it)."""
+        return self._read_limiter
 
     # -- lifecycle
     async def __aenter__(self) -> WorkspaceClient:
@@ -127,28 +201,32 @@ class WorkspaceClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close the session this client made, and its read budget (batch-create's limiter is the caller's)."""
         if self._owns_session and self._session is not None and not self._session.closed:
             await self._session.close()
+        await self._read_limiter.close()
 
     def _get_session(self) -> aiohttp.ClientSession:
         # Made lazily: aiohttp binds a session to the running event loop.
         if self._session is None:
             s = self._settings
             connector = aiohttp.TCPConnector(
-                # batch-create calls are capped at MAX_CONCURRENCY by the limiter; the rest is for job queries.
-                limit=2 * s.max_concurrency,
+                # No cap here: the limiters cap the calls in flight (MAX_CONCURRENCY each for batch-create and
+                # reads). A capped pool would make a try wait for a connection, and a POST timed out while it
+                # waited would look like one the API might have processed.
+                limit=0,
                 # verify certificates and host names; API_CA_FILE: against that bundle (a corporate CA)
                 ssl=ssl.create_default_context(cafile=str(Path(s.api_ca_file).expanduser())) if s.api_ca_file else True,
             )
             timeout = aiohttp.ClientTimeout(
-                # connect bounds connecting (ConnectionTimeoutError: nothing was sent); sock_read bounds the
-                # wait for the answer; total bounds the whole try.
-                total=s.connect_timeout_s + s.read_timeout_s,
+                # connect bounds DNS, TCP and TLS (ConnectionTimeoutError: nothing was sent); sock_read bounds the
+                # wait for each part of the answer. No total: it would count the time before sending too.
+                total=None,
                 connect=s.connect_timeout_s,
                 sock_connect=s.connect_timeout_s,
                 sock_read=s.read_timeout_s,
             )
-            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=[_sent_trace()])
         return self._session
 
     # -- API
@@ -159,38 +237,61 @@ class WorkspaceClient:
         *,
         grant: Grant | None = None,
         deadline: float | None = None,
+        marker: str | None = None,
+        max_tries: int | None = None,
     ) -> CreatedJob:
         """Create snapshots of ``desktop_ids`` (1..100) with ``key``'s settings; retried as the module says.
 
         ``grant``: a call the limiter already granted for this batch (the first try uses it; released here).
         ``deadline`` (this client's clock): throttled tries are repeated until then, not counted as retries.
-        Raises an :class:`~snapworker.errors.ApiError` subclass when no job was created (as far as we know).
+        ``marker``: the attempt's description for undescribed disks (:func:`batch_create_body`).
+        ``max_tries``: what is left of RETRY_MAX_TRIES for this batch (None: all of it).
+        Raises an :class:`~snapworker.errors.ApiError` subclass when no job was created, as far as we know; one
+        with ``maybe_created`` (never tried again here) when the API may have processed the call.
         """
         try:
-            body = batch_create_body(key, desktop_ids)
+            body = batch_create_body(key, desktop_ids, marker=marker)
         except BaseException:
             if grant is not None:
                 self._limiter.release()  # the granted call is not made: its place goes to the next
             raise
         path = f"/v2/{quote(key.project_id, safe='')}/snapshots/batch-create"
-        response, possible_duplicate = await self._call(
-            "POST", path, key.project_id, body, idempotent=False, limited=True, grant=grant, deadline=deadline
+        response = await self._call(
+            "POST",
+            path,
+            key.project_id,
+            body,
+            idempotent=False,
+            limited=True,
+            grant=grant,
+            deadline=deadline,
+            max_tries=max_tries,
         )
         job_id = parse_created_job(response.status, response.headers, response.body)
-        return CreatedJob(job_id, response.headers.get("X-Request-Id"), possible_duplicate)
+        return CreatedJob(job_id, response.headers.get("X-Request-Id"))
 
     async def get_job(self, project_id: str, job_id: str, *, limiter: Limiter | None = None) -> dict[str, Any]:
         """The job document of ``GET /v2/{project_id}/workspace-jobs/{job_id}`` as sent by the API.
 
-        ``limiter``: the read budget each try waits for (None: not limited; never batch-create's limiter)."""
+        ``limiter``: the read budget each try waits for (None: :attr:`read_limiter`)."""
         path = f"/v2/{quote(project_id, safe='')}/workspace-jobs/{quote(job_id, safe='')}"
         return await self.get_json(path, project_id, limiter=limiter)
 
-    async def get_json(self, path: str, project_id: str, *, limiter: Limiter | None = None) -> dict[str, Any]:
+    async def get_json(
+        self, path: str, project_id: str, *, limiter: Limiter | None = None, grant: Grant | None = None
+    ) -> dict[str, Any]:
         """A GET of ``path`` (already quoted, with its query) whose 2xx answer is a JSON object; retried like
-        every call, each try through ``limiter`` when given."""
-        response, _ = await self._call(
-            "GET", path, project_id, b"", idempotent=True, limited=limiter is not None, limiter=limiter
+        every call, each try through ``limiter`` (None: :attr:`read_limiter`; never batch-create's). ``grant``:
+        a read that limiter already granted, for the first try (released here)."""
+        response = await self._call(
+            "GET",
+            path,
+            project_id,
+            b"",
+            idempotent=True,
+            limited=True,
+            limiter=limiter or self._read_limiter,
+            grant=grant,
         )
         return parse_job(response.status, response.headers, response.body)
 
@@ -207,8 +308,9 @@ class WorkspaceClient:
         grant: Grant | None = None,
         deadline: float | None = None,
         limiter: Limiter | None = None,
-    ) -> tuple[_Response, bool]:
-        """One call with its retries: the 2xx response, and whether an earlier try's response timed out.
+        max_tries: int | None = None,
+    ) -> _Response:
+        """One call with its retries: the 2xx response. The error raised carries the ``tries`` made.
 
         A throttled try is not a retry: it spends neither ``max_tries`` nor the time budget (the limiter's
         pause is the wait), and is repeated until ``deadline``. Dramatiq's rate limits burn retries on
@@ -216,12 +318,12 @@ class WorkspaceClient:
         """
         url = self._base_url + path
         limiter = limiter if limiter is not None else self._limiter
-        delays = self._policy.backoff_delays()
+        policy = self._policy if max_tries is None else replace(self._policy, max_tries=max(max_tries, 1))
+        delays = policy.backoff_delays()
         started: float | None = None
         attempt = 0
         excused_s = 0.0  # time spent waiting out throttles: not part of the retry time budget
         throttled_at: float | None = None
-        timed_out_before = False
         while True:
             async with self._try_slot(limiter, project_id, limited, grant, deadline) as slot:
                 grant = None  # only the first try uses a grant made before the call
@@ -232,7 +334,7 @@ class WorkspaceClient:
                     excused_s += now - throttled_at
                     throttled_at = None
                 try:
-                    return await self._try_once(method, url, project_id, body), timed_out_before
+                    return await self._try_once(method, url, project_id, body)
                 except ApiThrottled as exc:
                     if slot is not None:
                         limiter.on_throttle(exc.retry_after_s, sent_at=slot.granted_at)
@@ -242,13 +344,14 @@ class WorkspaceClient:
                 except ApiError as exc:
                     error = exc
             # Outside the slot: while this call backs off, its place goes to another.
-            if timed_out_before and not idempotent:
-                error.maybe_created = True  # an earlier try may have created the job
+            if not idempotent and isinstance(error, ApiServerError) and may_have_processed(error):
+                error.maybe_created = True  # a gateway's 502/504 or a page: the service may have taken the call
             if isinstance(error, ApiThrottled) and limited:
                 # Without a request deadline, the retry time budget is the deadline for throttled tries too.
                 until = deadline if deadline is not None else started + self._policy.max_time_s
                 resume_at = self._clock() + (error.retry_after_s or 0.0)
                 if resume_at >= until:
+                    error.tries = max(attempt, 1)
                     raise error
                 throttled_at = self._clock()
                 log.debug(  # per try: the limiter logs one WARNING per overload, with the rate it cut to
@@ -263,7 +366,8 @@ class WorkspaceClient:
                     self._observer.on_retry()
                 continue  # the limiter holds the next try until its pause ends
             attempt += 1
-            delay = self._policy.next_delay(
+            error.tries = attempt
+            delay = policy.next_delay(
                 error,
                 attempt=attempt,
                 elapsed_s=self._clock() - started - excused_s,
@@ -274,7 +378,6 @@ class WorkspaceClient:
                 delay = None if self._clock() + delay >= deadline else delay
             if delay is None:
                 raise error
-            timed_out_before = timed_out_before or isinstance(error, ApiResponseTimeout)
             log.warning(
                 "retrying %s %s in %.2f s: project_id=%s status=%s error_code=%s attempt=%d api_request_id=%s",
                 method,
@@ -322,9 +425,10 @@ class WorkspaceClient:
 
     # -- one try
     async def _try_once(self, method: str, url: str, project_id: str, body: bytes) -> _Response:
-        """Send once; the 2xx response, or raise the typed error."""
+        """Send once; the 2xx response, or raise the typed error (see the module: classified by when it failed)."""
         headers = self._headers(method, url, project_id, body)
         started = self._clock()
+        attempt = _TryTrace()
         try:
             async with self._get_session().request(
                 method,
@@ -333,21 +437,31 @@ class WorkspaceClient:
                 headers=headers,
                 allow_redirects=False,  # a redirect would resend a signed POST elsewhere
                 proxy=self._proxy,
+                trace_request_ctx=attempt,
             ) as resp:
                 data = await resp.read()
                 status, reason, resp_headers = resp.status, resp.reason, resp.headers
-        except aiohttp.ConnectionTimeoutError as exc:  # before TimeoutError: it is one, but nothing was sent
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # before ClientError and TimeoutError: connecting, DNS, TLS or the proxy failed; nothing was sent
             self._observe("transport", started)
-            raise ApiTransportError(f"connecting to the Workspace API timed out: {exc}") from exc
-        except TimeoutError as exc:
-            self._observe("timeout", started)
-            raise ApiResponseTimeout(
-                f"no response from the Workspace API within {self._settings.read_timeout_s:g} s "
-                f"({method} {URL(url).path}); the request was sent"
+            raise ApiTransportError(f"cannot connect to the Workspace API: {type(exc).__name__}: {exc}") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            timed_out = isinstance(exc, TimeoutError)
+            self._observe("timeout" if timed_out else "transport", started)
+            if attempt.sent is False:  # failed before a byte of the request was handed to the socket
+                raise ApiTransportError(
+                    f"cannot reach the Workspace API (nothing sent): {type(exc).__name__}: {exc}"
+                ) from exc
+            where = f"{method} {URL(url).path}"
+            if timed_out:
+                raise ApiResponseTimeout(
+                    f"no response from the Workspace API within {self._settings.read_timeout_s:g} s ({where}); "
+                    f"the request was sent"
+                ) from exc
+            raise ApiResponseLost(
+                f"the connection broke after the request was sent, before its answer ({where}): "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
-        except aiohttp.ClientError as exc:
-            self._observe("transport", started)
-            raise ApiTransportError(f"cannot reach the Workspace API: {type(exc).__name__}: {exc}") from exc
         self._observe(f"{status // 100}xx", started)
         if not 200 <= status < 300:
             raise error_from_response(status, reason, resp_headers, data)

@@ -1,7 +1,7 @@
 """Reading jobs: ``GET workspace-jobs/{job_id}`` and its ``workspace-sub-jobs`` pages, under a read budget.
 
 Reads reuse the :class:`~snapworker.cloud.client.WorkspaceClient`'s session, authentication, retries and error
-translation, but every try waits for a limiter of their own (``READ_RATE_LIMIT`` / ``READ_RATE_BURST``), so
+translation, but every try waits for the client's read budget (``READ_RATE_LIMIT`` / ``READ_RATE_BURST``), so
 following jobs never spends a batch-create call. The API's documents become :class:`JobView` values here; what
 the tracking makes of them is decided in :mod:`snapworker.tracking.state`.
 
@@ -18,10 +18,9 @@ from typing import Any, Final
 from urllib.parse import quote, urlencode
 
 from snapworker.cloud.client import WorkspaceClient
-from snapworker.cloud.limiter import Limiter, RateLimiter
+from snapworker.cloud.limiter import Limiter
 from snapworker.domain.jobs import JobView, SubJobView, classify
 from snapworker.errors import ApiStatusError
-from snapworker.settings import Settings
 
 __all__ = ["SUB_JOB_PAGE", "JobReader", "job_not_found"]
 
@@ -55,14 +54,13 @@ def _first(doc: dict[str, Any], *names: str) -> Any:
 
 
 class JobReader:
-    """Reads jobs through ``client`` under ``limiter`` (default: one built from READ_RATE_LIMIT / READ_RATE_BURST,
-    at most MAX_CONCURRENCY reads in flight). ``reads`` counts the GET calls made (tries, not retries)."""
+    """Reads jobs through ``client`` under ``limiter`` (default: the client's read budget, READ_RATE_LIMIT /
+    READ_RATE_BURST, which the snapshot listings of reconciliation share). ``reads`` counts the GET calls made
+    (tries, not retries)."""
 
-    def __init__(self, client: WorkspaceClient, settings: Settings, *, limiter: Limiter | None = None) -> None:
+    def __init__(self, client: WorkspaceClient, *, limiter: Limiter | None = None) -> None:
         self._client = client
-        self.limiter: Limiter = limiter or RateLimiter(
-            settings.read_rate_limit, settings.read_rate_burst, settings.max_concurrency
-        )
+        self.limiter: Limiter = limiter or client.read_limiter
         self.reads = 0
 
     async def read(self, project_id: str, job_id: str) -> JobView:

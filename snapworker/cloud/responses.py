@@ -34,6 +34,7 @@ __all__ = [
     "body_snippet",
     "error_from_response",
     "is_busy",
+    "may_have_processed",
     "named_desktops",
     "parse_created_job",
     "parse_json_object",
@@ -189,6 +190,21 @@ def error_from_response(
     if documented is not None:
         error.retryable = documented.retryable
     return error
+
+
+#: 5xx statuses that say the API did not process the call: the gateway's "unavailable" (429 is a throttle).
+_NOT_PROCESSED_5XX = frozenset({503})
+#: The Workspace service's own error codes: an answer with one is the service's word that it refused the call.
+_SERVICE_CODE_PREFIX = "WKS."
+
+
+def may_have_processed(error: ApiStatusError) -> bool:
+    """Whether a 5xx answer to a POST leaves open that the service processed it: a gateway's 502 or 504, a page
+    from a proxy, a 5xx without the service's own error code. Not for 503 (the gateway did not pass the call on)
+    nor for a ``WKS.*`` error (the service answered, and it refused)."""
+    if error.http_status is None or error.http_status < 500 or error.http_status in _NOT_PROCESSED_5XX:
+        return False
+    return not error.error_code.startswith(_SERVICE_CODE_PREFIX)
 
 
 def is_busy(error: ApiError) -> bool:

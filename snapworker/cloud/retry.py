@@ -16,7 +16,7 @@ from typing import cast
 import backoff
 
 from snapworker.cloud.responses import is_busy
-from snapworker.errors import ApiError, ApiResponseTimeout, ApiStatusError
+from snapworker.errors import ApiError, ApiStatusError
 from snapworker.settings import Settings
 
 __all__ = ["RetryPolicy"]
@@ -28,17 +28,12 @@ class RetryPolicy:
 
     max_tries: int
     max_time_s: float
-    retry_on_response_timeout: bool = False
     base_delay_s: float = 0.5
     max_delay_s: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
-        return cls(
-            max_tries=settings.retry_max_tries,
-            max_time_s=settings.retry_max_time_s,
-            retry_on_response_timeout=settings.retry_on_response_timeout,
-        )
+        return cls(max_tries=settings.retry_max_tries, max_time_s=settings.retry_max_time_s)
 
     def backoff_delays(self) -> Iterator[float]:
         """Un-jittered waits: base, 2*base, 4*base, ... capped at ``max_delay_s``; one iterator per call."""
@@ -54,14 +49,14 @@ class RetryPolicy:
         ``attempt`` is the number of tries made (1 after the first); ``elapsed_s`` the time since the first try
         started; ``backoff_s`` the jittered backoff for this retry. Give up when the error is permanent; on a
         busy desktop (409: retryable, but the sender retries it alone, so the rest of the batch need not wait);
-        when a non-idempotent call's response timed out and ``retry_on_response_timeout`` is off (it may have
-        worked); after ``max_tries`` tries; when the time budget is spent; or when ``Retry-After`` asks for
-        more than the budget has left (a retry before then is refused again). Otherwise wait the backoff, at
-        least Retry-After, at most what the budget has left.
+        when a non-idempotent call may have been processed (``maybe_created``: the sender reconciles it against
+        the API's snapshots before anything is sent again); after ``max_tries`` tries; when the time budget is
+        spent; or when ``Retry-After`` asks for more than the budget has left (a retry before then is refused
+        again). Otherwise wait the backoff, at least Retry-After, at most what the budget has left.
         """
         if not error.retryable or is_busy(error):
             return None
-        if isinstance(error, ApiResponseTimeout) and not idempotent and not self.retry_on_response_timeout:
+        if error.maybe_created and not idempotent:
             return None
         if attempt >= self.max_tries:
             return None

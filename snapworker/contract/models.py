@@ -88,12 +88,15 @@ class JobEntry(BaseModel):
 
     model_config = _FROZEN
 
-    job_id: str
+    job_id: str = Field(
+        description="The batch-create job making these snapshots; reconciled:<snapshot_id> when a call whose answer "
+        "was lost is found to have made the desktop's snapshot (the listing does not name the job)."
+    )
     desktop_ids: tuple[str, ...]
     possible_duplicate: bool = Field(
         default=False,
-        description="True when the call was retried after a response timeout: an earlier attempt may also "
-        "have created a job for these desktops.",
+        description="Always false: a call whose answer was lost is reconciled against the API's snapshots, never "
+        "sent again blindly. Kept so that readers of earlier results keep working.",
     )
 
 

@@ -19,12 +19,10 @@ Phase = Literal["succeeded", "failed", "running"]
 
 @dataclass(frozen=True, slots=True)
 class CreatedJob:
-    """A job batch-create made. ``possible_duplicate``: a retry after a response timeout succeeded, so an
-    earlier try may have created a job for the same desktops too."""
+    """A job batch-create made, and the ``X-Request-Id`` of the answer that named it."""
 
     job_id: str
     api_request_id: str | None
-    possible_duplicate: bool
 
 
 def classify(status: object) -> Phase:

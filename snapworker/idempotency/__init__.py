@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 from snapworker.amqp.session import Delivery
 from snapworker.contract.intake import Accepted
@@ -23,7 +22,7 @@ from snapworker.core import BatchingCore
 from snapworker.idempotency.gate import AdmissionGate, Answer, Spawn, Submit
 from snapworker.idempotency.health import StoreHealth
 from snapworker.idempotency.journal import CallJournal
-from snapworker.idempotency.reconcile import SnapshotReader
+from snapworker.idempotency.reconcile import Reconciler
 from snapworker.idempotency.store import IdempotencyStore
 from snapworker.settings import Settings
 
@@ -66,16 +65,16 @@ class Idempotency:
             self.health,
             namespace=settings.request_queue,
             hold_s=settings.idempotency_hold_s,
+            reconcile_delay_s=settings.reconcile_delay_s,
             submit=submit,
             answer=answer,
             spawn=spawn,
         )
 
-    def use_api(self, api: Any) -> None:
-        """Reconcile through ``api``'s ``get_json`` (WorkspaceClient's); an API without it cannot list
-        snapshots, so what needs reconciling is reported maybe_created."""
-        reader: SnapshotReader | None = getattr(api, "get_json", None)
-        self.gate.reader = reader
+    def use_reconciler(self, reconciler: Reconciler) -> None:
+        """Reconcile redelivered requests through ``reconciler`` (the one the sender uses too: listings of both
+        share the read budget and each other's listings)."""
+        self.gate.reconciler = reconciler
 
     def admit(self, delivery: Delivery, accepted: Accepted) -> bool:
         return self.gate.admit(delivery, accepted)

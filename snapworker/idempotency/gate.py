@@ -4,9 +4,10 @@ Deliveries are gathered while one lookup is in flight and looked up together (on
 one per request). Then, per request, desktop by desktop:
 
 - an outcome is recorded that holds (a job, or an error that publishing again cannot fix): **reused**;
-- a call was announced without a recorded outcome, or its outcome was "maybe created" (a response timeout):
-  **reconciled** against the API's snapshots (:mod:`.reconcile`): found ones are reused, unknown ones fail
-  ``maybe_created``, absent ones are sent;
+- a call was announced without a recorded outcome, or its outcome was "maybe created" (a lost answer):
+  **reconciled** against the API's snapshots (:mod:`.reconcile`), by the markers of those attempts, once
+  RECONCILE_DELAY_S has passed since the latest of them was announced (its call may still be recorded by the
+  API): found ones are reused, unknown ones fail ``maybe_created``, absent ones are sent;
 - anything else (no record, or a retryable error that created nothing): **sent**, through the batching core.
 
 A request with nothing left to send is answered from its record without entering a batch. One whose key has a
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -30,11 +32,12 @@ from snapworker.amqp.session import Delivery
 from snapworker.contract.intake import Accepted
 from snapworker.contract.models import JobEntry, ResultError, SnapshotResult
 from snapworker.core import MergeKey, OutcomeEntry
+from snapworker.domain.snapshots import Absent, Created, Doubt, Unknown, given_name, marked_disks, marker
 from snapworker.errors import StoreUnavailable
 from snapworker.idempotency.health import StoreHealth
 from snapworker.idempotency.journal import CallJournal, Keyed
-from snapworker.idempotency.reconcile import SnapshotReader, reconcile
-from snapworker.idempotency.store import IdempotencyStore, fingerprint, state_of
+from snapworker.idempotency.reconcile import Reconciler
+from snapworker.idempotency.store import IdempotencyStore, fingerprint, holds, state_of
 
 __all__ = ["AdmissionGate", "compose"]
 
@@ -77,11 +80,6 @@ def compose(
     )
 
 
-def _holds(entry: OutcomeEntry) -> bool:
-    """Whether a recorded entry answers the desktop for good: a job, or an error publishing again cannot fix."""
-    return isinstance(entry, JobEntry) or not entry.retryable
-
-
 class AdmissionGate:
     """See the module docstring. ``namespace`` (the request queue) keeps deployments' keys apart."""
 
@@ -93,6 +91,7 @@ class AdmissionGate:
         *,
         namespace: str,
         hold_s: float,
+        reconcile_delay_s: float,
         submit: Submit,
         answer: Answer,
         spawn: Spawn,
@@ -102,10 +101,11 @@ class AdmissionGate:
         self._health = health
         self._namespace = namespace
         self._hold_s = hold_s
+        self._reconcile_delay_s = reconcile_delay_s
         self._submit = submit
         self._answer = answer
         self._spawn = spawn
-        self.reader: SnapshotReader | None = None
+        self.reconciler = Reconciler(None)  # until the worker has an API that lists snapshots
         self._waiting: list[tuple[Delivery, Accepted, Keyed]] = []
         self._looking = False
         self._full: asyncio.Future[None] | None = None  # set when the gathering burst reached _GATHER_MAX
@@ -190,13 +190,9 @@ class AdmissionGate:
             self._enter(delivery, accepted, keyed, request.desktop_ids, {})
             return
         state = state_of(rows, keyed.fingerprint)
-        reused = {d: e for d, e in state.outcomes.items() if _holds(e)}
-        doubtful = {d: state.intent_at[d] for d in state.intent_at if d not in state.outcomes}
-        for desktop_id, entry in state.outcomes.items():
-            if isinstance(entry, ResultError) and entry.maybe_created:
-                doubtful[desktop_id] = state.intent_at.get(desktop_id, 0.0)
-        if doubtful:
-            self._spawn(self._reconcile(delivery, accepted, keyed, reused, doubtful))
+        reused = {d: e for d, e in state.outcomes.items() if holds(e)}
+        if state.attempts:
+            self._spawn(self._reconcile(delivery, accepted, keyed, reused, state.attempts))
             return
         self._settle(delivery, accepted, keyed, reused)
 
@@ -206,14 +202,25 @@ class AdmissionGate:
         accepted: Accepted,
         keyed: Keyed,
         reused: dict[str, OutcomeEntry],
-        doubtful: dict[str, float],
+        attempts: dict[str, dict[str, float]],
     ) -> None:
-        checked = await reconcile(self.reader, MergeKey.of(accepted.request), doubtful)
+        key = MergeKey.of(accepted.request)
+        latest = max(at for announced in attempts.values() for at in announced.values())
+        wait = latest + self._reconcile_delay_s - time.time()
+        if wait > 0:  # the dead worker's last call may still be on its way into the API's records
+            await asyncio.sleep(min(wait, self._reconcile_delay_s))
+        marked, name = bool(marked_disks(key)), given_name(key)
+        doubts = {
+            desktop_id: Doubt(
+                frozenset(marker(a) for a in announced) if marked else frozenset(), min(announced.values()), name
+            )
+            for desktop_id, announced in attempts.items()
+        }
+        checked = await self.reconciler.check(key, doubts)
         counts = self._health.reconciled
-        counts["created"] += len(checked.created)
-        counts["absent"] += len(checked.absent)
-        counts["unknown"] += len(checked.unknown)
-        for entry in checked.entries():
+        for verdict, kind in (("created", Created), ("absent", Absent), ("unknown", Unknown)):
+            counts[verdict] += checked.count(kind)
+        for entry in checked.entries(why="its worker stopped before the call's outcome was recorded"):
             reused[entry.desktop_ids[0]] = entry
         if not delivery.session.lost.is_set():
             self._settle(delivery, accepted, keyed, reused)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
@@ -79,10 +78,11 @@ class CallJournal:
         return self._settled.setdefault(key, asyncio.Event())
 
     # -- the sender's hooks
-    async def before_call(self, batch: Batch, deadline: float | None) -> Outcome | None:
-        """Record the intent of every keyed request ``batch`` serves; None: go ahead and call. An outcome: do
+    async def before_call(self, batch: Batch, deadline: float | None, attempt_id: str) -> Outcome | None:
+        """Record the intent of every keyed request ``batch`` serves, under ``attempt_id`` (the calls' marker
+        names it: reconciliation finds the attempt's snapshots by it); None: go ahead and call. An outcome: do
         not call (the store stayed unavailable until ``deadline``, on the loop's clock)."""
-        attempt = _Attempt(uuid.uuid4().hex, {})
+        attempt = _Attempt(attempt_id, {})
         now = time.time()
         rows = []
         keyed_of = self.keyed.get
@@ -105,6 +105,7 @@ class CallJournal:
         self._attempts[batch.id] = attempt
         for keyed, _ in attempt.requests.values():
             self._in_flight[keyed.key] = self._in_flight.get(keyed.key, 0) + 1
+        failpoint("after_intent_before_api")
         return None
 
     async def after_call(self, batch: Batch, outcome: Outcome) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "Row",
     "entry_body",
     "fingerprint",
+    "holds",
     "json_strings",
     "state_of",
 ]
@@ -108,14 +109,21 @@ def _entry(body: str, desktop_ids: Sequence[str]) -> OutcomeEntry:
     return ResultError.model_validate(fields)
 
 
+def holds(entry: OutcomeEntry) -> bool:
+    """Whether a recorded entry answers the desktop for good: a job, or an error publishing again cannot fix."""
+    return isinstance(entry, JobEntry) or not entry.retryable
+
+
 @dataclass(slots=True)
 class RequestState:
-    """What the store knows of one request: per desktop, its recorded outcome (the latest), and the time of
-    the latest call announced for it. A desktop announced later than its outcome has no outcome: it was being
-    sent again, and that call may or may not have created a snapshot."""
+    """What the store knows of one request, per desktop: its recorded outcome (the latest), and the attempts that
+    may have made a snapshot of it, with the time each was announced (POSIX seconds). A desktop announced later
+    than its outcome has no outcome: it was being sent again, and that call may or may not have created a
+    snapshot. An attempt stays doubtful until an outcome rules it out: an entry that holds (then the desktop is
+    answered), or a retryable error that created nothing; a ``maybe_created`` error keeps it doubtful."""
 
     outcomes: dict[str, OutcomeEntry] = field(default_factory=dict)
-    intent_at: dict[str, float] = field(default_factory=dict)
+    attempts: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def state_of(rows: Sequence[Row], fingerprint_: str) -> RequestState:
@@ -126,10 +134,19 @@ def state_of(rows: Sequence[Row], fingerprint_: str) -> RequestState:
             continue
         if row.kind == INTENT:
             for desktop_id in json.loads(row.body):
-                state.intent_at[desktop_id] = row.at
+                state.attempts.setdefault(desktop_id, {})[row.attempt] = row.at
                 state.outcomes.pop(desktop_id, None)
-        else:
-            for body, desktop_ids in json.loads(row.body):
-                entry = _entry(body, desktop_ids)
-                state.outcomes.update(dict.fromkeys(desktop_ids, entry))
+            continue
+        for body, desktop_ids in json.loads(row.body):
+            entry = _entry(body, desktop_ids)
+            for desktop_id in desktop_ids:
+                state.outcomes[desktop_id] = entry
+                if holds(entry):
+                    state.attempts.pop(desktop_id, None)
+                elif isinstance(entry, ResultError) and not entry.maybe_created:
+                    # this attempt made nothing; earlier doubtful ones stay doubtful
+                    doubtful = state.attempts.get(desktop_id, {})
+                    doubtful.pop(row.attempt, None)
+                    if not doubtful:
+                        state.attempts.pop(desktop_id, None)
     return state

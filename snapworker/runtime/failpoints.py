@@ -19,6 +19,7 @@ __all__ = ["POINTS", "configure", "failpoint"]
 
 #: The failpoints snapworker marks, and what dying there proves.
 POINTS = {
+    "after_intent_before_api": "the intent is recorded, and the call was never made",
     "after_api_before_record": "batch-create answered (a job exists) but its outcome is not recorded yet",
     "after_record_before_publish": "the outcome is recorded but the results are not published (nor acked)",
 }

@@ -18,6 +18,14 @@ spend the isolation budget: they are bounded by time, and each waits for the rat
 
 Never for 401/403 (credentials), 429 (throttling) or 5xx: no desktop causes those, and sending them split would
 only multiply the load. The client has retried those already.
+
+**A call the API may have processed** (its answer lost: ``maybe_created``) is never sent again blindly. Every call
+of a batch's attempt writes the attempt's marker where the request left a description empty
+(:mod:`snapworker.domain.snapshots`); ``reconcile_delay_s`` after the loss, the desktops' snapshots are listed
+(``reconciler``): the ones the attempt made are answered with them (``reconciled:<snapshot_id>``), the ones it did
+not make are sent again while the call's ``max_tries`` (RETRY_MAX_TRIES, shared by the tries before and after each
+loss) leave a try, and the ones the listing cannot tell fail ``maybe_created`` (``SNAPWORKER.UNRECONCILED``). Only
+while the deadline leaves room for the listing.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,9 +43,10 @@ from snapworker.cloud.responses import is_busy, named_desktops
 from snapworker.contract.models import JobEntry, ResultError
 from snapworker.core import Batch, MergeKey, Outcome, OutcomeEntry
 from snapworker.domain.jobs import CreatedJob
+from snapworker.domain.snapshots import Doubt, Reconciled, given_name, marked_disks, marker
 from snapworker.errors import ApiAuthError, ApiClientError, ApiError
 
-__all__ = ["BatchSender", "CallJournal", "SnapshotApi", "error_entry"]
+__all__ = ["BatchSender", "CallJournal", "Reconcile", "SnapshotApi", "error_entry"]
 
 log = logging.getLogger("snapworker.sending")
 
@@ -58,17 +68,25 @@ class SnapshotApi(Protocol):
         *,
         grant: Grant | None = None,
         deadline: float | None = None,
+        marker: str | None = None,
+        max_tries: int | None = None,
     ) -> CreatedJob: ...
 
 
 class CallJournal(Protocol):
-    """Records made around a batch's calls (snapworker.idempotency's journal): ``before_call`` returns None to
-    let the calls go, or the batch's outcome without calling; ``after_call`` sees the outcome before the
-    results do."""
+    """Records made around a batch's calls (snapworker.idempotency's journal): ``before_call`` records the
+    ``attempt`` (its id is in the calls' marker) and returns None to let the calls go, or the batch's outcome
+    without calling; ``after_call`` sees the outcome before the results do."""
 
-    async def before_call(self, batch: Batch, deadline: float | None) -> Outcome | None: ...
+    async def before_call(self, batch: Batch, deadline: float | None, attempt: str) -> Outcome | None: ...
 
     async def after_call(self, batch: Batch, outcome: Outcome) -> None: ...
+
+
+class Reconcile(Protocol):
+    """Which of some desktops a lost call made snapshots of (snapworker.idempotency's Reconciler)."""
+
+    async def check(self, key: MergeKey, doubts: Mapping[str, Doubt]) -> Reconciled: ...
 
 
 def error_entry(desktop_ids: Sequence[str], exc: ApiError) -> ResultError:
@@ -119,12 +137,14 @@ class _Sending:
     budget: int  # extra calls left for isolation
     deadline: float | None
     busy_until: float | None  # busy desktops are tried again until then; None: not at all
+    marker: str  # what the attempt's calls write as the description of undescribed disks
 
 
 class BatchSender:
     """Turns a batch into its outcome: one entry per call that settled some of its desktops.
 
-    ``clock`` (the deadline's clock: the loop's monotonic time) and ``sleep`` are for tests.
+    ``clock`` (the deadline's clock: the loop's monotonic time), ``wall_clock`` (POSIX time, compared with the
+    API's create_time), ``sleep`` and ``attempt_id`` are for tests.
     """
 
     def __init__(
@@ -132,15 +152,25 @@ class BatchSender:
         api: SnapshotApi,
         *,
         max_extra_calls: int,
+        max_tries: int = 8,
         busy_retry_max_s: float | None = None,
         busy_delay_s: float = 5.0,
         busy_max_delay_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        attempt_id: Callable[[], str] = lambda: uuid.uuid4().hex,
         journal: CallJournal | None = None,
+        reconciler: Reconcile | None = None,
+        reconcile_delay_s: float = 5.0,
     ) -> None:
         self._api = api
+        self._max_tries = max_tries
         self._journal = journal
+        self._reconciler = reconciler
+        self._reconcile_delay_s = reconcile_delay_s
+        self._wall_clock = wall_clock
+        self._attempt_id = attempt_id
         self._max_extra_calls = max_extra_calls
         self._busy_retry_max_s = busy_retry_max_s
         self._busy_delay_s = busy_delay_s
@@ -159,11 +189,12 @@ class BatchSender:
         if self._busy_retry_max_s is not None:
             limits.append(self._clock() + self._busy_retry_max_s)
         busy_until = min((t for t in limits if t is not None), default=None)
-        sending = _Sending(batch.key, self._max_extra_calls, deadline, busy_until)
+        attempt = self._attempt_id()
+        sending = _Sending(batch.key, self._max_extra_calls, deadline, busy_until, marker(attempt))
         if self._journal is None:
             return tuple(await self._send(sending, list(batch.segments), grant))
         try:
-            refused = await self._journal.before_call(batch, deadline)
+            refused = await self._journal.before_call(batch, deadline, attempt)
         except BaseException:
             refused = None
             if grant is not None:
@@ -178,19 +209,65 @@ class BatchSender:
         return outcome
 
     async def _send(
-        self, sending: _Sending, segments: Segments, grant: Grant | None, busy_tries: int = 0
+        self,
+        sending: _Sending,
+        segments: Segments,
+        grant: Grant | None,
+        busy_tries: int = 0,
+        tries_left: int | None = None,
     ) -> list[OutcomeEntry]:
+        """``tries_left``: what a lost answer left of the call's tries (None: a call of its own, all of them)."""
         desktop_ids = _flat(segments)
+        sent_at = self._wall_clock()
         try:
-            created = await self._api.batch_create(sending.key, desktop_ids, grant=grant, deadline=sending.deadline)
+            created = await self._api.batch_create(
+                sending.key,
+                desktop_ids,
+                grant=grant,
+                deadline=sending.deadline,
+                marker=sending.marker,
+                max_tries=tries_left,
+            )
         except ApiError as exc:
+            if exc.maybe_created:
+                left = (self._max_tries if tries_left is None else tries_left) - exc.tries
+                return await self._recover(sending, segments, exc, sent_at, busy_tries, left)
             if not _isolatable(exc):
                 return [error_entry(desktop_ids, exc)]
             return await self._isolate(sending, segments, exc, busy_tries)
-        job = JobEntry(
-            job_id=created.job_id, desktop_ids=tuple(desktop_ids), possible_duplicate=created.possible_duplicate
+        return [JobEntry(job_id=created.job_id, desktop_ids=tuple(desktop_ids))]
+
+    async def _recover(
+        self, sending: _Sending, segments: Segments, exc: ApiError, sent_at: float, busy_tries: int, tries_left: int
+    ) -> list[OutcomeEntry]:
+        """The outcome of desktops whose call may have been processed (``exc.maybe_created``): list their
+        snapshots, answer the ones the attempt made, send again the ones it did not while ``tries_left`` (see the
+        module)."""
+        desktop_ids = _flat(segments)
+        room = sending.deadline is None or self._clock() + self._reconcile_delay_s < sending.deadline
+        if self._reconciler is None or not room:
+            return [error_entry(desktop_ids, exc)]
+        log.warning(
+            "call of %d desktops for project %s may have been processed (%s): listing their snapshots in %.0f s "
+            "before any is sent again",
+            len(desktop_ids),
+            sending.key.project_id,
+            exc.error_code,
+            self._reconcile_delay_s,
+            extra={"project_id": sending.key.project_id, "error_code": exc.error_code},
         )
-        return [job]
+        await self._sleep(self._reconcile_delay_s)  # the API may still be recording a call it was processing
+        markers = frozenset({sending.marker}) if marked_disks(sending.key) else frozenset()
+        doubt = Doubt(markers, sent_at, given_name(sending.key))
+        checked = await self._reconciler.check(sending.key, dict.fromkeys(desktop_ids, doubt))
+        entries: list[OutcomeEntry] = list(checked.entries(why=f"{exc.error_code}: {exc}"))
+        absent = set(checked.absent)
+        if absent and tries_left >= 1:
+            entries += await self._send(sending, _keep(segments, absent.__contains__), None, busy_tries, tries_left)
+        elif absent:  # out of tries: the listing showed these were not created
+            unsent = error_entry(sorted(absent, key=desktop_ids.index), exc).model_copy(update={"maybe_created": False})
+            entries.append(unsent)
+        return entries
 
     async def _isolate(
         self, sending: _Sending, segments: Segments, exc: ApiError, busy_tries: int

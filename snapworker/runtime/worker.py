@@ -24,6 +24,7 @@ from snapworker.contract.models import SnapshotResult
 from snapworker.core import Batch, BatchingCore, Outcome, WindowPolicy
 from snapworker.errors import BrokerError, BrokerRefused
 from snapworker.idempotency import Idempotency, build_idempotency
+from snapworker.idempotency.reconcile import Reconciler
 from snapworker.ops.progress import ProgressReporter, log_problem_result
 from snapworker.runtime.dispatch import Dispatcher
 from snapworker.runtime.failpoints import configure as configure_failpoints
@@ -127,16 +128,21 @@ class Worker:
                 self.settings, limiter=build_limiter(self.settings), observer=observer
             )
         self._limiter = self._api.limiter
+        # one reconciler for the sender (lost answers) and the gate (redeliveries): their listings share it
+        reconciler = Reconciler.for_api(self._api)
         if self._idem is not None:
-            self._idem.use_api(self._api)
+            self._idem.use_reconciler(reconciler)
         dispatcher = Dispatcher(
             self._core,
             self._limiter,
             BatchSender(
                 self._api,
                 max_extra_calls=self.settings.isolate_max_extra_calls,
+                max_tries=self.settings.retry_max_tries,
                 busy_retry_max_s=self.settings.retry_max_time_s,  # busy desktops: tried again this long at most
                 journal=self._idem.journal if self._idem is not None else None,
+                reconciler=reconciler,
+                reconcile_delay_s=self.settings.reconcile_delay_s,
             ),
             wake=self._wake,
             deadline_s=self.settings.request_deadline_s,
@@ -170,6 +176,7 @@ class Worker:
             for loop_task in loops:
                 loop_task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            await reconciler.close()
             if self._tracker is not None and tracking is not None:
                 # after the drain (the results it published started their tracking), within what is left of the
                 # one shutdown budget: a SIGTERM never takes more than SHUTDOWN_TIMEOUT_S plus the last round trips

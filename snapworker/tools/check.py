@@ -17,6 +17,7 @@ from snapworker.cloud.client import WorkspaceClient
 from snapworker.errors import (
     ApiAuthError,
     ApiError,
+    ApiResponseLost,
     ApiResponseTimeout,
     ApiStatusError,
     ApiThrottled,
@@ -111,6 +112,8 @@ def _classify(settings: Settings, exc: ApiError, *, project_given: bool) -> Find
     url = settings.api_url
     if isinstance(exc, ApiResponseTimeout):
         return Finding("FAIL", "api", f"no answer from {url} within READ_TIMEOUT_S: {exc}")
+    if isinstance(exc, ApiResponseLost):
+        return Finding("FAIL", "api", f"the connection to {url} broke before an answer came: {exc}")
     if isinstance(exc, ApiTransportError):
         return Finding("FAIL", "api", f"unreachable: {exc} (check SNAPWORKER_API_URL / SNAPWORKER_REGION)")
     assert isinstance(exc, ApiStatusError)

@@ -25,4 +25,4 @@ def tracker_for(settings: Settings, api: object) -> Tracker | None:
 
     if not settings.track_jobs or not isinstance(api, WorkspaceClient):
         return None
-    return Tracker(settings, JobReader(api, settings))
+    return Tracker(settings, JobReader(api))

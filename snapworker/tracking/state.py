@@ -27,6 +27,7 @@ from snapworker.contract.models import (
     SnapshotResult,
 )
 from snapworker.domain.jobs import JobView, classify
+from snapworker.domain.snapshots import RECONCILED_PREFIX
 
 __all__ = ["Schedule", "TrackedDesktop", "TrackedRequest", "TrackingUnit", "start_unit"]
 
@@ -176,7 +177,12 @@ def start_unit(results: Iterable[tuple[SnapshotResult, str | None]], now: dateti
         if not result.jobs or result.project_id is None:
             continue
         desktops = [TrackedDesktop(desktop_id=d, job_id=job.job_id) for job in result.jobs for d in job.desktop_ids]
-        jobs |= {job.job_id: result.project_id for job in result.jobs}
+        for desktop in desktops:
+            if desktop.job_id.startswith(RECONCILED_PREFIX):
+                # found by reconciliation: no job ID to read (the listing names none), so no read is spent on it
+                snapshot = desktop.job_id.removeprefix(RECONCILED_PREFIX)
+                desktop.settle("unknown", now, f"its snapshot {snapshot} was found by reconciliation; no job to follow")
+        jobs |= {job.job_id: result.project_id for job in result.jobs if not job.job_id.startswith(RECONCILED_PREFIX)}
         requests.append(
             TrackedRequest(
                 request_id=result.request_id,

@@ -25,6 +25,7 @@ from snapworker.domain.keys import MergeKey
 from snapworker.errors import (
     ApiAuthError,
     ApiClientError,
+    ApiResponseLost,
     ApiResponseTimeout,
     ApiServerError,
     ApiThrottled,
@@ -88,6 +89,8 @@ class Reply:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    drop: bool = False  # the request is read, then the connection closed without an answer
+    short_body: bool = False  # the answer's headers promise more body than comes before the connection closes
 
 
 class ScriptedServer:
@@ -98,12 +101,24 @@ class ScriptedServer:
         self.requests: list[tuple[web.Request, bytes]] = []
         self.url = ""
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests.append((request, body))
         reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
+        if reply.drop:
+            assert request.transport is not None
+            request.transport.close()
+            raise asyncio.CancelledError  # aiohttp.web ends the handler quietly on a lost connection
+        if reply.short_body:
+            response = web.StreamResponse(status=reply.status, headers=reply.headers)
+            response.content_length = len(reply.body) + 100
+            await response.prepare(request)
+            await response.write(reply.body)
+            assert request.transport is not None
+            request.transport.close()
+            return response
         return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
 
 
@@ -111,7 +126,11 @@ class ScriptedServer:
 async def scripted() -> AsyncIterator[ScriptedServer]:
     server = ScriptedServer(Reply(200, b'{"job_id": "job-1"}'))
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", server.handle)
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        return await server.handle(request)  # looked up per request: a test may replace the handler
+
+    app.router.add_route("*", "/{tail:.*}", route)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -144,6 +163,14 @@ def test_the_body_keeps_every_field_that_is_set() -> None:
     )
 
 
+def test_the_marker_becomes_the_description_only_where_the_request_gave_none() -> None:
+    key = MergeKey(PROJECT, "ALL", DiskSnapshotInfo(name="s", description="mine"), None)
+    assert batch_create_body(key, ["d1"], marker="snapworker:a1") == (
+        b'{"desktop_ids":["d1"],"disk_type":"ALL","system_disk_snapshot":{"name":"s","description":"mine"},'
+        b'"data_disk_snapshot":{"description":"snapworker:a1"}}'
+    )
+
+
 @pytest.mark.parametrize("count", [0, 101])
 def test_the_body_refuses_zero_or_more_than_100_desktops(count: int) -> None:
     with pytest.raises(ValueError, match="1 to 100"):
@@ -156,7 +183,6 @@ async def test_batch_create_returns_the_created_job(simulator: Simulator) -> Non
     assert isinstance(job, CreatedJob)
     assert simulator.job_desktops(job.job_id) == ("d-0001", "d-0002")
     assert job.api_request_id is not None
-    assert job.possible_duplicate is False
 
 
 async def test_batch_create_posts_json_to_the_project_url(scripted: ScriptedServer) -> None:
@@ -447,7 +473,7 @@ async def test_a_refused_connection_is_a_transport_error_and_retried() -> None:
     assert time.sleeps == [0.5, 1.0]
 
 
-async def test_a_response_timeout_is_raised_at_once_by_default(simulator: Simulator) -> None:
+async def test_a_response_timeout_is_maybe_created_and_not_sent_again(simulator: Simulator) -> None:
     simulator.config.latency_s = 0.4
     time = InstantTime()
     async with make_client(settings_for(simulator.url, read_timeout_s=0.1), time) as client:
@@ -458,37 +484,80 @@ async def test_a_response_timeout_is_raised_at_once_by_default(simulator: Simula
     assert simulator.stats()["calls_total"] == 1
 
 
-async def test_a_success_after_a_retried_response_timeout_is_a_possible_duplicate(simulator: Simulator) -> None:
-    simulator.config.latency_s = 0.4
+async def test_a_post_whose_connection_drops_after_it_was_sent_is_lost_and_sent_once(
+    scripted: ScriptedServer,
+) -> None:
+    scripted.replies = [Reply(200, job_json(), drop=True), Reply(200, job_json())]
     time = InstantTime()
-
-    async def sleep_then_answer_fast(seconds: float) -> None:
-        await time.sleep(seconds)
-        simulator.config.latency_s = 0.0
-
-    settings = settings_for(simulator.url, read_timeout_s=0.1, retry_on_response_timeout=True)
-    async with WorkspaceClient(settings, clock=time.clock, sleep=sleep_then_answer_fast) as client:
-        job = await client.batch_create(KEY, ["d-1"])
-    assert job.possible_duplicate
-    assert simulator.stats()["jobs_created"] == 2  # the timed-out try did create one
-    assert len(time.sleeps) == 1
-
-
-async def test_a_failure_after_a_retried_response_timeout_may_have_created_the_job(simulator: Simulator) -> None:
-    simulator.config.latency_s = 0.4
-    time = InstantTime()
-
-    async def sleep_then_refuse(seconds: float) -> None:
-        await time.sleep(seconds)
-        simulator.config.latency_s = 0.0
-        simulator.config.busy_desktops = frozenset({"d-1"})
-
-    settings = settings_for(simulator.url, read_timeout_s=0.1, retry_on_response_timeout=True)
-    async with WorkspaceClient(settings, clock=time.clock, sleep=sleep_then_refuse) as client:
-        with pytest.raises(ApiClientError) as caught:
+    async with make_client(settings_for(scripted.url), time) as client:
+        with pytest.raises(ApiResponseLost) as caught:
             await client.batch_create(KEY, ["d-1"])
-    assert caught.value.http_status == 409
     assert caught.value.maybe_created
+    assert caught.value.error_code == "SNAPWORKER.RESPONSE_LOST"
+    assert len(scripted.requests) == 1
+    assert time.sleeps == []
+
+
+async def test_a_2xx_whose_body_breaks_off_is_lost_and_maybe_created(scripted: ScriptedServer) -> None:
+    scripted.replies = [Reply(200, b'{"job_id": "jo', short_body=True)]
+    async with make_client(settings_for(scripted.url), InstantTime()) as client:
+        with pytest.raises(ApiResponseLost) as caught:
+            await client.batch_create(KEY, ["d-1"])
+    assert caught.value.maybe_created
+    assert len(scripted.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(502, b'{"error_code": "APIG.0201", "error_msg": "Backend unavailable"}'),
+        Reply(504),
+        Reply(500, b"<html>Internal Server Error</html>"),
+    ],
+)
+async def test_a_5xx_that_is_not_the_services_own_refusal_may_have_been_processed(
+    scripted: ScriptedServer, reply: Reply
+) -> None:
+    scripted.replies = [reply, Reply(200, job_json())]
+    async with make_client(settings_for(scripted.url), InstantTime()) as client:
+        with pytest.raises(ApiServerError) as caught:
+            await client.batch_create(KEY, ["d-1"])
+    assert caught.value.maybe_created
+    assert len(scripted.requests) == 1
+
+
+async def test_a_get_whose_connection_drops_is_tried_again(scripted: ScriptedServer) -> None:
+    scripted.replies = [Reply(200, b"{}", drop=True), Reply(200, b'{"id": "job-1"}')]
+    async with make_client(settings_for(scripted.url), InstantTime()) as client:
+        assert await client.get_job(PROJECT, "job-1") == {"id": "job-1"}
+    assert len(scripted.requests) == 2
+
+
+async def test_a_post_never_waits_for_a_pooled_connection_behind_slow_reads(scripted: ScriptedServer) -> None:
+    async def handle(request: web.Request) -> web.Response:
+        if request.method == "GET":
+            await asyncio.sleep(3.0)
+            return web.Response(body=b"{}")
+        return web.Response(body=job_json())
+
+    scripted.handle = handle  # type: ignore[method-assign]
+    settings = settings_for(scripted.url, read_timeout_s=1.0, max_concurrency=4, read_rate_limit=1000.0)
+    async with WorkspaceClient(settings) as client:
+        reads = [asyncio.create_task(client.get_job(PROJECT, f"job-{i}")) for i in range(40)]
+        await asyncio.sleep(0.2)  # the reads hold every read slot, and more wait in the read budget
+        job = await asyncio.wait_for(client.batch_create(KEY, ["d-1"]), timeout=2.0)
+        for read in reads:
+            read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
+    assert job.job_id == "job-1"
+
+
+async def test_reads_go_through_the_read_budget_by_default(simulator: Simulator) -> None:
+    async with make_client(settings_for(simulator.url, read_rate_burst=1, read_rate_limit=1.0), InstantTime()) as c:
+        created = await c.batch_create(KEY, ["d-1"])
+        await c.get_job(PROJECT, created.job_id)
+        assert c.read_limiter.in_flight == 0
+        assert c.read_limiter.max_rate == pytest.approx(0.9)  # paced under READ_RATE_LIMIT: see _READ_HEADROOM
 
 
 # -- jobs
@@ -555,8 +624,17 @@ class CountingObserver:
 
 
 async def test_the_observer_sees_calls_retries_and_throttles(scripted: ScriptedServer) -> None:
-    scripted.replies = [Reply(429), Reply(502), Reply(200, job_json())]
+    scripted.replies = [Reply(429), Reply(503), Reply(200, job_json())]
     observer = CountingObserver()
     async with make_client(settings_for(scripted.url), InstantTime(), observer=observer) as client:
         await client.batch_create(KEY, ["d-1"])
     assert (observer.calls, observer.retries, observer.throttles) == (["4xx", "5xx", "2xx"], 2, 1)
+
+
+async def test_a_call_given_fewer_tries_stops_there_and_says_how_many_it_made(scripted: ScriptedServer) -> None:
+    scripted.replies = [Reply(503)]
+    async with make_client(settings_for(scripted.url, retry_max_tries=8), InstantTime()) as client:
+        with pytest.raises(ApiServerError) as caught:
+            await client.batch_create(KEY, ["d-1"], max_tries=2)
+    assert caught.value.tries == 2
+    assert len(scripted.requests) == 2

@@ -22,13 +22,15 @@ KEY = MergeKey(PROJECT, None, None, None)
 
 @pytest.fixture
 async def client(simulator: Simulator) -> AsyncIterator[WorkspaceClient]:
-    settings = Settings(api_url=simulator.url, auth_token=SIM_TOKEN, retry_max_tries=1)
+    settings = Settings(
+        api_url=simulator.url, auth_token=SIM_TOKEN, retry_max_tries=1, read_rate_limit=100.0, read_rate_burst=10
+    )
     async with WorkspaceClient(settings) as c:
         yield c
 
 
 def reader(client: WorkspaceClient) -> JobReader:
-    return JobReader(client, Settings(read_rate_limit=100.0, read_rate_burst=10))
+    return JobReader(client)
 
 
 @pytest.mark.parametrize(
@@ -91,5 +93,5 @@ async def test_reads_spend_their_own_budget_never_batch_create_s(simulator: Simu
     settings = Settings(api_url=simulator.url, auth_token=SIM_TOKEN)
     async with WorkspaceClient(settings, limiter=writes) as client:
         created = await client.batch_create(KEY, ["d-1"])
-        await JobReader(client, settings, limiter=reads).read(PROJECT, created.job_id)
+        await JobReader(client, limiter=reads).read(PROJECT, created.job_id)
     assert (writes.grants, reads.grants) == (1, 1)

@@ -14,6 +14,7 @@ from snapworker.cloud.responses import (
     body_snippet,
     error_from_response,
     is_busy,
+    may_have_processed,
     named_desktops,
     parse_created_job,
     parse_job,
@@ -223,3 +224,22 @@ def test_a_job_answer_that_is_not_an_object_is_a_bad_response() -> None:
         parse_job(200, NO_HEADERS, b"not json")
     assert caught.value.error_code == BAD_RESPONSE_CODE
     assert not caught.value.maybe_created
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "maybe"),
+    [
+        (503, b'{"error_code": "APIG.0201", "error_msg": "Backend unavailable"}', False),
+        (500, b'{"error_code": "WKS.0005", "error_msg": "ECS failed"}', False),
+        (502, b'{"error_code": "APIG.0201", "error_msg": "Backend unavailable"}', True),
+        (504, b"", True),
+        (500, b"<html>oops</html>", True),
+    ],
+    ids=["503-not-passed-on", "service-refusal", "gateway-502", "gateway-504", "page"],
+)
+def test_only_a_503_or_the_services_own_error_rule_out_that_a_5xx_post_was_processed(
+    status: int, body: bytes, maybe: bool
+) -> None:
+    error = error_from_response(status, None, {}, body)
+    assert isinstance(error, ApiServerError)
+    assert may_have_processed(error) is maybe

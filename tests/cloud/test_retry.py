@@ -11,6 +11,7 @@ from snapworker.cloud.retry import RetryPolicy
 from snapworker.errors import (
     ApiClientError,
     ApiError,
+    ApiResponseLost,
     ApiResponseTimeout,
     ApiServerError,
     ApiThrottled,
@@ -55,13 +56,15 @@ def test_a_busy_desktop_is_retryable_but_left_to_the_sender() -> None:
     assert delay(busy) is None
 
 
-def test_a_post_whose_response_timed_out_is_not_retried_by_default() -> None:
-    assert delay(ApiResponseTimeout("late")) is None
+@pytest.mark.parametrize("error", [ApiResponseTimeout("late"), ApiResponseLost("reset")], ids=["timeout", "lost"])
+def test_a_post_that_may_have_been_processed_is_never_retried_here(error: ApiError) -> None:
+    assert delay(error) is None
 
 
-def test_a_post_whose_response_timed_out_is_retried_when_allowed() -> None:
-    policy = RetryPolicy(max_tries=5, max_time_s=60.0, retry_on_response_timeout=True)
-    assert delay(ApiResponseTimeout("late"), policy=policy) == 1.0
+def test_a_post_whose_gateway_answered_502_is_never_retried_here() -> None:
+    gateway = error_from_response(502, None, {}, b"")
+    gateway.maybe_created = True  # as the client marks a 5xx the service may have taken (responses.may_have_processed)
+    assert delay(gateway) is None
 
 
 def test_an_idempotent_call_whose_response_timed_out_is_retried() -> None:
@@ -90,6 +93,6 @@ def test_retry_after_beyond_the_budget_gives_up() -> None:
     assert delay(throttled(30.0), elapsed_s=40.0) is None
 
 
-def test_from_settings_reads_tries_time_and_timeout_retry() -> None:
-    settings = Settings(retry_max_tries=3, retry_max_time_s=42.0, retry_on_response_timeout=True)
-    assert RetryPolicy.from_settings(settings) == RetryPolicy(3, 42.0, True)
+def test_from_settings_reads_tries_and_time() -> None:
+    settings = Settings(retry_max_tries=3, retry_max_time_s=42.0)
+    assert RetryPolicy.from_settings(settings) == RetryPolicy(3, 42.0)

@@ -15,31 +15,49 @@ JOB = JobEntry(job_id="j1", desktop_ids=("d1", "d2"))
 ERROR = ResultError(desktop_ids=("d3",), http_status=404, error_code="WKS.0202", error_msg="no", retryable=False)
 
 
-def outcome(at: float, *pairs: tuple[JobEntry | ResultError, list[str]], fp: str = "fp") -> Row:
-    return Row("k", fp, OUTCOME, "a", json.dumps([[entry_body(e), ds] for e, ds in pairs]), at)
+BUSY = ResultError(desktop_ids=("d1",), http_status=409, error_code="WKS.0110", error_msg="busy", retryable=True)
+LOST = ResultError(
+    desktop_ids=("d1",), http_status=None, error_code="SNAPWORKER.RESPONSE_LOST", error_msg="lost", retryable=True
+).model_copy(update={"maybe_created": True})
 
 
-def intent(at: float, desktops: list[str], fp: str = "fp") -> Row:
-    return Row("k", fp, INTENT, "a", json.dumps(desktops), at)
+def outcome(at: float, *pairs: tuple[JobEntry | ResultError, list[str]], fp: str = "fp", attempt: str = "a") -> Row:
+    return Row("k", fp, OUTCOME, attempt, json.dumps([[entry_body(e), ds] for e, ds in pairs]), at)
 
 
-def test_an_outcome_settles_the_desktops_its_intent_announced() -> None:
+def intent(at: float, desktops: list[str], fp: str = "fp", attempt: str = "a") -> Row:
+    return Row("k", fp, INTENT, attempt, json.dumps(desktops), at)
+
+
+def test_an_outcome_that_holds_settles_the_desktops_its_intent_announced() -> None:
     state = state_of([intent(1, ["d1", "d2", "d3"]), outcome(2, (JOB, ["d1", "d2"]), (ERROR, ["d3"]))], "fp")
     assert state.outcomes["d1"].model_dump() == JOB.model_dump()
     assert isinstance(state.outcomes["d3"], ResultError)
-    assert set(state.intent_at) == {"d1", "d2", "d3"}
+    assert state.attempts == {}
 
 
-def test_an_intent_without_outcome_leaves_its_desktops_unsettled() -> None:
-    state = state_of([intent(1, ["d1"]), outcome(2, (JOB, ["d1"])), intent(3, ["d1"])], "fp")
+def test_an_intent_without_outcome_leaves_its_attempt_doubtful_with_its_time() -> None:
+    rows = [intent(1, ["d1"]), outcome(2, (JOB, ["d1"])), intent(3, ["d1"], attempt="b")]
+    state = state_of(rows, "fp")
     assert state.outcomes == {}
-    assert state.intent_at == {"d1": 3}
+    assert state.attempts == {"d1": {"b": 3}}
+
+
+def test_a_retryable_error_rules_out_its_own_attempt_but_not_an_earlier_doubtful_one() -> None:
+    rows = [intent(1, ["d1"], attempt="a"), intent(2, ["d1"], attempt="b"), outcome(3, (BUSY, ["d1"]), attempt="b")]
+    assert state_of(rows, "fp").attempts == {"d1": {"a": 1}}
+
+
+def test_a_maybe_created_outcome_keeps_its_attempt_doubtful() -> None:
+    state = state_of([intent(1, ["d1"]), outcome(2, (LOST, ["d1"]))], "fp")
+    assert state.attempts == {"d1": {"a": 1}}
+    assert isinstance(state.outcomes["d1"], ResultError)
 
 
 def test_rows_of_another_fingerprint_are_ignored() -> None:
     state = state_of([intent(1, ["d1"], fp="other"), outcome(2, (JOB, ["d1"]), fp="other")], "fp")
     assert state.outcomes == {}
-    assert state.intent_at == {}
+    assert state.attempts == {}
 
 
 def test_the_fingerprint_changes_with_the_desktops_and_not_with_their_order() -> None:

@@ -58,6 +58,7 @@ def settings(amqp_url: str, simulator: Simulator, unique_name: str) -> Settings:
         retry_max_time_s=5.0,
         retry_max_tries=3,
         read_timeout_s=5.0,
+        reconcile_delay_s=1.0,
         shutdown_timeout_s=5.0,
         consumer_check_s=0.5,
     )

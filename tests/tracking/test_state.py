@@ -162,3 +162,13 @@ def test_the_decisions_import_no_io(module: object) -> None:
     imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     io = {"asyncio", "time", "aiohttp", "aio_pika", "aiormq", "snapworker.cloud.jobs", "snapworker.cloud.client"}
     assert imported.isdisjoint(io)
+
+
+def test_a_desktop_found_by_reconciliation_reads_no_job_and_completes_unknown_with_its_snapshot() -> None:
+    u = unit(result("r1", ("reconciled:snap-1", ("d1",)), ("j2", ("d2",))))
+    assert u.jobs_to_read() == {"j2": PROJECT}
+    u.observe(view("j2", "SUCCESS", {"d2": "SUCCESS"}), T0)
+    [(completion, _)] = u.take_completions(T0)
+    d1 = completion.desktops[0]
+    assert (d1.outcome, d1.job_id) == ("unknown", "reconciled:snap-1")
+    assert "snap-1" in (d1.fail_reason or "")

@@ -223,6 +223,39 @@ def _latency_defaults(runs: Runs, medians: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _recovery(runs: Runs, medians: dict[str, Any]) -> list[Row]:
+    seconds = spread(r.get("seconds") for r in runs)
+    listings = spread(r.get("snapshot_listings") for r in runs)
+    calls = spread(r.get("batch_create_calls") for r in runs)
+    peak = spread(r.get("max_reads_in_one_second") for r in runs)
+    limit = float(runs[0].get("read_rate_limit") or 0)
+    accepted = [int((r.get("statuses") or {}).get("accepted", 0)) for r in runs]
+    wanted = int(runs[0].get("requests") or 0)
+    doubtful = sum(int(r.get("post_maybe_created") or 0) for r in runs)
+    repeated = sum(int(r.get("repeated_snapshots") or 0) for r in runs)
+    medians["recovery"] = {"seconds": seconds.to_json(), "listings": listings.to_json(), "max_reads": peak.to_json()}
+    every = all(n == wanted for n in accepted) and all(r.get("outcome") == "ok" for r in runs)
+    return [
+        Row(
+            f"recovery: {wanted:,} requests in doubt after a crash",
+            f"{min(accepted):,} accepted in {seconds.show('{:.1f}')} s; {listings.show()} listings, {calls.show()} "
+            f"batch-create calls",
+            f"{doubtful} maybe_created, {repeated} repeated snapshots",
+            "",
+            "all accepted, 0 maybe_created, 0 repeated",
+            verdict(every and doubtful == 0 and repeated == 0),
+        ),
+        Row(
+            "recovery: reads in the busiest second, at the API",
+            peak.show(),
+            f"READ_RATE_LIMIT {limit:g}",
+            "",
+            f"<= {limit:g}",
+            verdict(peak.high is not None and peak.high <= limit),
+        ),
+    ]
+
+
 def bound_rows(scenarios: Mapping[str, Runs], medians: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
     if scenarios.get("ratebound"):
@@ -235,4 +268,6 @@ def bound_rows(scenarios: Mapping[str, Runs], medians: dict[str, Any]) -> list[R
         rows += _fleet(scenarios["fleet"], medians)
     if scenarios.get("latency_defaults"):
         rows += _latency_defaults(scenarios["latency_defaults"], medians)
+    if scenarios.get("recovery"):
+        rows += _recovery(scenarios["recovery"], medians)
     return rows

@@ -14,6 +14,7 @@ import asyncio
 import os
 import random
 import signal
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -82,10 +83,11 @@ async def test_kills_at_the_failpoints_and_at_random_repeat_no_snapshot_and_lose
     async with running_worker(state):
         answered = await probe.wait_for_requests(ids, timeout=60)
     repeated = simulator.snapshots.repeated()
+    statuses = Counter(r.status for r in probe.results())
     print(
         f"\n{state.idempotency_store}: {len(kills)} kill rounds ({len(ids)} requests): {api_calls(simulator)} jobs, "
         f"{len(repeated)} desktops snapshotted twice, {len(set(ids) - set(answered))} requests lost, "
-        f"{probe.duplicates()} duplicate results"
+        f"{probe.duplicates()} duplicate results, results {dict(statuses)}"
     )
     assert kills == [-signal.SIGKILL] * ROUNDS
     assert repeated == {}

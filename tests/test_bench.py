@@ -396,6 +396,25 @@ def test_latency_defaults_verdict() -> None:
     assert rows[1].verdict == "FAIL"
 
 
+def test_recovery_verdicts_need_every_request_accepted_and_reads_within_the_limit() -> None:
+    run = {
+        "requests": 5000,
+        "outcome": "ok",
+        "seconds": 19.2,
+        "statuses": {"accepted": 5000},
+        "snapshot_listings": 51,
+        "batch_create_calls": 10,
+        "max_reads_in_one_second": 3,
+        "read_rate_limit": 3.0,
+        "post_maybe_created": 0,
+        "repeated_snapshots": 0,
+    }
+    rows, _ = summarize({"recovery": [run]})
+    assert [r.verdict for r in rows[1:]] == ["PASS", "PASS"]
+    rows, _ = summarize({"recovery": [dict(run, max_reads_in_one_second=4, statuses={"accepted": 4999, "failed": 1})]})
+    assert [r.verdict for r in rows[1:]] == ["FAIL", "FAIL"]
+
+
 def test_unfinished_runs_are_projected_and_requeued_requests_are_not_lost() -> None:
     workload = Workload(5_000, 12, variants=2)
     data: dict[str, Any] = {

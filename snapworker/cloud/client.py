@@ -27,7 +27,6 @@ counts such a wait (``connect`` covers DNS, TCP and TLS; ``sock_read`` the wait 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 import time
@@ -35,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace, TracebackType
+from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -43,29 +42,27 @@ import aiohttp
 import backoff
 from yarl import URL
 
+from snapworker.cloud.body import batch_create_body
 from snapworker.cloud.limiter import Grant, Limiter, RateLimiter
 from snapworker.cloud.responses import error_from_response, may_have_processed, parse_created_job, parse_job
 from snapworker.cloud.retry import RetryPolicy
+from snapworker.cloud.sent import TryTrace, failed_try, sent_trace
 from snapworker.cloud.signing import sdk_date_now, sign_request
 from snapworker.domain.jobs import CreatedJob
 from snapworker.domain.keys import MergeKey
-from snapworker.domain.snapshots import marked_disks
 from snapworker.errors import (
     ApiDeadlineExceeded,
     ApiError,
-    ApiResponseLost,
     ApiResponseTimeout,
     ApiServerError,
     ApiThrottled,
-    ApiTransportError,
 )
 from snapworker.settings import Settings
 
-__all__ = ["ClientObserver", "WorkspaceClient", "batch_create_body"]
+__all__ = ["ClientObserver", "WorkspaceClient"]
 
 log = logging.getLogger("snapworker.cloud")
 
-MAX_DESKTOPS_PER_CALL = 100
 #: Reads are paced this much under READ_RATE_LIMIT. At the full rate, the (N+1)th read of a busy second is granted
 #: exactly one second after the first, and a few ms of jitter on the way (the event loop, the network) would put
 #: N+1 into one second at the API: the headroom keeps every second at READ_RATE_LIMIT reads or fewer.
@@ -85,59 +82,6 @@ class _Response:
     status: int
     headers: Mapping[str, str]
     body: bytes
-
-
-def batch_create_body(key: MergeKey, desktop_ids: Sequence[str], *, marker: str | None = None) -> bytes:
-    """The exact JSON bytes of a batch-create call; fields (and snapshot info fields) that are None left out.
-
-    ``marker`` (see :mod:`snapworker.domain.snapshots`) becomes the description of each disk the call snapshots
-    whose description the request left empty; a description the request gives is sent as it is."""
-    if not 1 <= len(desktop_ids) <= MAX_DESKTOPS_PER_CALL:
-        raise ValueError(f"batch-create takes 1 to {MAX_DESKTOPS_PER_CALL} desktops, got {len(desktop_ids)}")
-    body: dict[str, Any] = {"desktop_ids": list(desktop_ids)}
-    if key.disk_type is not None:
-        body["disk_type"] = key.disk_type
-    marked = marked_disks(key) if marker is not None else ()
-    for name, info in (
-        ("system_disk_snapshot", key.system_disk_snapshot),
-        ("data_disk_snapshot", key.data_disk_snapshot),
-    ):
-        fields = info.model_dump(exclude_none=True) if info is not None else {}
-        if name in marked:
-            fields["description"] = marker
-        if fields:  # an info with nothing set says nothing: leave it out
-            body[name] = fields
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-class _TryTrace:
-    """One try's progress, as aiohttp's tracing tells it. ``sent``: None when the session has no such tracing (a
-    session given from outside): then any failure past connecting counts as possibly sent."""
-
-    __slots__ = ("sent",)
-
-    def __init__(self) -> None:
-        self.sent: bool | None = None
-
-
-def _sent_trace() -> aiohttp.TraceConfig:
-    """Tracing that marks a try as sent just before its headers go to the connection (nothing earlier reaches
-    the socket: the connection is made, or taken from the pool, before)."""
-
-    async def on_start(_: aiohttp.ClientSession, ctx: SimpleNamespace, __: aiohttp.TraceRequestStartParams) -> None:
-        if isinstance(ctx.trace_request_ctx, _TryTrace):
-            ctx.trace_request_ctx.sent = False
-
-    async def on_headers(
-        _: aiohttp.ClientSession, ctx: SimpleNamespace, __: aiohttp.TraceRequestHeadersSentParams
-    ) -> None:
-        if isinstance(ctx.trace_request_ctx, _TryTrace):
-            ctx.trace_request_ctx.sent = True
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_start.append(on_start)
-    trace.on_request_headers_sent.append(on_headers)
-    return trace
 
 
 class WorkspaceClient:
@@ -226,7 +170,7 @@ class WorkspaceClient:
                 sock_connect=s.connect_timeout_s,
                 sock_read=s.read_timeout_s,
             )
-            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=[_sent_trace()])
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=[sent_trace()])
         return self._session
 
     # -- API
@@ -428,7 +372,7 @@ class WorkspaceClient:
         """Send once; the 2xx response, or raise the typed error (see the module: classified by when it failed)."""
         headers = self._headers(method, url, project_id, body)
         started = self._clock()
-        attempt = _TryTrace()
+        trace = TryTrace()
         try:
             async with self._get_session().request(
                 method,
@@ -437,31 +381,14 @@ class WorkspaceClient:
                 headers=headers,
                 allow_redirects=False,  # a redirect would resend a signed POST elsewhere
                 proxy=self._proxy,
-                trace_request_ctx=attempt,
+                trace_request_ctx=trace,
             ) as resp:
                 data = await resp.read()
                 status, reason, resp_headers = resp.status, resp.reason, resp.headers
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            # before ClientError and TimeoutError: connecting, DNS, TLS or the proxy failed; nothing was sent
-            self._observe("transport", started)
-            raise ApiTransportError(f"cannot connect to the Workspace API: {type(exc).__name__}: {exc}") from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
-            timed_out = isinstance(exc, TimeoutError)
-            self._observe("timeout" if timed_out else "transport", started)
-            if attempt.sent is False:  # failed before a byte of the request was handed to the socket
-                raise ApiTransportError(
-                    f"cannot reach the Workspace API (nothing sent): {type(exc).__name__}: {exc}"
-                ) from exc
-            where = f"{method} {URL(url).path}"
-            if timed_out:
-                raise ApiResponseTimeout(
-                    f"no response from the Workspace API within {self._settings.read_timeout_s:g} s ({where}); "
-                    f"the request was sent"
-                ) from exc
-            raise ApiResponseLost(
-                f"the connection broke after the request was sent, before its answer ({where}): "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+            error = failed_try(exc, trace, f"{method} {URL(url).path}", self._settings.read_timeout_s)
+            self._observe("timeout" if isinstance(error, ApiResponseTimeout) else "transport", started)
+            raise error from exc
         self._observe(f"{status // 100}xx", started)
         if not 200 <= status < 300:
             raise error_from_response(status, reason, resp_headers, data)

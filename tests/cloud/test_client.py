@@ -17,7 +17,8 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from snapworker.cloud.client import WorkspaceClient, batch_create_body
+from snapworker.cloud.body import batch_create_body
+from snapworker.cloud.client import WorkspaceClient
 from snapworker.cloud.limiter import RateLimiter
 from snapworker.contract.models import DiskSnapshotInfo
 from snapworker.domain.jobs import CreatedJob

@@ -81,7 +81,11 @@ class CallJournal:
     async def before_call(self, batch: Batch, deadline: float | None, attempt_id: str) -> Outcome | None:
         """Record the intent of every keyed request ``batch`` serves, under ``attempt_id`` (the calls' marker
         names it: reconciliation finds the attempt's snapshots by it); None: go ahead and call. An outcome: do
-        not call (the store stayed unavailable until ``deadline``, on the loop's clock)."""
+        not call (the store stayed unavailable until ``deadline``, on the loop's clock; or nobody waits for the
+        batch any more, before or after the intent was written: its requests' broker session was lost, they are
+        redelivered, and a call now would race the worker that gets them)."""
+        if not self._core.waiting(batch):
+            return (_nobody_waits(batch),)
         attempt = _Attempt(attempt_id, {})
         now = time.time()
         rows = []
@@ -102,6 +106,8 @@ class CallJournal:
                     return (_store_unavailable(batch, exc),)
                 log.warning("batch %d waits: cannot record its intent (%s); trying again", batch.id, exc)
                 await asyncio.sleep(self._hold_s)
+        if not self._core.waiting(batch):
+            return (_nobody_waits(batch),)  # an intent without a call: a redelivery lists the snapshots, finds none
         self._attempts[batch.id] = attempt
         for keyed, _ in attempt.requests.values():
             self._in_flight[keyed.key] = self._in_flight.get(keyed.key, 0) + 1
@@ -172,5 +178,16 @@ def _store_unavailable(batch: Batch, exc: StoreUnavailable) -> ResultError:
         http_status=None,
         error_code="SNAPWORKER.STORE_UNAVAILABLE",
         error_msg=f"not sent: the idempotency store was unavailable until the deadline: {exc}"[:2000],
+        retryable=True,
+    )
+
+
+def _nobody_waits(batch: Batch) -> ResultError:
+    log.info("batch %d not sent: none of its requests is held any more (they return to the queue)", batch.id)
+    return ResultError(
+        desktop_ids=batch.desktop_ids,
+        http_status=None,
+        error_code="SNAPWORKER.NOT_SENT",
+        error_msg="not sent: the requests of this batch were given back to the broker before the call",
         retryable=True,
     )

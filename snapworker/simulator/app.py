@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import random
 import signal
 import sys
@@ -58,6 +59,8 @@ from snapworker.simulator.state import FlowLimiter, SimConfig, SimStats, retry_a
 from snapworker.simulator.verify import SignatureError, verify_signature
 
 __all__ = ["SimConfig", "Simulator", "add_arguments", "config_from_args", "run"]
+
+log = logging.getLogger("snapworker.simulator")
 
 _BUSY_CODE = "WKS.0110"
 _BAD_GATEWAY_HTML = (
@@ -279,7 +282,18 @@ class Simulator:
             duration_s=config.job_duration_s,
             max_jobs=config.max_jobs,
         )
-        self._stats.record_job(job.desktop_ids)
+        again = self._stats.record_job(job.desktop_ids)
+        if again:  # the crash tests' ground truth, said where it happens: which calls snapshotted a desktop twice
+            project = job.project_id
+            earlier = {d: [s["job_id"] for s in self.snapshots.of_desktop(project, d)] for d in again[:5]}
+            log.warning(
+                "job %s of project %s snapshots desktops again: %s (earlier jobs: %s; body %s)",
+                job.id,
+                project,
+                again[:5],
+                earlier,
+                body[:300],
+            )
         self.snapshots.record(job, body)
         return web.json_response({"job_id": job.id})
 

@@ -144,15 +144,19 @@ class SimStats:
             in_minute = _busiest(self._admitted_last_minute, at, 60.0)
             self.max_calls_in_any_60_s = max(self.max_calls_in_any_60_s, in_minute)
 
-    def record_job(self, desktop_ids: tuple[str, ...]) -> None:
+    def record_job(self, desktop_ids: tuple[str, ...]) -> list[str]:
+        """Count a created job; the desktops it snapshots again (each was in an earlier job)."""
         self.jobs_created += 1
         self.batch_sizes[len(desktop_ids)] += 1
+        again = []
         for desktop_id in desktop_ids:
             if desktop_id in self.desktops:
                 self.desktops_repeated.add(desktop_id)
                 self.repeated_snapshots += 1
+                again.append(desktop_id)
             else:
                 self.desktops.add(desktop_id)
+        return again
 
     def to_dict(self) -> dict[str, Any]:
         """The ``GET /_sim/stats`` document (JSON object keys are strings)."""

@@ -1027,3 +1027,14 @@ async def test_of_desktop_names_each_snapshot_with_the_job_that_made_it(
     made = simulator.snapshots.of_desktop(PROJECT, "d-1")
     assert [m["job_id"] for m in made] == [first, second, second]
     assert simulator.snapshots.of_desktop(PROJECT, "d-unknown") == []
+
+
+async def test_a_desktop_snapshotted_again_is_logged_with_its_earlier_job(
+    simulator: Simulator, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = (await _batch(session, simulator, {"desktop_ids": ["d-1", "d-2"]})).json()["job_id"]
+    with caplog.at_level("WARNING", logger="snapworker.simulator"):
+        await _batch(session, simulator, {"desktop_ids": ["d-2", "d-3"]})
+    [line] = [r.getMessage() for r in caplog.records if r.name == "snapworker.simulator"]
+    assert "['d-2']" in line
+    assert first in line

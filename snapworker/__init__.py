@@ -14,6 +14,7 @@ from snapworker.contract.models import (
 )
 from snapworker.errors import (
     ApiAuthError,
+    ApiCallAbandoned,
     ApiClientError,
     ApiDeadlineExceeded,
     ApiError,
@@ -52,6 +53,7 @@ def __getattr__(name: str) -> str:
 __all__ = [
     "INVALID_REQUEST_CODE",
     "ApiAuthError",
+    "ApiCallAbandoned",
     "ApiClientError",
     "ApiDeadlineExceeded",
     "ApiError",

@@ -11,6 +11,7 @@ Third-party errors (aiohttp, aio-pika, pydantic) are translated at the edge that
     ├── ResultTimeout               SnapshotClient.create_snapshots got no result in time
     ├── ApiError                    the Workspace API did not create a job
     │   ├── ApiDeadlineExceeded     the request's deadline passed before the limiter let a try go
+    │   ├── ApiCallAbandoned        nobody waits for the call's answer any more: the try was not sent
     │   ├── ApiTransportError       no HTTP response, and nothing was sent (connect, DNS, TLS refused)
     │   │   └── ApiResponseLost     the request may have reached the API, and no answer came: maybe created
     │   │       └── ApiResponseTimeout  ... because the answer did not come in time
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 __all__ = [
     "ApiAuthError",
+    "ApiCallAbandoned",
     "ApiClientError",
     "ApiDeadlineExceeded",
     "ApiError",
@@ -109,6 +111,15 @@ class ApiDeadlineExceeded(ApiError):
 
     retryable = True
     error_code = "SNAPWORKER.DEADLINE"
+
+
+class ApiCallAbandoned(ApiError):
+    """The call's lease lapsed before a try was sent: no live broker session holds the requests it would answer
+    (they went back to the queue, and may already be another worker's), the worker is stopping, or its intent
+    could not be renewed. Nothing was sent by this try."""
+
+    retryable = True
+    error_code = "SNAPWORKER.NOT_SENT"
 
 
 class ApiTransportError(ApiError):

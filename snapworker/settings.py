@@ -166,7 +166,9 @@ class Settings(BaseSettings):
         default=2_000_000, ge=1000, description="SQLite: records kept at most (the oldest go first)."
     )
     idempotency_hold_s: float = Field(
-        default=5.0, gt=0, description="Store unavailable: a request is requeued after this long, not sent blindly."
+        default=5.0,
+        gt=0,
+        description="Store unavailable, or another worker's call may still run: a held request is looked up again this often.",
     )
     failpoints: str = Field(
         default="",

@@ -10,6 +10,7 @@ import pytest
 
 from snapworker.cloud.accounts import AccountRouter, NoAccountForProject, load_accounts
 from snapworker.cloud.client import WorkspaceClient
+from snapworker.cloud.lease import CallLease
 from snapworker.cloud.limiter import Grant, Limiter
 from snapworker.domain.jobs import CreatedJob
 from snapworker.domain.keys import MergeKey
@@ -106,6 +107,7 @@ class _FakeClient(WorkspaceClient):
         deadline: float | None = None,
         marker: str | None = None,
         max_tries: int | None = None,
+        lease: CallLease | None = None,
     ) -> CreatedJob:
         self.calls.append(key.project_id)
         return CreatedJob("job", None)

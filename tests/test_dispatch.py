@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from snapworker.cloud.lease import CallLease
 from snapworker.cloud.limiter import Grant, RateLimiter
 from snapworker.core import Batch, BatchingCore, MergeKey, Outcome
 from snapworker.domain.jobs import CreatedJob
@@ -28,6 +29,7 @@ class FakeApi:
         deadline: float | None = None,
         marker: str | None = None,
         max_tries: int | None = None,
+        lease: CallLease | None = None,
     ) -> CreatedJob:
         if grant is not None:
             self.limiter.release()

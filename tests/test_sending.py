@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 import pytest
 from multidict import CIMultiDict
 
+from snapworker.cloud.lease import CallLease
 from snapworker.cloud.limiter import Grant, RateLimiter
 from snapworker.cloud.responses import error_from_response
 from snapworker.contract.models import JobEntry, ResultError, SnapshotResult
@@ -75,6 +76,7 @@ class FakeApi:
         deadline: float | None = None,
         marker: str | None = None,
         max_tries: int | None = None,
+        lease: CallLease | None = None,
     ) -> CreatedJob:
         self.calls.append(tuple(desktop_ids))
         if self.clock is not None:
@@ -324,6 +326,7 @@ class LossyApi(FakeApi):
         deadline: float | None = None,
         marker: str | None = None,
         max_tries: int | None = None,
+        lease: CallLease | None = None,
     ) -> CreatedJob:
         created = await super().batch_create(
             key, desktop_ids, grant=grant, deadline=deadline, marker=marker, max_tries=max_tries

@@ -33,6 +33,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from snapworker.cloud.client import ClientObserver, WorkspaceClient
+from snapworker.cloud.lease import CallLease
 from snapworker.cloud.limiter import Grant, Limiter, RateLimiter
 from snapworker.cloud.snapshots import SnapshotReader
 from snapworker.domain.jobs import CreatedJob
@@ -201,12 +202,15 @@ class AccountRouter:
         deadline: float | None = None,
         marker: str | None = None,
         max_tries: int | None = None,
+        lease: CallLease | None = None,
     ) -> CreatedJob:
         """The call through the project's account: its limiter, credential and endpoint."""
         try:
             client = self.client_for(key.project_id)
             # the gate's grant is not the account's: the call waits for its own account's budget
-            return await client.batch_create(key, desktop_ids, deadline=deadline, marker=marker, max_tries=max_tries)
+            return await client.batch_create(
+                key, desktop_ids, deadline=deadline, marker=marker, max_tries=max_tries, lease=lease
+            )
         finally:
             if grant is not None:
                 self._gate.release()

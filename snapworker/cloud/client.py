@@ -31,7 +31,7 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +43,7 @@ import backoff
 from yarl import URL
 
 from snapworker.cloud.body import batch_create_body
+from snapworker.cloud.lease import CallLease
 from snapworker.cloud.limiter import Grant, Limiter, RateLimiter
 from snapworker.cloud.responses import error_from_response, may_have_processed, parse_created_job, parse_job
 from snapworker.cloud.retry import RetryPolicy
@@ -51,6 +52,7 @@ from snapworker.cloud.signing import sdk_date_now, sign_request
 from snapworker.domain.jobs import CreatedJob
 from snapworker.domain.keys import MergeKey
 from snapworker.errors import (
+    ApiCallAbandoned,
     ApiDeadlineExceeded,
     ApiError,
     ApiResponseTimeout,
@@ -183,6 +185,7 @@ class WorkspaceClient:
         deadline: float | None = None,
         marker: str | None = None,
         max_tries: int | None = None,
+        lease: CallLease | None = None,
     ) -> CreatedJob:
         """Create snapshots of ``desktop_ids`` (1..100) with ``key``'s settings; retried as the module says.
 
@@ -190,6 +193,8 @@ class WorkspaceClient:
         ``deadline`` (this client's clock): throttled tries are repeated until then, not counted as retries.
         ``marker``: the attempt's description for undescribed disks (:func:`batch_create_body`).
         ``max_tries``: what is left of RETRY_MAX_TRIES for this batch (None: all of it).
+        ``lease``: asked before every try (:mod:`snapworker.cloud.lease`); once it lapses, no try is sent and the
+        call raises :class:`~snapworker.errors.ApiCallAbandoned`.
         Raises an :class:`~snapworker.errors.ApiError` subclass when no job was created, as far as we know; one
         with ``maybe_created`` (never tried again here) when the API may have processed the call.
         """
@@ -210,6 +215,7 @@ class WorkspaceClient:
             grant=grant,
             deadline=deadline,
             max_tries=max_tries,
+            lease=lease,
         )
         job_id = parse_created_job(response.status, response.headers, response.body)
         return CreatedJob(job_id, response.headers.get("X-Request-Id"))
@@ -253,6 +259,7 @@ class WorkspaceClient:
         deadline: float | None = None,
         limiter: Limiter | None = None,
         max_tries: int | None = None,
+        lease: CallLease | None = None,
     ) -> _Response:
         """One call with its retries: the 2xx response. The error raised carries the ``tries`` made.
 
@@ -269,7 +276,7 @@ class WorkspaceClient:
         excused_s = 0.0  # time spent waiting out throttles: not part of the retry time budget
         throttled_at: float | None = None
         while True:
-            async with self._try_slot(limiter, project_id, limited, grant, deadline) as slot:
+            async with self._try_slot(limiter, project_id, limited, grant, deadline, lease) as slot:
                 grant = None  # only the first try uses a grant made before the call
                 now = self._clock()
                 if started is None:
@@ -347,22 +354,31 @@ class WorkspaceClient:
 
     @asynccontextmanager
     async def _try_slot(
-        self, limiter: Limiter, project_id: str, limited: bool, grant: Grant | None, deadline: float | None
+        self,
+        limiter: Limiter,
+        project_id: str,
+        limited: bool,
+        grant: Grant | None,
+        deadline: float | None,
+        lease: CallLease | None = None,
     ) -> AsyncIterator[Grant | None]:
         """The limiter's permission for one try: ``grant`` if given, else a new one, waited for until
-        ``deadline`` (then the call fails as throttled: it never got its turn)."""
+        ``deadline`` (then the call fails as throttled: it never got its turn) or until ``lease`` lapses (then
+        it fails abandoned); once granted, ``lease.before_try()`` has the last word."""
         if not limited:
             yield None
             return
         if grant is None:
             timeout = None if deadline is None else max(deadline - self._clock(), 0.0)
             try:
-                grant = await asyncio.wait_for(limiter.acquire(project_id), timeout)
+                grant = await asyncio.wait_for(_acquire(limiter, project_id, lease), timeout)
             except TimeoutError as exc:
                 raise ApiDeadlineExceeded(
                     "the request's deadline (REQUEST_DEADLINE_S) passed while it waited for the rate limiter"
                 ) from exc
         try:
+            if lease is not None and (lease.lapsed.is_set() or not await lease.before_try()):
+                raise ApiCallAbandoned("not sent: nobody waits for this call's answer any more")
             yield grant
         finally:
             limiter.release()
@@ -418,3 +434,24 @@ class WorkspaceClient:
     def _observe(self, status_class: str, started: float) -> None:
         if self._observer is not None:
             self._observer.on_call(status_class, self._clock() - started)
+
+
+async def _acquire(limiter: Limiter, project_id: str, lease: CallLease | None) -> Grant:
+    """A grant of ``limiter``, unless ``lease`` lapses first (then ApiCallAbandoned, and no grant is kept)."""
+    if lease is None:
+        return await limiter.acquire(project_id)
+    if lease.lapsed.is_set():
+        raise ApiCallAbandoned("not sent: nobody waits for this call's answer any more")
+    acquiring = asyncio.ensure_future(limiter.acquire(project_id))
+    lapsed = asyncio.ensure_future(lease.lapsed.wait())
+    try:
+        await asyncio.wait({acquiring, lapsed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        lapsed.cancel()
+        if not acquiring.done():
+            acquiring.cancel()  # the limiter forgets the waiter, or releases a grant made just now
+            with suppress(asyncio.CancelledError):
+                await acquiring
+    if acquiring.cancelled():
+        raise ApiCallAbandoned("not sent: nobody waits for this call's answer any more (it waited for the limiter)")
+    return acquiring.result()

@@ -19,9 +19,9 @@ from snapworker.amqp.session import Delivery
 from snapworker.contract.intake import Accepted
 from snapworker.contract.models import SnapshotResult
 from snapworker.core import BatchingCore
-from snapworker.idempotency.gate import AdmissionGate, Answer, Spawn, Submit
+from snapworker.idempotency.gate import AdmissionGate, Answer, Fail, Spawn, Submit
 from snapworker.idempotency.health import StoreHealth
-from snapworker.idempotency.journal import CallJournal
+from snapworker.idempotency.journal import CallJournal, lease_s
 from snapworker.idempotency.reconcile import Reconciler
 from snapworker.idempotency.store import IdempotencyStore
 from snapworker.settings import Settings
@@ -55,6 +55,7 @@ class Idempotency:
         submit: Submit,
         answer: Answer,
         spawn: Spawn,
+        fail: Fail,
     ) -> None:
         self.store = store
         self.health = StoreHealth(settings.idempotency_backend)
@@ -66,9 +67,11 @@ class Idempotency:
             namespace=settings.request_queue,
             hold_s=settings.idempotency_hold_s,
             reconcile_delay_s=settings.reconcile_delay_s,
+            lease_s=lease_s(settings.connect_timeout_s, settings.read_timeout_s),
             submit=submit,
             answer=answer,
             spawn=spawn,
+            fail=fail,
         )
 
     def use_reconciler(self, reconciler: Reconciler) -> None:
@@ -94,7 +97,7 @@ class Idempotency:
 
 
 def build_idempotency(
-    settings: Settings, core: BatchingCore, *, submit: Submit, answer: Answer, spawn: Spawn
+    settings: Settings, core: BatchingCore, *, submit: Submit, answer: Answer, spawn: Spawn, fail: Fail
 ) -> Idempotency | None:
     """The worker's idempotency, or None when IDEMPOTENCY_STORE is ``off`` (at least once only)."""
     if settings.idempotency_backend == "off":
@@ -102,4 +105,4 @@ def build_idempotency(
     store = build_store(settings)
     where = settings.state_path if settings.idempotency_backend == "sqlite" else "REDIS_URL"
     log.info("idempotency store: %s (%s)", settings.idempotency_backend, where)
-    return Idempotency(settings, store, core, submit=submit, answer=answer, spawn=spawn)
+    return Idempotency(settings, store, core, submit=submit, answer=answer, spawn=spawn, fail=fail)

@@ -4,18 +4,23 @@ Deliveries are gathered while one lookup is in flight and looked up together (on
 one per request). Then, per request, desktop by desktop:
 
 - an outcome is recorded that holds (a job, or an error that publishing again cannot fix): **reused**;
-- a call was announced without a recorded outcome, or its outcome was "maybe created" (a lost answer):
-  **reconciled** against the API's snapshots (:mod:`.reconcile`), by the markers of those attempts, once
-  RECONCILE_DELAY_S has passed since the latest of them was announced (its call may still be recorded by the
-  API): found ones are reused, unknown ones fail ``maybe_created``, absent ones are sent;
+- a call was announced without a recorded outcome, or its outcome was "maybe created" (a lost answer): its
+  intent is a **lease** (:func:`~snapworker.idempotency.journal.lease_s`): while it may still be running, the
+  request is **held** here (looked up again every IDEMPOTENCY_HOLD_S: its owner's outcome may come meanwhile),
+  never reconciled; once it has passed, and RECONCILE_DELAY_S more (the API may still be recording the call),
+  the desktops are **reconciled** against the API's snapshots (:mod:`.reconcile`), by the markers of those
+  attempts: found ones are reused, unknown ones fail ``maybe_created``, absent ones are sent;
+- a record that cannot be read (written by a newer version, or damaged): its desktops are reconciled, as if
+  each had been announced by an attempt whose marker is not known;
 - anything else (no record, or a retryable error that created nothing): **sent**, through the batching core.
 
 A request with nothing left to send is answered from its record without entering a batch. One whose key has a
 call in flight in this very process waits for that call's outcome first (its rows are about to change).
 
-If the store cannot be read, the message is **held**: requeued after IDEMPOTENCY_HOLD_S (it comes back and is
-looked up again), never sent blindly. A request with neither request_id nor message_id skips all of this: at
-least once only.
+If the store cannot be read, the message is **held** in memory and looked up again every IDEMPOTENCY_HOLD_S,
+never sent blindly, and never given back to the broker for it: a requeue would count as a redelivery, and spend a
+quorum queue's delivery limit. What is held is bounded by the prefetch window. A request with neither
+request_id nor message_id skips all of this: at least once only.
 """
 
 from __future__ import annotations
@@ -46,7 +51,10 @@ log = logging.getLogger("snapworker.idempotency")
 #: (delivery, the request as it may enter the core) -> None: the worker's own way in.
 Submit = Callable[[Delivery, Accepted], None]
 Answer = Callable[[Delivery, SnapshotResult], None]
-Spawn = Callable[[Coroutine[Any, Any, None]], None]
+#: Runs a task that owns ``deliveries``: if it raises, they are answered failed (the worker's guard).
+Spawn = Callable[[Coroutine[Any, Any, None], Sequence[Delivery]], None]
+#: (deliveries, the exception, what was being done): the worker's guard, for what raised outside a task.
+Fail = Callable[[Sequence[Delivery], BaseException, str], None]
 
 _GATHER_S = 0.005
 _GATHER_MAX = 500
@@ -92,9 +100,12 @@ class AdmissionGate:
         namespace: str,
         hold_s: float,
         reconcile_delay_s: float,
+        lease_s: float,
         submit: Submit,
         answer: Answer,
         spawn: Spawn,
+        fail: Fail,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._journal = journal
@@ -102,9 +113,12 @@ class AdmissionGate:
         self._namespace = namespace
         self._hold_s = hold_s
         self._reconcile_delay_s = reconcile_delay_s
+        self._lease_s = lease_s
         self._submit = submit
         self._answer = answer
         self._spawn = spawn
+        self._fail = fail
+        self._wall_clock = wall_clock
         self.reconciler = Reconciler(None)  # until the worker has an API that lists snapshots
         self._waiting: list[tuple[Delivery, Accepted, Keyed]] = []
         self._looking = False
@@ -120,7 +134,7 @@ class AdmissionGate:
         self._waiting.append((delivery, accepted, keyed))
         if not self._looking:
             self._looking = True
-            self._spawn(self._look_up())
+            self._spawn(self._look_up(), ())
         elif self._full is not None and len(self._waiting) >= _GATHER_MAX and not self._full.done():
             self._full.set_result(None)
         return True
@@ -164,25 +178,38 @@ class AdmissionGate:
                 try:
                     found = await self._health.timed(self._store.lookup([keyed.key for _, _, keyed in live]))
                 except StoreUnavailable:
-                    self._hold([delivery for delivery, _, _ in live])
+                    for item in live:
+                        self._hold(item, self._hold_s)
+                    continue
+                except Exception as exc:  # a bug in the store: these requests are answered, never stranded
+                    self._fail([delivery for delivery, _, _ in live], exc, "looking requests up")
                     continue
                 for delivery, accepted, keyed in live:
                     if delivery.session.lost.is_set():
                         continue
-                    settled = self._journal.in_flight(keyed.key)
-                    if settled is not None:  # a call of ours is about to change its rows: look again after it
-                        self._spawn(self._after(settled, delivery, accepted, keyed))
-                        continue
-                    self._decide(delivery, accepted, keyed, found.get(keyed.key, []))
+                    try:
+                        settled = self._journal.in_flight(keyed.key)
+                        if settled is not None:  # a call of ours is about to change its rows: look again after it
+                            self._spawn(self._after(settled, delivery, accepted, keyed), (delivery,))
+                            continue
+                        self._decide(delivery, accepted, keyed, found.get(keyed.key, []))
+                    except Exception as exc:  # one request's fault is its own: the others of the gathering go on
+                        self._fail([delivery], exc, f"deciding request {accepted.request_id} from its record")
         finally:
             self._looking = False
 
     async def _after(self, settled: asyncio.Event, delivery: Delivery, accepted: Accepted, keyed: Keyed) -> None:
         await settled.wait()
-        self._waiting.append((delivery, accepted, keyed))
+        self._readmit((delivery, accepted, keyed))
+
+    def _readmit(self, item: tuple[Delivery, Accepted, Keyed]) -> None:
+        """Look ``item`` up again (unless its session was lost meanwhile: the broker has it back)."""
+        if item[0].session.lost.is_set() or item[0].settled:
+            return
+        self._waiting.append(item)
         if not self._looking:
             self._looking = True
-            await self._look_up()
+            self._spawn(self._look_up(), ())
 
     def _decide(self, delivery: Delivery, accepted: Accepted, keyed: Keyed, rows: Sequence[Any]) -> None:
         request = accepted.request
@@ -192,7 +219,13 @@ class AdmissionGate:
         state = state_of(rows, keyed.fingerprint)
         reused = {d: e for d, e in state.outcomes.items() if holds(e)}
         if state.attempts:
-            self._spawn(self._reconcile(delivery, accepted, keyed, reused, state.attempts))
+            latest = max(at for announced in state.attempts.values() for at in announced.values())
+            wait = latest + self._lease_s + self._reconcile_delay_s - self._wall_clock()
+            if wait > 0:
+                # another worker's call may still be running (or the API still recording it): not ours to list
+                self._hold((delivery, accepted, keyed), min(wait, self._hold_s))
+                return
+            self._spawn(self._reconcile(delivery, accepted, keyed, reused, state.attempts), (delivery,))
             return
         self._settle(delivery, accepted, keyed, reused)
 
@@ -205,10 +238,6 @@ class AdmissionGate:
         attempts: dict[str, dict[str, float]],
     ) -> None:
         key = MergeKey.of(accepted.request)
-        latest = max(at for announced in attempts.values() for at in announced.values())
-        wait = latest + self._reconcile_delay_s - time.time()
-        if wait > 0:  # the dead worker's last call may still be on its way into the API's records
-            await asyncio.sleep(min(wait, self._reconcile_delay_s))
         marked, name = bool(marked_disks(key)), given_name(key)
         doubts = {
             desktop_id: Doubt(
@@ -255,17 +284,7 @@ class AdmissionGate:
             accepted = Accepted(request, accepted.request_id, accepted.correlation_id)
         self._submit(delivery, accepted)
 
-    def _hold(self, deliveries: list[Delivery]) -> None:
-        """Requeue these after hold_s: they come back and are looked up again once the store answers."""
-        self._health.held += len(deliveries)
-        loop = asyncio.get_running_loop()
-        loop.call_later(self._hold_s, _requeue, deliveries)
-
-
-def _requeue(deliveries: list[Delivery]) -> None:
-    by_session: dict[Any, list[Delivery]] = {}
-    for delivery in deliveries:
-        if not delivery.settled and not delivery.session.lost.is_set():
-            by_session.setdefault(delivery.session, []).append(delivery)
-    for session, held in by_session.items():
-        session.settle(held, "requeue")
+    def _hold(self, item: tuple[Delivery, Accepted, Keyed], delay_s: float) -> None:
+        """Keep ``item`` held, and look it up again in ``delay_s``."""
+        self._health.held += 1
+        asyncio.get_running_loop().call_later(delay_s, self._readmit, item)

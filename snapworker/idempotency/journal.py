@@ -27,7 +27,7 @@ from snapworker.idempotency.health import StoreHealth
 from snapworker.idempotency.store import INTENT, OUTCOME, IdempotencyStore, Row, entry_body, json_strings
 from snapworker.runtime.failpoints import failpoint
 
-__all__ = ["CallJournal", "Keyed"]
+__all__ = ["RENEW_AFTER_S", "TRY_WINDOW_S", "CallJournal", "Keyed", "lease_s"]
 
 log = logging.getLogger("snapworker.idempotency")
 
@@ -43,10 +43,27 @@ class Keyed:
     fingerprint: str
 
 
+#: An intent older than this (on the loop's clock) is written again before the next try of its call: the
+#: renewal that keeps the attempt's lease (see :func:`lease_expiry`).
+RENEW_AFTER_S = 2.0
+#: No try of a call starts later than this after its intent was last written: when it cannot be renewed (the
+#: store is down), the call stops there, and its requests fail retryable, nothing sent.
+TRY_WINDOW_S = 5.0
+
+
+def lease_s(connect_timeout_s: float, read_timeout_s: float) -> float:
+    """How long after an intent was last written its call may still be running: a try may start up to
+    TRY_WINDOW_S after the write, then connect and wait for its answer. Another worker that finds the intent
+    holds the request until then (and RECONCILE_DELAY_S more) before it reconciles: it never lists the
+    snapshots of a call that may still be made."""
+    return TRY_WINDOW_S + connect_timeout_s + read_timeout_s
+
+
 @dataclass(slots=True)
 class _Attempt:
     id: str
     requests: dict[Ticket, tuple[Keyed, tuple[str, ...]]]  # who the call serves, and which of its desktops
+    written_at: float = 0.0  # when the intent was last written (the loop's clock)
 
 
 class CallJournal:
@@ -106,17 +123,56 @@ class CallJournal:
                     return (_store_unavailable(batch, exc),)
                 log.warning("batch %d waits: cannot record its intent (%s); trying again", batch.id, exc)
                 await asyncio.sleep(self._hold_s)
-        if not self._core.waiting(batch):
-            return (_nobody_waits(batch),)  # an intent without a call: a redelivery lists the snapshots, finds none
+        attempt.written_at = loop.time()
         self._attempts[batch.id] = attempt
         for keyed, _ in attempt.requests.values():
             self._in_flight[keyed.key] = self._in_flight.get(keyed.key, 0) + 1
+        if not self._core.waiting(batch):
+            # recorded as not sent: a redelivery then neither waits for this intent's lease nor lists for it
+            refused = (_nobody_waits(batch),)
+            await self._record(batch, refused)
+            return refused
         failpoint("after_intent_before_api")
         return None
+
+    async def renew(self, batch: Batch) -> bool:
+        """Keep the lease of ``batch``'s intent for one more try (see :func:`lease_s`): write the intent again
+        if it is older than RENEW_AFTER_S. False: the try must not go (the intent could not be renewed and is
+        older than TRY_WINDOW_S, so another worker may soon treat the call as over)."""
+        attempt = self._attempts.get(batch.id)
+        if attempt is None or not attempt.requests:
+            return True
+        loop = asyncio.get_running_loop()
+        if loop.time() - attempt.written_at < RENEW_AFTER_S:
+            return True
+        now = time.time()
+        rows = [
+            Row(keyed.key, keyed.fingerprint, INTENT, attempt.id, json_strings(desktops), now)
+            for keyed, desktops in attempt.requests.values()
+        ]
+        try:
+            await self._health.timed(self._store.record_intent(rows))
+        except StoreUnavailable as exc:
+            fresh = loop.time() - attempt.written_at < TRY_WINDOW_S
+            log.warning("batch %d: cannot renew its intent (%s)%s", batch.id, exc, "" if fresh else ": not sent")
+            return fresh
+        attempt.written_at = loop.time()
+        return True
+
+    def abandon(self, batch: Batch) -> None:
+        """The batch's sending was cancelled: nothing more is recorded for it (its intent stays, and a
+        redelivery reconciles it once its lease has passed), and its keys no longer count as in flight here."""
+        attempt = self._attempts.pop(batch.id, None)
+        if attempt is not None:
+            self._landed([keyed.key for keyed, _ in attempt.requests.values()])
 
     async def after_call(self, batch: Batch, outcome: Outcome) -> None:
         """Record what ``outcome`` says of each request's desktops (one write), before results are published."""
         failpoint("after_api_before_record")
+        await self._record(batch, outcome)
+        failpoint("after_record_before_publish")
+
+    async def _record(self, batch: Batch, outcome: Outcome) -> None:
         attempt = self._attempts.pop(batch.id, None)
         if attempt is None:
             return
@@ -158,7 +214,6 @@ class CallJournal:
                         await asyncio.sleep(min(self._hold_s, 1.0))
         finally:
             self._landed(announced)
-        failpoint("after_record_before_publish")
 
     def _landed(self, keys: Iterable[str]) -> None:
         for key in keys:

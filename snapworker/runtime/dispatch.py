@@ -4,6 +4,10 @@ It asks the rate limiter for a call only when the core has something to send, an
 only once the call is granted (late binding): every desktop that arrived meanwhile rides on that call. Between
 calls it sleeps until the core's next deadline, or until ``wake`` is set (a delivery opened or filled a key, an
 answer freed the window, the worker is draining). It never polls.
+
+Each call carries its batch's lease (:class:`~snapworker.runtime.batch_lease.BatchLease`): the worker lapses
+the leases of batches nobody waits for once a broker session is lost (:meth:`Dispatcher.lapse_orphans`), and
+all of them when it stops (:meth:`Dispatcher.lapse_all`), so that no call sends a try after that.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from snapworker.cloud.limiter import Grant, Limiter
-from snapworker.contract.models import ResultError
 from snapworker.core import Batch, BatchingCore, Outcome
-from snapworker.runtime.sending import BatchSender
+from snapworker.runtime.batch_lease import BatchLease
+from snapworker.runtime.sending import BatchSender, internal_error
 
 __all__ = ["Dispatcher"]
 
@@ -42,6 +46,7 @@ class Dispatcher:
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         on_cut: Callable[[Batch], None],
         on_outcome: Callable[[Batch, Outcome], Awaitable[None]],
+        renew: Callable[[Batch], Awaitable[bool]] | None = None,
     ) -> None:
         self._core = core
         self._limiter = limiter
@@ -51,6 +56,8 @@ class Dispatcher:
         self._spawn = spawn
         self._on_cut = on_cut
         self._on_outcome = on_outcome
+        self._renew = renew
+        self._leases: dict[int, BatchLease] = {}  # batch id -> the lease of its call in flight
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -65,8 +72,18 @@ class Dispatcher:
             if batch is None:  # what was pending left with a lost session meanwhile
                 self._limiter.release()
                 continue
-            self._spawn(self._call(batch, grant))
+            lease = self._leases[batch.id] = BatchLease(batch, self._core, self._renew)
+            self._spawn(self._call(batch, grant, lease))
             self._on_cut(batch)
+
+    def lapse_orphans(self) -> int:
+        """Lapse the lease of every call whose batch nobody waits for any more; how many lapsed."""
+        return sum(lease.lapse_if_orphaned() for lease in list(self._leases.values()))
+
+    def lapse_all(self) -> None:
+        """Lapse every call's lease: none sends another try (the worker is stopping)."""
+        for lease in list(self._leases.values()):
+            lease.lapse()
 
     async def _until_sendable(self) -> None:
         loop = asyncio.get_running_loop()
@@ -79,19 +96,14 @@ class Dispatcher:
                 async with asyncio.timeout_at(self._core.next_deadline(now)):
                     await self._wake.wait()
 
-    async def _call(self, batch: Batch, grant: Grant) -> None:
+    async def _call(self, batch: Batch, grant: Grant, lease: BatchLease) -> None:
         try:
             # the deadline of the batch's oldest request (both on the loop's monotonic clock)
-            outcome = await self._sender.send(batch, grant=grant, deadline=batch.opened_at + self._deadline_s)
-        except Exception as exc:  # a bug must not leave requests without a result
+            deadline = batch.opened_at + self._deadline_s
+            outcome = await self._sender.send(batch, grant=grant, deadline=deadline, lease=lease)
+        except Exception as exc:  # the sender never raises; a bug in it must not leave requests without a result
             log.exception("sending batch %d failed unexpectedly", batch.id)
-            outcome = (
-                ResultError(
-                    desktop_ids=batch.desktop_ids,
-                    http_status=None,
-                    error_code="SNAPWORKER.INTERNAL",
-                    error_msg=f"internal error: {exc!r}"[:2000],
-                    retryable=True,
-                ),
-            )
+            outcome = (internal_error(batch.desktop_ids, exc),)
+        finally:
+            self._leases.pop(batch.id, None)
         await self._on_outcome(batch, outcome)

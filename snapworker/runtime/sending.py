@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from snapworker.cloud.lease import CallLease
 from snapworker.cloud.limiter import Grant, Limiter
 from snapworker.cloud.responses import is_busy, named_desktops
 from snapworker.contract.models import JobEntry, ResultError
@@ -46,7 +47,7 @@ from snapworker.domain.jobs import CreatedJob
 from snapworker.domain.snapshots import Doubt, Reconciled, given_name, marked_disks, marker
 from snapworker.errors import ApiAuthError, ApiClientError, ApiError
 
-__all__ = ["BatchSender", "CallJournal", "Reconcile", "SnapshotApi", "error_entry"]
+__all__ = ["BatchSender", "CallJournal", "Reconcile", "SnapshotApi", "error_entry", "internal_error"]
 
 log = logging.getLogger("snapworker.sending")
 
@@ -70,17 +71,21 @@ class SnapshotApi(Protocol):
         deadline: float | None = None,
         marker: str | None = None,
         max_tries: int | None = None,
+        lease: CallLease | None = None,
     ) -> CreatedJob: ...
 
 
 class CallJournal(Protocol):
     """Records made around a batch's calls (snapworker.idempotency's journal): ``before_call`` records the
     ``attempt`` (its id is in the calls' marker) and returns None to let the calls go, or the batch's outcome
-    without calling; ``after_call`` sees the outcome before the results do."""
+    without calling; ``after_call`` sees the outcome before the results do; ``abandon`` is called instead of
+    ``after_call`` when the sending was cancelled (the intent stays: a redelivery reconciles it)."""
 
     async def before_call(self, batch: Batch, deadline: float | None, attempt: str) -> Outcome | None: ...
 
     async def after_call(self, batch: Batch, outcome: Outcome) -> None: ...
+
+    def abandon(self, batch: Batch) -> None: ...
 
 
 class Reconcile(Protocol):
@@ -100,6 +105,19 @@ def error_entry(desktop_ids: Sequence[str], exc: ApiError) -> ResultError:
         api_request_id=exc.api_request_id,
         retryable=exc.retryable,
         maybe_created=exc.maybe_created,
+    )
+
+
+def internal_error(desktop_ids: Sequence[str], exc: BaseException) -> ResultError:
+    """The result entry for desktops whose sending raised ``exc`` unexpectedly: retryable, and maybe created
+    (it may have struck after a request was written, so they are listed before any is sent again)."""
+    return ResultError(
+        desktop_ids=tuple(desktop_ids),
+        http_status=None,
+        error_code="SNAPWORKER.INTERNAL",
+        error_msg=f"internal error: {exc!r}"[:2000],
+        retryable=True,
+        maybe_created=True,
     )
 
 
@@ -138,6 +156,7 @@ class _Sending:
     deadline: float | None
     busy_until: float | None  # busy desktops are tried again until then; None: not at all
     marker: str  # what the attempt's calls write as the description of undescribed disks
+    lease: CallLease | None  # asked before every try: see snapworker.cloud.lease
 
 
 class BatchSender:
@@ -178,21 +197,31 @@ class BatchSender:
         self._clock = clock
         self._sleep = sleep
 
-    async def send(self, batch: Batch, *, grant: Grant | None = None, deadline: float | None = None) -> Outcome:
-        """Never raises for an API failure: failures are entries of the outcome.
+    async def send(
+        self,
+        batch: Batch,
+        *,
+        grant: Grant | None = None,
+        deadline: float | None = None,
+        lease: CallLease | None = None,
+    ) -> Outcome:
+        """Never raises but for cancellation: failures are entries of the outcome (an unexpected exception is
+        ``SNAPWORKER.INTERNAL``, ``maybe_created``: where it struck is not known).
 
         ``grant`` is the limiter's permission for the batch's first call (the others wait for their own);
-        ``deadline`` bounds every call (see WorkspaceClient.batch_create) and the retries of busy desktops.
-        With a ``journal``, its intent is recorded before the first call and the outcome after the last.
+        ``deadline`` bounds every call (see WorkspaceClient.batch_create) and the retries of busy desktops;
+        ``lease`` is asked before every try, and once it lapses no try is sent (``SNAPWORKER.NOT_SENT``).
+        With a ``journal``, its intent is recorded before the first call and the outcome after the last,
+        whatever the outcome.
         """
         limits = [deadline]
         if self._busy_retry_max_s is not None:
             limits.append(self._clock() + self._busy_retry_max_s)
         busy_until = min((t for t in limits if t is not None), default=None)
         attempt = self._attempt_id()
-        sending = _Sending(batch.key, self._max_extra_calls, deadline, busy_until, marker(attempt))
+        sending = _Sending(batch.key, self._max_extra_calls, deadline, busy_until, marker(attempt), lease)
         if self._journal is None:
-            return tuple(await self._send(sending, list(batch.segments), grant))
+            return await self._outcome(batch, sending, grant)
         try:
             refused = await self._journal.before_call(batch, deadline, attempt)
         except BaseException:
@@ -204,9 +233,20 @@ class BatchSender:
             if grant is not None:
                 self._api.limiter.release()
             return refused
-        outcome = tuple(await self._send(sending, list(batch.segments), grant))
+        try:
+            outcome = await self._outcome(batch, sending, grant)
+        except BaseException:  # cancelled: the journal must not count the attempt in flight for ever
+            self._journal.abandon(batch)
+            raise
         await self._journal.after_call(batch, outcome)
         return outcome
+
+    async def _outcome(self, batch: Batch, sending: _Sending, grant: Grant | None) -> Outcome:
+        try:
+            return tuple(await self._send(sending, list(batch.segments), grant))
+        except Exception as exc:  # a bug, or a failure no adapter translated: the batch still gets an outcome
+            log.exception("sending batch %d failed unexpectedly", batch.id)
+            return (internal_error(batch.desktop_ids, exc),)
 
     async def _send(
         self,
@@ -227,6 +267,7 @@ class BatchSender:
                 deadline=sending.deadline,
                 marker=sending.marker,
                 max_tries=tries_left,
+                lease=sending.lease,
             )
         except ApiError as exc:
             if exc.maybe_created:

@@ -45,6 +45,8 @@ __all__ = ["Worker"]
 log = logging.getLogger("snapworker.worker")
 
 _RECONNECT_MAX_S = 30.0
+# at the end of a drain, how long the calls whose leases lapsed get to record that they sent nothing more
+_CALLS_GRACE_S = 1.0
 
 
 class Worker:
@@ -78,6 +80,8 @@ class Worker:
         )
         self._widening = False
         self._limiter: Limiter | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._send_loop: asyncio.Task[None] | None = None
         self._session: AmqpSession | None = None
         self._wake = asyncio.Event()  # the sender should look at the core again
         self._progress = asyncio.Event()  # a batch was cut or a task ended (the drain waits on it)
@@ -92,7 +96,12 @@ class Worker:
         self._guard = DeliveryGuard(self.stats, self._results, self._spawn)
         # None when IDEMPOTENCY_STORE=off: then at least once only (see README, "Idempotency")
         self._idem: Idempotency | None = build_idempotency(
-            settings, self._core, submit=self._submit, answer=self._answer_from_record, spawn=self._spawn
+            settings,
+            self._core,
+            submit=self._submit,
+            answer=self._answer_from_record,
+            spawn=self._spawn,
+            fail=lambda deliveries, exc, doing: self._guard.fail(deliveries, exc, doing=doing),
         )
 
     # -- public lifecycle
@@ -132,7 +141,7 @@ class Worker:
         reconciler = Reconciler.for_api(self._api)
         if self._idem is not None:
             self._idem.use_reconciler(reconciler)
-        dispatcher = Dispatcher(
+        dispatcher = self._dispatcher = Dispatcher(
             self._core,
             self._limiter,
             BatchSender(
@@ -149,8 +158,9 @@ class Worker:
             spawn=self._spawn,
             on_cut=self._on_cut,
             on_outcome=self._on_outcome,
+            renew=self._idem.journal.renew if self._idem is not None else None,
         )
-        send_loop = asyncio.create_task(dispatcher.run())
+        send_loop = self._send_loop = asyncio.create_task(dispatcher.run())
         if self.settings.progress_interval_s > 0:
             reporter = ProgressReporter(
                 self.stats, self._core, lambda: self._limiter, interval_s=self.settings.progress_interval_s
@@ -326,16 +336,33 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await self._progress.wait()
-        pending = {t for t in self._tasks if not t.done()}
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await self._stop_calls(session)
         leftovers = session.held()
         if leftovers:
             log.warning("shutdown timeout: requeueing %d unfinished requests", len(leftovers))
             session.settle(leftovers, "requeue")
         await session.settlements_sent()
         log.info("drained")
+
+    async def _stop_calls(self, session: AmqpSession) -> None:
+        """In order: no new call is granted, the requests still unanswered leave the core (they are requeued,
+        never answered by a late outcome), the calls in flight send no further try (each records its batch as
+        not sent), and whatever still runs after a short grace is cancelled."""
+        if self._send_loop is not None:
+            self._send_loop.cancel()
+            await asyncio.gather(self._send_loop, return_exceptions=True)
+        self._core.drop(session.held())
+        if self._idem is not None:
+            self._idem.forget(session.held())
+        if self._dispatcher is not None:
+            self._dispatcher.lapse_all()
+        pending = {t for t in self._tasks if not t.done()}
+        if pending:
+            await asyncio.wait(pending, timeout=_CALLS_GRACE_S)
+        pending = {t for t in self._tasks if not t.done()}
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def _busy(self) -> bool:
         return self._core.buffered_desktops > 0 or any(not t.done() for t in self._tasks)
@@ -347,6 +374,9 @@ class Worker:
         self._core.drop(session.held())
         if self._idem is not None:
             self._idem.forget(session.held())
+        if self._dispatcher is not None and (lapsed := self._dispatcher.lapse_orphans()):
+            # their requests are redelivered, maybe to another worker: a late try would race its call
+            log.info("%d batches in flight lost their requests with the session: they send no further try", lapsed)
         if self._session is session:
             self._session = None
 
@@ -454,20 +484,28 @@ class Worker:
             return
         finally:
             self._wake.set()  # with nothing in flight, a full window may now be sent as it is (pressure)
-        for finished in finished_requests:
-            assert isinstance(finished.ticket, Delivery)
-            result = finished.result if self._idem is None else self._idem.finish(finished.ticket, finished.result)
-            log_problem_result(result)
-            self.stats.count_result(result)
-            answered.append((finished.ticket, result))
-        if answered:
-            await self._answer(answered)
+        try:
+            for finished in finished_requests:
+                assert isinstance(finished.ticket, Delivery)
+                result = finished.result if self._idem is None else self._idem.finish(finished.ticket, finished.result)
+                log_problem_result(result)
+                self.stats.count_result(result)
+                answered.append((finished.ticket, result))
+            if answered:
+                await self._answer(answered)
+        except Exception as exc:  # after the core forgot them, only this task holds them: never strand them
+            tickets = [f.ticket for f in finished_requests if isinstance(f.ticket, Delivery)]
+            self._guard.fail(tickets, exc, doing=f"answering batch {batch.id}")
 
     async def _answer(self, answered: list[tuple[Delivery, SnapshotResult]]) -> None:
-        """Start tracking the results' jobs, then publish them and ack their requests."""
+        """Start tracking the results' jobs, then publish them and ack their requests. Tracking never keeps a
+        result from going out: a tracker that fails only costs those requests their completion."""
         if self._tracker is not None:
             # confirmed before the requests are acked: a request whose result went out has its jobs followed
-            await self._tracker.start([(result, delivery.reply_to) for delivery, result in answered])
+            try:
+                await self._tracker.start([(result, delivery.reply_to) for delivery, result in answered])
+            except Exception:
+                log.exception("tracking the jobs of %d results failed: they go out without completions", len(answered))
         await self._results.publish(answered, settle="ack")
 
     # -- helpers

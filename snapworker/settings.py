@@ -168,7 +168,7 @@ class Settings(BaseSettings):
     idempotency_hold_s: float = Field(
         default=5.0,
         gt=0,
-        description="Store unavailable, or another worker's call may still run: a held request is looked up again this often.",
+        description="Store down, or another worker's call may still run: a held request is looked up again this often.",
     )
     failpoints: str = Field(
         default="",

@@ -1,9 +1,9 @@
 """The layout keeps its design: no import cycles in snapworker/, and each layer imports only what is below it.
 
-Layers, from the bottom: ``errors``/``settings``/``domain`` (neutral), ``contract``, ``core`` (pure), the edges
-(``amqp``, ``cloud``), then the runtime and everything that wires it (``runtime``, ``idempotency``, ``tracking``,
-``ops``), then ``tools`` and the package's public face. Imports under ``if TYPE_CHECKING:`` count too: a type-only
-import back up still ties the layers together.
+Layers, from the bottom: ``errors``/``settings``/``failpoints``/``domain`` (neutral), ``contract``, ``core``
+(pure), the edges (``amqp``, ``cloud``), then the services the runtime wires, each on its own (``idempotency``,
+``tracking``, ``ops``), then ``runtime``, which wires them, then ``tools`` and the package's public face.
+Imports under ``if TYPE_CHECKING:`` count too: a type-only import back up still ties the layers together.
 """
 
 from __future__ import annotations
@@ -101,6 +101,24 @@ def test_the_edges_import_no_runtime(module: str) -> None:
 def test_one_edge_does_not_import_the_other(module: str) -> None:
     other = [e for e in EDGES if not _in(module, (e,))]
     assert {d for d in GRAPH[module] if _in(d, tuple(other))} == set()
+
+
+SERVICES = ("snapworker.idempotency", "snapworker.tracking", "snapworker.ops")
+
+
+@pytest.mark.parametrize("module", sorted(m for m in GRAPH if _in(m, SERVICES)))
+def test_the_services_import_no_runtime(module: str) -> None:
+    # the runtime wires idempotency, tracking and ops; none of them reaches back into it
+    assert {d for d in GRAPH[module] if _in(d, ("snapworker.runtime",))} == set()
+
+
+@pytest.mark.parametrize("module", sorted(m for m in GRAPH if _in(m, SERVICES)))
+def test_one_service_does_not_import_another(module: str) -> None:
+    # ops reads what the others count (the store's health) through the worker, under TYPE_CHECKING at most
+    own = next(s for s in SERVICES if _in(module, (s,)))
+    allowed = {"snapworker.idempotency.health"} if own == "snapworker.ops" else set()
+    others = tuple(s for s in SERVICES if s != own)
+    assert {d for d in GRAPH[module] if _in(d, others)} - allowed == set()
 
 
 @pytest.mark.parametrize("module", sorted(m for m in GRAPH if _in(m, RUNTIME)))

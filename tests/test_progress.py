@@ -11,7 +11,7 @@ from snapworker.cloud.limiter import RateLimiter
 from snapworker.contract.models import ResultError, SnapshotResult
 from snapworker.core import BatchingCore
 from snapworker.ops.progress import ProgressReporter, log_problem_result
-from snapworker.runtime.stats import WorkerStats
+from snapworker.ops.stats import WorkerStats
 
 
 def _result(status: str, *errors: ResultError) -> SnapshotResult:

@@ -10,8 +10,8 @@ from snapworker.contract.intake import Envelope, Rejected, read_request
 from snapworker.contract.models import JobEntry, SnapshotResult
 from snapworker.contract.result_size import RESULT_MAX_BYTES
 from snapworker.errors import BrokerError
+from snapworker.ops.stats import WorkerStats
 from snapworker.runtime.results import ResultPublisher
-from snapworker.runtime.stats import WorkerStats
 from snapworker.settings import Settings
 from tests.guard_fakes import FakeSession
 

@@ -23,9 +23,9 @@ from json.encoder import encode_basestring_ascii
 from snapworker.contract.models import ResultError
 from snapworker.core import Batch, BatchingCore, Outcome
 from snapworker.errors import StoreUnavailable
+from snapworker.failpoints import failpoint
 from snapworker.idempotency.health import StoreHealth
 from snapworker.idempotency.store import INTENT, OUTCOME, IdempotencyStore, Row, entry_body, json_strings
-from snapworker.runtime.failpoints import failpoint
 
 __all__ = ["RENEW_AFTER_S", "TRY_WINDOW_S", "CallJournal", "Keyed", "lease_s"]
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from snapworker.cloud.limiter import Limiter
     from snapworker.core import BatchingCore
     from snapworker.idempotency.health import StoreHealth
-    from snapworker.runtime.stats import WorkerStats
+    from snapworker.ops.stats import WorkerStats
 
 __all__ = ["ApiMetrics", "WorkerCollector", "WorkerView", "build_registry"]
 

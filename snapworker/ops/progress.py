@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from snapworker.cloud.limiter import Limiter
 from snapworker.contract.models import SnapshotResult
 from snapworker.core import BatchingCore
-from snapworker.runtime.stats import WorkerStats
+from snapworker.ops.stats import WorkerStats
 
 __all__ = ["Progress", "ProgressReporter", "log_problem_result"]
 

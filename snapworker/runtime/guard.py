@@ -19,8 +19,8 @@ from typing import Any
 
 from snapworker.amqp.session import REASON_MAX_CHARS, Delivery
 from snapworker.contract.models import ResultError, SnapshotRequest, SnapshotResult
+from snapworker.ops.stats import WorkerStats
 from snapworker.runtime.results import ResultPublisher
-from snapworker.runtime.stats import WorkerStats
 
 __all__ = ["INTERNAL_ERROR_CODE", "DeliveryGuard", "failed_result"]
 

@@ -14,7 +14,7 @@ from snapworker.amqp.session import AmqpSession, Delivery, Message, Settle
 from snapworker.contract.models import SnapshotResult
 from snapworker.contract.result_size import encode_result
 from snapworker.errors import UnroutableResult
-from snapworker.runtime.stats import WorkerStats
+from snapworker.ops.stats import WorkerStats
 from snapworker.settings import Settings
 
 __all__ = ["ResultPublisher"]

@@ -23,15 +23,15 @@ from snapworker.contract.intake import Accepted, Rejected, read_request
 from snapworker.contract.models import SnapshotResult
 from snapworker.core import Batch, BatchingCore, Outcome, WindowPolicy
 from snapworker.errors import BrokerError, BrokerRefused
+from snapworker.failpoints import configure as configure_failpoints
 from snapworker.idempotency import Idempotency, build_idempotency
 from snapworker.idempotency.reconcile import Reconciler
 from snapworker.ops.progress import ProgressReporter, log_problem_result
+from snapworker.ops.stats import WorkerStats
 from snapworker.runtime.dispatch import Dispatcher
-from snapworker.runtime.failpoints import configure as configure_failpoints
 from snapworker.runtime.guard import DeliveryGuard
 from snapworker.runtime.results import ResultPublisher
 from snapworker.runtime.sending import BatchSender, SnapshotApi
-from snapworker.runtime.stats import WorkerStats
 from snapworker.settings import Settings, redact_url
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import sys
 from snapworker.contract.models import JobEntry, ResultError, SnapshotRequest
 from snapworker.idempotency.gate import compose
 from snapworker.idempotency.store import INTENT, OUTCOME, Row, entry_body, fingerprint, json_strings, state_of
-from snapworker.runtime import failpoints
+from snapworker import failpoints
 
 JOB = JobEntry(job_id="j1", desktop_ids=("d1", "d2"))
 ERROR = ResultError(desktop_ids=("d3",), http_status=404, error_code="WKS.0202", error_msg="no", retryable=False)
@@ -77,7 +77,7 @@ def test_a_composed_result_groups_desktops_by_entry_and_is_partial_with_an_error
 
 def test_an_armed_failpoint_kills_the_process_with_sigkill() -> None:
     code = (
-        "from snapworker.runtime import failpoints as f; f.configure('boom'); f.failpoint('other'); f.failpoint('boom')"
+        "from snapworker import failpoints as f; f.configure('boom'); f.failpoint('other'); f.failpoint('boom')"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30, check=False)
     assert done.returncode == -9

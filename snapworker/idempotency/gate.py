@@ -218,14 +218,24 @@ class AdmissionGate:
             return
         state = state_of(rows, keyed.fingerprint)
         reused = {d: e for d, e in state.outcomes.items() if holds(e)}
-        if state.attempts:
-            latest = max(at for announced in state.attempts.values() for at in announced.values())
-            wait = latest + self._lease_s + self._reconcile_delay_s - self._wall_clock()
+        attempts = state.attempts
+        if state.unreadable:
+            # a row of this request could not be read: any desktop not answered for good may have been sent
+            # under an attempt whose marker is unknown; its time is the earliest row's (0: not known either)
+            since = min((row.at for row in rows), default=0.0)
+            attempts = {d: dict(attempts.get(d, {})) for d in accepted.request.desktop_ids if d not in reused}
+            for announced in attempts.values():
+                announced.setdefault("", since)  # "": an attempt of unknown id, so of no known marker
+        if attempts:
+            leased_from = state.leased_from()
+            if state.unreadable:
+                leased_from = max(leased_from or 0.0, max((row.at for row in rows), default=0.0))
+            wait = (leased_from or 0.0) + self._lease_s + self._reconcile_delay_s - self._wall_clock()
             if wait > 0:
                 # another worker's call may still be running (or the API still recording it): not ours to list
                 self._hold((delivery, accepted, keyed), min(wait, self._hold_s))
                 return
-            self._spawn(self._reconcile(delivery, accepted, keyed, reused, state.attempts), (delivery,))
+            self._spawn(self._reconcile(delivery, accepted, keyed, reused, attempts), (delivery,))
             return
         self._settle(delivery, accepted, keyed, reused)
 
@@ -241,7 +251,10 @@ class AdmissionGate:
         marked, name = bool(marked_disks(key)), given_name(key)
         doubts = {
             desktop_id: Doubt(
-                frozenset(marker(a) for a in announced) if marked else frozenset(), min(announced.values()), name
+                # an attempt of unknown id ("") wrote a marker nobody knows: then only the name and time can tell
+                frozenset(marker(a) for a in announced) if marked and "" not in announced else frozenset(),
+                min(announced.values()),
+                name,
             )
             for desktop_id, announced in attempts.items()
         }

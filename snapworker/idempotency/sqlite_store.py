@@ -15,10 +15,13 @@
   integer index entry: a third of what a text key costs to place in the B-tree). Outcomes get no index entry:
   they are found through the intent of the same key and attempt (the store's contract), by ``idem_call``'s
   attempt index. Checkpoints come every 4,000 pages, not SQLite's 1,000.
-- **Versioned**: ``PRAGMA user_version`` names the layout (:data:`SCHEMA_VERSION`); a file of another one (the
-  per-request rows of earlier versions) is emptied when opened: its records are a short-lived cache of
-  outcomes, not kept across such an upgrade. A request republished after the upgrade whose only record was in
-  the old layout is treated as new (sent again): upgrade between bursts, with the worker stopped cleanly.
+- **Ordered by the store**: a row's place is its call's ``id`` (INTEGER PRIMARY KEY: a new call's is above every
+  id in the table), then its place in the call's array; never a clock. An attempt's intents go in first.
+- **Versioned**: ``PRAGMA user_version`` names the layout (:data:`SCHEMA_VERSION`). A **newer** file is refused,
+  untouched (StoreUnavailable naming both versions: the worker holds its messages): versions sharing STATE_DIR
+  never wipe each other's records. An older one (0: per-request rows, before layout 2) is emptied, not
+  migrated: a request republished after such an upgrade whose only record was in it is sent again. Elements
+  this version does not know are ignored; what it cannot read is an UNREADABLE row of its key.
 - **Bounded**: calls older than IDEMPOTENCY_TTL_S are deleted, and beyond IDEMPOTENCY_MAX_RECORDS request entries
   the oldest calls go first; the pruning runs every few thousand rows written, in the same thread.
 - Several worker processes may share the file (SQLite locks it; ``busy_timeout`` waits for the other writer).
@@ -33,69 +36,51 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from hashlib import blake2b
+from operator import attrgetter
 from pathlib import Path
 from typing import TypeVar
 
 from snapworker.errors import StoreUnavailable
 from snapworker.idempotency.group_commit import GroupCommit
-from snapworker.idempotency.store import INTENT, OUTCOME, Row
+from snapworker.idempotency.records import refuse_newer
+from snapworker.idempotency.store import INTENT, OUTCOME, UNREADABLE, Row
 
 __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
 FILE_NAME = "idempotency.sqlite3"
-#: The layout's version (``PRAGMA user_version``). A file of another version is emptied when opened: its records
-#: are a short-lived cache of outcomes, and the worst a lost record costs is a reconciliation against the API.
+#: The layout's version (``PRAGMA user_version``): a newer file is refused, an older one emptied (module docstring).
 SCHEMA_VERSION = 2
 _SCHEMA = (
-    """
-CREATE TABLE IF NOT EXISTS idem_call (
-    id INTEGER PRIMARY KEY,
-    attempt TEXT NOT NULL,
-    kind INTEGER NOT NULL,
-    at REAL NOT NULL,
-    expires REAL NOT NULL,
-    upto INTEGER NOT NULL,
-    body TEXT NOT NULL
-)
-""",
-    """
-CREATE INDEX IF NOT EXISTS idem_call_attempt ON idem_call (attempt)
-""",
-    """
-CREATE TABLE IF NOT EXISTS idem_key (
-    h INTEGER NOT NULL,
-    call INTEGER NOT NULL,
-    PRIMARY KEY (h, call)
-) WITHOUT ROWID
-""",
-    """
-CREATE INDEX IF NOT EXISTS idem_key_call ON idem_key (call)
-""",
-    """
-CREATE VIEW IF NOT EXISTS idem_write (attempt, kind, at, expires, n, body, hashes) AS
-    SELECT attempt, kind, at, expires, 0, body, NULL FROM idem_call
-""",
-    """
-CREATE TRIGGER IF NOT EXISTS idem_write_insert INSTEAD OF INSERT ON idem_write BEGIN
+    """CREATE TABLE IF NOT EXISTS idem_call (
+    id INTEGER PRIMARY KEY, attempt TEXT NOT NULL, kind INTEGER NOT NULL, at REAL NOT NULL, expires REAL NOT NULL,
+    upto INTEGER NOT NULL, body TEXT NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS idem_call_attempt ON idem_call (attempt)",
+    "CREATE TABLE IF NOT EXISTS idem_key (h INTEGER NOT NULL, call INTEGER NOT NULL, PRIMARY KEY (h, call)) "
+    "WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS idem_key_call ON idem_key (call)",
+    """CREATE VIEW IF NOT EXISTS idem_write (attempt, kind, at, expires, n, body, hashes) AS
+    SELECT attempt, kind, at, expires, 0, body, NULL FROM idem_call""",
+    """CREATE TRIGGER IF NOT EXISTS idem_write_insert INSTEAD OF INSERT ON idem_write BEGIN
     INSERT INTO idem_call (attempt, kind, at, expires, upto, body) VALUES (
         NEW.attempt, NEW.kind, NEW.at, NEW.expires,
         coalesce((SELECT upto FROM idem_call ORDER BY id DESC LIMIT 1), 0) + NEW.n, NEW.body
     );
     INSERT OR IGNORE INTO idem_key (h, call)
         SELECT value, (SELECT max(id) FROM idem_call) FROM json_each(coalesce(NEW.hashes, '[]'));
-END
-""",
+END""",
 )
 _OLD_TABLES = ("idem", "idem_outcome", "idem_call", "idem_key")
 _CHECKPOINT_PAGES = 4000  # about 16 MB of WAL between checkpoints (SQLite's default: 1000)
 _WAL_LIMIT_BYTES = 64 << 20
 _PRUNE_EVERY_ROWS = 5000
 _GROUPS_PER_STATEMENT = 1000  # 7 parameters each: within SQLite's default limit of 32,766 per statement
+_SEQ = attrgetter("seq")
 
 
 def key_hash(key: str) -> int:
@@ -162,14 +147,16 @@ class SqliteStore:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=self._timeout_s, isolation_level=None, check_same_thread=False)
+            where = f"SQLite store {self.path}"
             try:
+                _refuse_newer(conn, where)  # before the pragmas below change anything of a newer version's file
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 # fewer checkpoints (each one writes the pages back and syncs); the WAL is cut back after each
                 conn.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
                 conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
                 conn.execute("PRAGMA temp_store=MEMORY")
-                _migrate(conn)
+                _migrate(conn, where)
             except BaseException:
                 conn.close()
                 raise
@@ -192,35 +179,61 @@ class SqliteStore:
             return {}
         found: dict[str, list[Row]] = {}
         attempts: dict[str, set[str]] = {}  # attempt -> the keys found announced under it
-        for attempt, kind, body in self._calls(db, "id", calls, now):
-            for key, fp, row_body, at in json.loads(body):
-                if key in asked:
-                    found.setdefault(key, []).append(Row(key, fp, kind, attempt, row_body, at))
-                    if kind == INTENT:
-                        attempts.setdefault(attempt, set()).add(key)
+        for call, attempt, kind, body in self._calls(db, "id", calls, now):
+            for row in self._rows(db, call, attempt, kind, body, asked):
+                found.setdefault(row.key, []).append(row)
+                attempts.setdefault(attempt, set()).add(row.key)
         if attempts:
-            for attempt, kind, body in self._calls(db, "attempt", json.dumps(list(attempts)), now, kind=OUTCOME):
-                announced = attempts.get(attempt, set())
-                for key, fp, row_body, at in json.loads(body):
-                    if key in announced:
-                        found[key].append(Row(key, fp, kind, attempt, row_body, at))
-        for rows in found.values():
-            rows.sort(key=_oldest_first)
+            for call, attempt, kind, body in self._calls(db, "attempt", json.dumps(list(attempts)), now, OUTCOME):
+                for row in self._rows(db, call, attempt, kind, body, attempts.get(attempt, ())):
+                    found[row.key].append(row)
+        for rows in found.values():  # intents' calls and outcomes' calls, each in id order: merged (a stable sort)
+            rows.sort(key=_SEQ)
         return found
 
     @staticmethod
     def _calls(
-        db: sqlite3.Connection, column: str, values: str, now: float, *, kind: int | None = None
-    ) -> list[tuple[str, int, str]]:
+        db: sqlite3.Connection, column: str, values: str, now: float, kind: int | None = None
+    ) -> list[tuple[int, str, int, str]]:
         """The unexpired calls whose ``column`` is in the JSON array ``values``, in one row (one C call)."""
         only = "" if kind is None else f" AND kind = {int(kind)}"
         (found,) = db.execute(
-            "SELECT json_group_array(json_array(attempt, kind, body)) FROM "
-            f"(SELECT attempt, kind, body FROM idem_call WHERE {column} IN (SELECT value FROM json_each(?)) "
+            "SELECT json_group_array(json_array(id, attempt, kind, body)) FROM "
+            f"(SELECT id, attempt, kind, body FROM idem_call WHERE {column} IN (SELECT value FROM json_each(?)) "
             f"AND expires > ?{only} ORDER BY id)",
             (values, now),
         ).fetchone()
         return [tuple(call) for call in json.loads(found)]
+
+    @staticmethod
+    def _rows(
+        db: sqlite3.Connection, call: int, attempt: str, kind: int, body: str, keys: Collection[str]
+    ) -> list[Row]:
+        """The rows of ``keys`` in a call's array (``[key, fingerprint, body, at, ...]`` per request), in its order;
+        UNREADABLE rows for what cannot be read: of its key, or of each of ``keys`` the call may hold."""
+        rows = []
+        try:
+            entries = json.loads(body)
+            if type(entries) is not list:
+                raise TypeError("a call's body is not an array")
+            for entry in entries:
+                key = entry[0]
+                if key in keys:
+                    try:
+                        rows.append(Row(key, entry[1], kind, attempt, entry[2], float(entry[3]), call))
+                    except (LookupError, TypeError, ValueError):
+                        rows.append(Row(key, "", UNREADABLE, attempt, "", 0.0, call))
+        except (LookupError, TypeError, ValueError):
+            # Rare (a damaged file), so one more statement is fine: an intent's call may hold the keys its index
+            # entries name; an outcome's, any key announced under its attempt (``keys``).
+            indexed = {h for (h,) in db.execute("SELECT h FROM idem_key WHERE call = ?", (call,))}
+            done = {row.key for row in rows}
+            rows += [
+                Row(key, "", UNREADABLE, attempt, "", 0.0, call)
+                for key in keys
+                if key not in done and (kind != INTENT or key_hash(key) in indexed)
+            ]
+        return rows
 
     def _insert(self, rows: Sequence[Row]) -> None:
         if not rows:
@@ -231,10 +244,16 @@ class SqliteStore:
         # index entry (key hash -> call) per request announced: the only per-request work SQLite does. All of
         # it in one statement (the view's trigger), atomic as any statement is.
         groups: dict[tuple[str, int], list[Row]] = {}
+        first: dict[str, int] = {}  # attempt -> its place in ``rows``
         for r in rows:
-            groups.setdefault((r.attempt, r.kind), []).append(r)
+            group = groups.get((r.attempt, r.kind))
+            if group is None:
+                group = groups[r.attempt, r.kind] = []
+                first.setdefault(r.attempt, len(first))
+            group.append(r)
         values: list[object] = []
-        for (attempt, kind), group in groups.items():
+        # calls in the order of their attempts in ``rows``, and an attempt's intents before its outcomes
+        for (attempt, kind), group in sorted(groups.items(), key=lambda g: (first[g[0][0]], g[0][1])):
             body = json.dumps([(r.key, r.fingerprint, r.body, r.at) for r in group], separators=(",", ":"))
             at = max(r.at for r in group)
             if kind == INTENT:
@@ -280,12 +299,18 @@ class SqliteStore:
         db.execute("DELETE FROM idem_key WHERE call < ?", (oldest if oldest is not None else 1 << 62,))
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Create what is missing; a file of another layout is emptied first (checked again under the write lock:
-    another process may have done it meanwhile)."""
+def _refuse_newer(conn: sqlite3.Connection, where: str) -> int:
+    (found,) = conn.execute("PRAGMA user_version").fetchone()
+    refuse_newer(found, SCHEMA_VERSION, where, "a STATE_DIR")
+    return int(found)
+
+
+def _migrate(conn: sqlite3.Connection, where: str) -> None:
+    """Create what is missing; a file of an older layout is emptied first, one of a newer refused (checked again
+    under the write lock: another process may have changed it meanwhile)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+        if _refuse_newer(conn, where) < SCHEMA_VERSION:
             conn.execute("DROP VIEW IF EXISTS idem_write")  # its trigger goes with it
             for table in _OLD_TABLES:
                 conn.execute(f"DROP TABLE IF EXISTS {table}")
@@ -297,7 +322,3 @@ def _migrate(conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-
-
-def _oldest_first(row: Row) -> tuple[float, int]:
-    return (row.at, row.kind)

@@ -12,7 +12,7 @@ import pytest
 from snapworker.errors import StoreUnavailable
 from snapworker.idempotency import sqlite_store
 from snapworker.idempotency.sqlite_store import SqliteStore
-from snapworker.idempotency.store import INTENT, OUTCOME, Row
+from snapworker.idempotency.store import INTENT, OUTCOME, UNREADABLE, Row
 
 
 def row(key: str, kind: int = INTENT, at: float = 1.0) -> Row:
@@ -169,3 +169,70 @@ async def test_more_calls_in_one_write_than_one_statement_binds_are_all_recorded
     found = await store.lookup([f"k{i}" for i in range(10)])
     await store.close()
     assert sorted(found) == sorted(f"k{i}" for i in range(10))
+
+
+async def test_rows_come_back_in_the_order_written_whatever_their_times(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    await store.record_intent([Row("k1", "fp", INTENT, "b", '["d1"]', 200.0)])  # a host whose clock runs ahead
+    await store.record_outcome([Row("k1", "fp", OUTCOME, "b", "[]", 200.0)])
+    await store.record_intent([Row("k1", "fp", INTENT, "a", '["d1"]', 100.0)])
+    await store.record_outcome([Row("k1", "fp", OUTCOME, "a", "[]", 100.0)])
+    found = await store.lookup(["k1"])
+    await store.close()
+    assert [(r.attempt, r.kind) for r in found["k1"]] == [("b", INTENT), ("b", OUTCOME), ("a", INTENT), ("a", OUTCOME)]
+
+
+async def test_an_outcome_given_before_its_intent_in_one_write_comes_back_after_it(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    await store.record_outcome([Row("k1", "fp", OUTCOME, "a", "[]", 1.0), Row("k1", "fp", INTENT, "a", "[]", 1.0)])
+    found = await store.lookup(["k1"])
+    await store.close()
+    assert [r.kind for r in found["k1"]] == [INTENT, OUTCOME]
+
+
+async def test_a_file_of_a_newer_schema_is_refused_and_kept(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    await store.record_intent([row("k1")])
+    await store.close()
+    with sqlite3.connect(store.path) as conn:
+        conn.execute(f"PRAGMA user_version={sqlite_store.SCHEMA_VERSION + 1}")
+    newer = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    with pytest.raises(StoreUnavailable, match=f"version {sqlite_store.SCHEMA_VERSION + 1}.*newer"):
+        await newer.lookup(["k1"])
+    await newer.close()
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_store.SCHEMA_VERSION + 1
+        assert conn.execute("SELECT count(*) FROM idem_call").fetchone()[0] == 1
+
+
+async def test_a_call_that_cannot_be_read_is_doubtful_for_its_own_keys_alone(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    await store.record_intent([row("k1"), row("k2")])
+    await store.record_intent([Row("k3", "fp", INTENT, "a2", '["d3"]', 1.0)])
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("UPDATE idem_call SET body = '[[not json' WHERE id = 1")
+    found = await store.lookup(["k1", "k3"])
+    await store.close()
+    assert [r.kind for r in found["k1"]] == [UNREADABLE]
+    assert [(r.kind, r.body) for r in found["k3"]] == [(INTENT, '["d3"]')]
+
+
+async def test_a_request_entry_with_more_fields_than_this_version_knows_is_read(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    await store.record_intent([row("k1")])
+    with sqlite3.connect(store.path) as conn:  # a newer version's fifth field
+        conn.execute("""UPDATE idem_call SET body = '[["k1","fp","[\\"d1\\"]",1.0,{"new":1}]]'""")
+    found = await store.lookup(["k1"])
+    await store.close()
+    assert [(r.kind, r.body, r.at) for r in found["k1"]] == [(INTENT, '["d1"]', 1.0)]
+
+
+async def test_a_request_entry_that_cannot_be_read_is_doubtful_for_its_key(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path, ttl_s=60, max_rows=1000)
+    await store.record_intent([row("k1"), row("k2")])
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("""UPDATE idem_call SET body = '[["k1","fp"],["k2","fp","[]",1.0]]'""")
+    found = await store.lookup(["k1", "k2"])
+    await store.close()
+    assert [r.kind for r in found["k1"]] == [UNREADABLE]
+    assert [r.kind for r in found["k2"]] == [INTENT]

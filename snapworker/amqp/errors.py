@@ -11,12 +11,21 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
+import aio_pika
 import aiormq
 
 from snapworker.errors import BrokerError, BrokerRefused
 from snapworker.settings import redact_url
 
-__all__ = ["connect_error", "vhost_of"]
+__all__ = ["CHANNEL_ERRORS", "CONNECTION_ERRORS", "connect_error", "vhost_of"]
+
+#: What aio-pika and aiormq raise when a channel breaks or is used after it closed.
+CHANNEL_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPError,
+    aio_pika.exceptions.ChannelInvalidStateError,
+)
+#: ... and when the connection under it breaks or times out.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (*CHANNEL_ERRORS, OSError, TimeoutError)
 
 # close codes RabbitMQ uses for a refusal that a retry cannot fix
 _ACCESS_REFUSED = 403

@@ -19,7 +19,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["ClaimStep", "next_claim_step", "partition_of", "partition_queue"]
+__all__ = ["ROUTER_MADE_ID", "ClaimStep", "next_claim_step", "partition_of", "partition_queue"]
+
+#: Header of a copy whose message_id the router made up (the request had none): the consumer reads such a copy as
+#: keyless, as it would the original. (A copy must carry a message_id: returns are matched to their publish by it.)
+ROUTER_MADE_ID = "x-snapworker-router-made-id"
 
 
 def partition_queue(request_queue: str, partition: int) -> str:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import random
+import uuid
 
-import aio_pika
 import aiormq
 from aiormq.abc import DeliveredMessage
 
-from snapworker.amqp.partitioning import next_claim_step, partition_of, partition_queue
+from snapworker.amqp.errors import CHANNEL_ERRORS
+from snapworker.amqp.partitioning import ROUTER_MADE_ID, next_claim_step, partition_of, partition_queue
 from snapworker.amqp.publish import Outgoing
 from snapworker.amqp.session import AmqpSession
 from snapworker.errors import BrokerError
@@ -33,8 +35,6 @@ _FORWARD_GROUP = 500
 CLAIM_INTERVAL_S = 1.0
 # a forward the broker refused is retried no faster than this (the partition queue may be gone)
 _REFUSED_PAUSE_S = 1.0
-
-_CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError)
 
 
 class Partitions:
@@ -60,7 +60,7 @@ class Partitions:
         try:
             await router.basic_qos(prefetch_count=self._settings.prefetch)
             ok = await router.basic_consume(self._settings.request_queue, self._on_request, no_ack=False)
-        except _CHANNEL_ERRORS as exc:
+        except CHANNEL_ERRORS as exc:
             raise BrokerError(f"cannot route from {self._settings.request_queue!r}: {exc!r}") from exc
         self._router_tag = ok.consumer_tag
         probe = await self._session.open_channel()
@@ -76,7 +76,7 @@ class Partitions:
         return to the request queue with the router's channel."""
         router = self._router
         if router is not None and self._router_tag is not None and not router.is_closed:
-            with contextlib.suppress(*_CHANNEL_ERRORS):
+            with contextlib.suppress(*CHANNEL_ERRORS):
                 await router.basic_cancel(self._router_tag)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
@@ -98,24 +98,52 @@ class Partitions:
             await self._wake.wait()
             self._wake.clear()
             while self._inbox:
-                group, self._inbox = self._inbox[:_FORWARD_GROUP], self._inbox[_FORWARD_GROUP:]
-                if not await self._forward(group):
+                if self._session.lost.is_set():
+                    # Checked before every forward, not after: the broker returns every request still unsettled
+                    # on the router's channel when the session's connection closes, so a copy forwarded now
+                    # would be a second one of a request that is redelivered anyway.
+                    self._inbox.clear()
+                    break
+                group, outgoing = self._next_group()
+                if not await self._forward(group, outgoing):
                     await asyncio.sleep(_REFUSED_PAUSE_S)
             self._idle.set()
 
-    async def _forward(self, group: list[DeliveredMessage]) -> bool:
-        """Forward ``group`` (delivery-tag order) and settle it on the router channel; False if any was refused."""
+    def _next_group(self) -> tuple[list[DeliveredMessage], list[Outgoing]]:
+        """Take the next requests to forward together off the inbox, with their copies: at most _FORWARD_GROUP,
+        and no two with the same message_id (the channel matches a returned message to its confirm by its
+        message_id: two equal ones in one write could report a returned copy confirmed, its request then acked)."""
+        group: list[DeliveredMessage] = []
+        outgoing: list[Outgoing] = []
+        ids: set[str | None] = set()
+        for message in self._inbox[:_FORWARD_GROUP]:
+            copied = self._copy_of(message)
+            if copied.properties.message_id in ids:
+                break
+            ids.add(copied.properties.message_id)
+            group.append(message)
+            outgoing.append(copied)
+        del self._inbox[: len(group)]
+        return group, outgoing
+
+    def _copy_of(self, message: DeliveredMessage) -> Outgoing:
+        """The copy of a request for its partition: its body and properties, in new properties of its own (the
+        publish path writes a message_id into those it is given when there is none; see ROUTER_MADE_ID)."""
+        properties = copy.copy(message.header.properties)
+        if not properties.message_id:
+            # A keyless request stays keyless (at least once, as unpartitioned): an id derived from the body would
+            # make two requests published alike one request, and answer the second from the first one's record.
+            properties.message_id = uuid.uuid4().hex
+            properties.headers = {**(properties.headers or {}), ROUTER_MADE_ID: True}
+        queue = partition_queue(self._settings.request_queue, partition_of(message.body, self._count))
+        return Outgoing(message.body, queue, properties)
+
+    async def _forward(self, group: list[DeliveredMessage], outgoing: list[Outgoing]) -> bool:
+        """Forward the copies of ``group`` (delivery-tag order) and settle it on the router channel; False if any
+        was refused."""
         router = self._router
         if router is None:
             return True
-        outgoing = [
-            Outgoing(
-                m.body,
-                partition_queue(self._settings.request_queue, partition_of(m.body, self._count)),
-                m.header.properties,
-            )
-            for m in group
-        ]
         outcomes = await self._session.forward(outgoing)
         if self._session.lost.is_set():
             return True  # the broker returns what we held on its own
@@ -130,7 +158,7 @@ class Partitions:
                     await router.basic_ack(message.delivery_tag or 0, wait=False)
                 else:
                     await router.basic_nack(message.delivery_tag or 0, requeue=True, wait=False)
-        except _CHANNEL_ERRORS as exc:
+        except CHANNEL_ERRORS as exc:
             log.warning("the router's channel failed (%r): unsettled requests return to the queue", exc)
             return True
         log.error("%d requests could not be routed (%s); they return to the queue", len(refused), refused[0][1])
@@ -144,7 +172,7 @@ class Partitions:
                 await self._claim_step(probe)
             except BrokerError as exc:
                 log.warning("partition claim failed: %s", exc)
-            except _CHANNEL_ERRORS as exc:
+            except CHANNEL_ERRORS as exc:
                 log.warning("cannot read the partitions' consumers (%r); the session ends", exc)
                 self._session.lost_reason = f"partition probe failed: {exc!r}"
                 self._session.lost.set()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -25,7 +24,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from snapworker.amqp.errors import connect_error
+from snapworker.amqp.errors import CHANNEL_ERRORS, connect_error
+from snapworker.amqp.partitioning import ROUTER_MADE_ID
 from snapworker.amqp.publish import Outgoing, publish_confirmed
 from snapworker.amqp.settler import Settler
 from snapworker.amqp.topology import declare_topology
@@ -42,6 +42,10 @@ Settle = Literal["ack", "dead-letter", "requeue"]
 #: Header of a dead-lettered request copy: why the worker dead-lettered it (at most REASON_MAX_CHARS).
 REASON_HEADER = "x-snapworker-reason"
 REASON_MAX_CHARS = 1000
+
+
+# a publish fails with these when the channel, or the connection under it, breaks
+_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (*CHANNEL_ERRORS, ConnectionError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,8 @@ class AmqpSession:
         self._publish_channel = publish_channel
         # queue -> consumer tag on the consume channel: the request queue, or the partitions this worker owns
         self._consumers: dict[str, str] = {}
+        # consumer tag -> the prefetch count it was started under (basic.qos binds a consumer when it starts)
+        self._prefetch_of: dict[str, int] = {}
         self._consumer_lock = asyncio.Lock()
         self._consuming = False
         self._on_message: Callable[[DeliveredMessage], Coroutine[Any, Any, None]] | None = None
@@ -127,7 +133,7 @@ class AmqpSession:
                     f"{settings.queue_type} and dead-lettering to {settings.dead_letter_queue!r} ({exc}); "
                     f"delete it or change the settings"
                 ) from exc
-            if isinstance(exc, (TimeoutError, aiormq.exceptions.AMQPError, OSError)):
+            if isinstance(exc, (TimeoutError, aiormq.exceptions.AMQPError, OSError)):  # connecting: not a channel yet
                 raise connect_error(exc, url) from exc  # BrokerRefused when retrying cannot help
             raise
         return cls(settings, consume_conn, publish_conn, consume_channel, publish_channel)
@@ -162,7 +168,8 @@ class AmqpSession:
                 envelope=Envelope(
                     body=message.body,
                     content_type=props.content_type,
-                    message_id=props.message_id,
+                    # a message_id the partition router made up is no key: the request came without one
+                    message_id=None if (props.headers or {}).get(ROUTER_MADE_ID) else props.message_id,
                     correlation_id=props.correlation_id,
                 ),
                 reply_to=props.reply_to or None,
@@ -175,50 +182,94 @@ class AmqpSession:
         self._on_message = callback
         try:
             self._underlay = cast(aiormq.Channel, await self._consume_channel.get_underlay_channel())
-        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+        except CHANNEL_ERRORS as exc:
             raise BrokerError(f"cannot open the consume channel: {exc!r}") from exc
         self._consuming = True
         for queue in [self._settings.request_queue] if queues is None else queues:
             await self.attach(queue)
 
     async def attach(self, queue: str) -> None:
-        """Consume ``queue`` too, with an equal part of the window (see :meth:`widen`)."""
+        """Consume ``queue`` too, the window shared equally with the other queues consumed.
+
+        Every queue's consumer gets ``prefetch // queues`` (at least 1): the prefetch counts of this channel's
+        consumers sum to at most the window after each attach, detach and widening (see :meth:`_reshare` for the
+        one round trip of each consumer swap).
+        """
         async with self._consumer_lock:
             underlay, callback = self._underlay, self._on_message
             if underlay is None or callback is None or queue in self._consumers:
                 return
             try:
-                await underlay.basic_qos(prefetch_count=self._share(len(self._consumers) + 1))
+                # The others give up their part before the new consumer takes its own: started first, it would
+                # add its share to a window the others already fill.
+                share = self._share(len(self._consumers) + 1)
+                await self._reshare(underlay, callback, share)
+                await underlay.basic_qos(prefetch_count=share)
                 ok = await underlay.basic_consume(queue, callback, no_ack=False)
-            except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+            except CHANNEL_ERRORS as exc:
                 # a channel closed before or while we asked is a broker failure like any other, not a bug
                 raise BrokerError(f"cannot consume from {queue!r}: {exc!r}") from exc
             assert ok.consumer_tag is not None
             self._consumers[queue] = ok.consumer_tag
+            self._prefetch_of[ok.consumer_tag] = share
 
     async def detach(self, queue: str) -> None:
-        """Stop consuming ``queue``. What it delivered stays held until settled."""
+        """Stop consuming ``queue``; the queues still consumed share its part of the window. What it delivered
+        stays held until settled."""
         async with self._consumer_lock:
             tag = self._consumers.pop(queue, None)
-            if tag is None or self._underlay is None or self.lost.is_set():
+            if tag is None:
+                return
+            self._prefetch_of.pop(tag, None)
+            underlay, callback = self._underlay, self._on_message
+            if underlay is None or callback is None or self.lost.is_set():
                 return
             try:
-                await self._underlay.basic_cancel(tag)
-            except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+                await underlay.basic_cancel(tag)
+                if self._consuming:  # not while stopping: the others are about to be cancelled too
+                    await self._reshare(underlay, callback, self._share(len(self._consumers)))
+            except CHANNEL_ERRORS as exc:
                 raise BrokerError(f"cannot stop consuming {queue!r}: {exc!r}") from exc
 
     def _share(self, consumers: int) -> int:
         # The window is the worker's, not each consumer's: more requests held than the API can send before the
-        # broker's consumer timeout would expire them (see core/window.py).
-        return max(1, math.ceil(self.prefetch / max(1, consumers)))
+        # broker's consumer timeout would expire them (see core/window.py). Rounded down, so that the consumers'
+        # counts sum to at most the window; at least 1, since a prefetch count of 0 means no limit at all (so a
+        # window narrower than the queues consumed is exceeded by at most one request per queue).
+        return max(1, self.prefetch // max(1, consumers))
+
+    async def _reshare(
+        self,
+        underlay: aiormq.Channel,
+        callback: Callable[[DeliveredMessage], Coroutine[Any, Any, None]],
+        share: int,
+    ) -> None:
+        """Give every consumer whose prefetch count is not ``share`` a successor with it (under the consumer lock).
+
+        RabbitMQ applies basic.qos (global=false) only to consumers started after it, and quorum queues refuse the
+        channel-wide kind, so a consumer's count changes only by replacing it: the successor starts, then the old
+        one is cancelled. In that order because a queue must never be without our consumer (another worker would
+        see the partition free and claim it); for that one round trip the queue has both, and the counts sum to
+        up to one share more than the window. What the old consumer delivered stays held on this channel and is
+        settled as usual (so, until it is, the requests held may exceed the window by what it had delivered).
+        """
+        stale = [(queue, tag) for queue, tag in self._consumers.items() if self._prefetch_of.get(tag) != share]
+        if not stale:
+            return
+        await underlay.basic_qos(prefetch_count=share)
+        for queue, old in stale:
+            ok = await underlay.basic_consume(queue, callback, no_ack=False)
+            assert ok.consumer_tag is not None
+            self._consumers[queue] = ok.consumer_tag
+            self._prefetch_of[ok.consumer_tag] = share
+            del self._prefetch_of[old]
+            await underlay.basic_cancel(old)
 
     async def widen(self, prefetch: int) -> None:
         """Let the broker deliver up to ``prefetch`` unacked requests (only ever widened within a session).
 
-        RabbitMQ applies basic.qos (global=false) to consumers started after it, and quorum queues refuse the
-        channel-wide kind, so for each queue a new consumer takes over with the new limit and the old one is
-        cancelled (in that order: a queue is never without our consumer, which a partition's owner relies on).
-        What the old consumers delivered stays held on this channel and is settled as usual.
+        Every consumer is replaced by one with its share of the wider window (see :meth:`_reshare`): the queues'
+        prefetch counts then sum to at most ``prefetch``.
         """
         async with self._consumer_lock:
             underlay, callback = self._underlay, self._on_message
@@ -228,13 +279,8 @@ class AmqpSession:
                 self.prefetch = prefetch
                 if not self._consumers:
                     return
-                await underlay.basic_qos(prefetch_count=self._share(len(self._consumers)))
-                for queue, old in list(self._consumers.items()):
-                    ok = await underlay.basic_consume(queue, callback, no_ack=False)
-                    assert ok.consumer_tag is not None
-                    self._consumers[queue] = ok.consumer_tag
-                    await underlay.basic_cancel(old)
-            except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+                await self._reshare(underlay, callback, self._share(len(self._consumers)))
+            except CHANNEL_ERRORS as exc:
                 raise BrokerError(f"cannot widen the prefetch window to {prefetch}: {exc!r}") from exc
 
     async def stop_consuming(self) -> None:
@@ -275,7 +321,7 @@ class AmqpSession:
             channel = await self._consume_conn.channel(publisher_confirms=False)
             channel.close_callbacks.add(self._on_close)
             return cast(aiormq.Channel, await channel.get_underlay_channel())
-        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError) as exc:
+        except CHANNEL_ERRORS as exc:
             raise BrokerError(f"cannot open a channel: {exc!r}") from exc
 
     def held(self) -> list[Delivery]:
@@ -323,7 +369,7 @@ class AmqpSession:
         try:
             channel = self._publish_underlay or await self._open_publish_underlay()
             outcomes = await publish_confirmed(channel, outgoing)
-        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
+        except _PUBLISH_ERRORS as exc:
             self._on_close(self, exc)
             return [BrokerError(f"publishing failed: {exc!r}") for _ in messages]
         return [self._translate(m, outcome) for m, outcome in zip(messages, outcomes, strict=True)]
@@ -345,7 +391,7 @@ class AmqpSession:
         try:
             channel = self._publish_underlay or await self._open_publish_underlay()
             outcomes = await publish_confirmed(channel, messages)
-        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
+        except _PUBLISH_ERRORS as exc:
             self._on_close(self, exc)
             return [BrokerError(f"forwarding failed: {exc!r}") for _ in messages]
         return [
@@ -387,7 +433,7 @@ class AmqpSession:
             except (aiormq.exceptions.PublishError, aiormq.exceptions.DeliveryError) as exc:
                 log.error("the dead-letter copy was refused (%r): dead-lettering the message without its reason", exc)
                 self.settle([delivery], "dead-letter")
-            except (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
+            except _PUBLISH_ERRORS as exc:
                 self._on_close(self, exc)
                 return moved
             else:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-import aio_pika
 import aiormq
 
-__all__ = ["Settleable", "Settler"]
+from snapworker.amqp.errors import CHANNEL_ERRORS
 
-_CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError)
+__all__ = ["Settleable", "Settler"]
 
 
 class Settleable(Protocol):
@@ -23,12 +22,18 @@ class Settleable(Protocol):
 
 
 class Settler:
-    """Holds a channel's deliveries in tag order and sends their settlements from one task.
+    """Holds a channel's unsettled deliveries in tag order and sends their settlements from one task.
 
     When the oldest unsettled deliveries are acked, a single ``basic.ack multiple=true`` covers them all (cheaper
     for the broker and the wire); the others are acked one by one at once, so a slow batch never holds back
     finished requests. ``channel()`` is the channel to send on; ``failed(exc)`` is called once it breaks (the
     broker then redelivers what was not settled).
+
+    Memory: one entry per delivery held and not yet settled (at most the deliveries the broker's prefetch lets
+    out, plus what consumers cancelled in a prefetch swap had delivered), and the settlements decided but not yet
+    sent (one round of frames). A delivery is forgotten when it is decided, so one delivery held for long does
+    not keep the ones settled after it (nor their bodies) alive: with one held and 10,000 later ones settled, the
+    settler keeps one entry (tests/test_settler.py).
     """
 
     def __init__(
@@ -37,17 +42,20 @@ class Settler:
         self._channel = channel
         self._lost = lost
         self._failed = failed
-        self._held: deque[Settleable] = deque()
+        # tag -> delivery, unsettled only, in delivery (tag) order: the first is the oldest unsettled one. An
+        # OrderedDict, not a dict: finding the first after many deletions at the front stays O(1).
+        self._unsettled: OrderedDict[int, Settleable] = OrderedDict()
         self._to_ack: list[Settleable] = []
         self._to_nack: list[tuple[Settleable, bool]] = []
         self._task: asyncio.Task[None] | None = None
 
     def hold(self, delivery: Settleable) -> None:
         """A new delivery, in delivery order."""
-        self._held.append(delivery)
+        self._unsettled[delivery.tag] = delivery
 
     def unsettled(self) -> list[Settleable]:
-        return [d for d in self._held if not d.settled]
+        """The deliveries held and not decided yet, in delivery order."""
+        return list(self._unsettled.values())
 
     def decide(self, deliveries: Iterable[Settleable], how: str) -> None:
         """Ack (``how == "ack"``), requeue or reject each delivery not settled yet; the frames follow."""
@@ -55,6 +63,7 @@ class Settler:
             if delivery.settled:
                 continue
             delivery.settled = True
+            self._unsettled.pop(delivery.tag, None)
             if how == "ack":
                 self._to_ack.append(delivery)
             else:
@@ -74,7 +83,7 @@ class Settler:
             return
         try:
             await channel.basic_qos(prefetch_count=prefetch)
-        except _CHANNEL_ERRORS as exc:
+        except CHANNEL_ERRORS as exc:
             self._failed(exc)
 
     async def _send(self) -> None:
@@ -85,21 +94,22 @@ class Settler:
                 # to be nacked or acked alone.
                 acks, nacks = self._to_ack, self._to_nack
                 self._to_ack, self._to_nack = [], []
-                prefix_end = 0
-                while self._held and self._held[0].settled:
-                    prefix_end = self._held.popleft().tag
-                in_prefix = [d for d in acks if d.tag <= prefix_end]
+                # Every delivery older than the oldest unsettled one is settled: acked or nacked in an earlier
+                # round or in this one (nacks go first), so a multiple ack up to there covers only acks.
+                oldest = next(iter(self._unsettled), None)
+                in_prefix = [d for d in acks if oldest is None or d.tag < oldest]
+                prefix_end = max((d.tag for d in in_prefix), default=0)
                 channel = self._channel()
                 assert channel is not None
                 # wait=False: the frames are queued in order; there is no answer to wait for
                 for delivery, requeue in nacks:
                     await channel.basic_nack(delivery.tag, requeue=requeue, wait=False)
                 if in_prefix:
-                    await channel.basic_ack(max(d.tag for d in in_prefix), multiple=True, wait=False)
+                    await channel.basic_ack(prefix_end, multiple=True, wait=False)
                 for delivery in acks:
                     if delivery.tag > prefix_end:
                         await channel.basic_ack(delivery.tag, wait=False)
-        except _CHANNEL_ERRORS as exc:
+        except CHANNEL_ERRORS as exc:
             self._failed(exc)  # the channel is gone: the broker redelivers what was not settled
         finally:
             self._task = None

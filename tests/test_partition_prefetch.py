@@ -1,0 +1,184 @@
+"""The prefetch window of a partitioned worker: the partition consumers' prefetch counts share it, never exceed it.
+
+RabbitMQ applies basic.qos (global=false) to consumers started after it, so the fake channel below gives each
+consumer the prefetch count set last, and keeps it until the consumer is cancelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
+
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from aiormq.abc import DeliveredMessage
+from pamqp import commands as spec
+
+from snapworker.amqp.partitioning import partition_queue
+from snapworker.amqp.session import AmqpSession
+from snapworker.settings import Settings
+
+WINDOW = 1000
+PARTITIONS = 8
+QUEUES = [partition_queue("snapworker.requests", p) for p in range(PARTITIONS)]
+
+
+class FakeConsumeChannel:
+    """The consume channel's aiormq underlay: each consumer keeps the prefetch count it was started under."""
+
+    def __init__(self) -> None:
+        self.is_closed = False
+        self.consumers: dict[str, Callable[[DeliveredMessage], Coroutine[Any, Any, None]]] = {}
+        self.prefetch_of: dict[str, tuple[str, int]] = {}  # consumer tag -> (queue, its prefetch count)
+        self.cancelled_last_of: list[str] = []  # queues left without a consumer of ours by a cancel
+        self._qos = 0
+        self._next = 0
+
+    async def basic_qos(self, *, prefetch_count: int) -> None:
+        self._qos = prefetch_count
+
+    async def basic_consume(
+        self, queue: str, callback: Callable[[DeliveredMessage], Coroutine[Any, Any, None]], no_ack: bool = False
+    ) -> spec.Basic.ConsumeOk:
+        self._next += 1
+        tag = f"ctag{self._next}"
+        self.consumers[tag] = callback
+        self.prefetch_of[tag] = (queue, self._qos)
+        return spec.Basic.ConsumeOk(consumer_tag=tag)
+
+    async def basic_cancel(self, tag: str) -> None:
+        queue, _ = self.prefetch_of.pop(tag)
+        del self.consumers[tag]
+        if queue not in self.queues():
+            self.cancelled_last_of.append(queue)
+
+    def queues(self) -> set[str]:
+        return {queue for queue, _ in self.prefetch_of.values()}
+
+    def total(self) -> int:
+        return sum(prefetch for _, prefetch in self.prefetch_of.values())
+
+    def shares(self) -> list[int]:
+        return sorted(prefetch for _, prefetch in self.prefetch_of.values())
+
+
+class FakeAioPikaChannel:
+    def __init__(self, underlay: FakeConsumeChannel | None = None) -> None:
+        self.close_callbacks: set[object] = set()
+        self._underlay = underlay
+
+    async def get_underlay_channel(self) -> FakeConsumeChannel | None:
+        return self._underlay
+
+
+class FakeConnection:
+    def __init__(self) -> None:
+        self.close_callbacks: set[object] = set()
+
+
+@pytest.fixture
+def channel() -> FakeConsumeChannel:
+    return FakeConsumeChannel()
+
+
+@pytest.fixture
+async def session(channel: FakeConsumeChannel) -> AmqpSession:
+    """A partitioned session consuming no partition yet, on the fake channel."""
+    s = AmqpSession(
+        Settings(prefetch=WINDOW, partitions=PARTITIONS),
+        cast(AbstractConnection, FakeConnection()),
+        cast(AbstractConnection, FakeConnection()),
+        cast(AbstractChannel, FakeAioPikaChannel(channel)),
+        cast(AbstractChannel, FakeAioPikaChannel()),
+    )
+    await s.consume(lambda _: None, queues=[])
+    return s
+
+
+async def test_partitions_claimed_one_by_one_never_get_more_than_the_window(
+    session: AmqpSession, channel: FakeConsumeChannel
+) -> None:
+    totals = []
+    for queue in QUEUES:
+        await session.attach(queue)
+        totals.append(channel.total())
+    assert max(totals) <= WINDOW, totals
+
+
+async def test_claimed_partitions_share_the_window_equally(session: AmqpSession, channel: FakeConsumeChannel) -> None:
+    for queue in QUEUES[:3]:
+        await session.attach(queue)
+    assert channel.shares() == [WINDOW // 3] * 3
+
+
+async def test_partitions_left_after_a_release_share_the_whole_window(
+    session: AmqpSession, channel: FakeConsumeChannel
+) -> None:
+    for queue in QUEUES:
+        await session.attach(queue)
+    for queue in QUEUES[4:]:
+        await session.detach(queue)
+    assert channel.shares() == [WINDOW // 4] * 4
+
+
+async def test_partitions_claimed_after_a_widening_stay_within_the_wider_window(
+    session: AmqpSession, channel: FakeConsumeChannel
+) -> None:
+    await session.attach(QUEUES[0])
+    await session.attach(QUEUES[1])
+    await session.widen(3 * WINDOW)
+    totals = [channel.total()]
+    for queue in QUEUES[2:]:
+        await session.attach(queue)
+        totals.append(channel.total())
+    assert max(totals) <= 3 * WINDOW, totals
+
+
+async def test_a_widening_gives_every_partition_its_share_of_the_wider_window(
+    session: AmqpSession, channel: FakeConsumeChannel
+) -> None:
+    for queue in QUEUES[:4]:
+        await session.attach(queue)
+    await session.widen(2 * WINDOW)
+    assert channel.shares() == [2 * WINDOW // 4] * 4
+
+
+async def test_a_claimed_partition_is_never_left_without_our_consumer_while_shares_change(
+    session: AmqpSession, channel: FakeConsumeChannel
+) -> None:
+    # Another worker would see it free and claim it too.
+    for queue in QUEUES:
+        await session.attach(queue)
+    for queue in QUEUES[2:]:
+        await session.detach(queue)
+    await session.widen(2 * WINDOW)
+    assert channel.cancelled_last_of == QUEUES[2:]
+
+
+async def test_a_window_smaller_than_the_partitions_still_gives_each_one_request(
+    channel: FakeConsumeChannel,
+) -> None:
+    s = AmqpSession(
+        Settings(prefetch=4, max_batch=4, partitions=PARTITIONS),
+        cast(AbstractConnection, FakeConnection()),
+        cast(AbstractConnection, FakeConnection()),
+        cast(AbstractChannel, FakeAioPikaChannel(channel)),
+        cast(AbstractChannel, FakeAioPikaChannel()),
+    )
+    await s.consume(lambda _: None, queues=[])
+    for queue in QUEUES:
+        await s.attach(queue)
+    # a prefetch count of 0 would mean no limit at all
+    assert channel.shares() == [1] * PARTITIONS
+
+
+async def test_an_unpartitioned_worker_consumes_with_the_whole_window(channel: FakeConsumeChannel) -> None:
+    s = AmqpSession(
+        Settings(prefetch=WINDOW),
+        cast(AbstractConnection, FakeConnection()),
+        cast(AbstractConnection, FakeConnection()),
+        cast(AbstractChannel, FakeAioPikaChannel(channel)),
+        cast(AbstractChannel, FakeAioPikaChannel()),
+    )
+    await s.consume(lambda _: None)
+    assert channel.shares() == [WINDOW]

@@ -43,7 +43,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from pydantic import SecretStr, ValidationError
 
-from snapworker.amqp.errors import connect_error
+from snapworker.amqp.errors import CONNECTION_ERRORS, connect_error
 from snapworker.contract.intake import validation_problems
 from snapworker.contract.models import (
     COMPLETION_TYPE,
@@ -61,7 +61,7 @@ __all__ = ["SnapshotClient"]
 log = logging.getLogger("snapworker.client")
 
 #: What aio-pika and aiormq raise when the broker or the connection fails; translated to BrokerError.
-BROKER_ERRORS = (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, OSError, TimeoutError)
+BROKER_ERRORS = CONNECTION_ERRORS
 _SHORTSTR = 255  # AMQP property strings (correlation_id, reply_to, message_id) are at most 255 bytes
 _EARLY_COMPLETIONS = 1000  # completions kept for a later wait_for_completion
 

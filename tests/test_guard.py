@@ -29,10 +29,10 @@ def _broken_read(envelope: Envelope, *, max_bytes: int, now: object) -> Accepted
 
 
 async def test_a_message_whose_reading_raises_gets_a_failed_result(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("snapworker.runtime.worker.read_request", _broken_read)
+    monkeypatch.setattr("snapworker.runtime.intake.read_request", _broken_read)
     worker, session = Worker(Settings()), FakeSession()
 
-    worker._on_delivery(session.delivery(REQUEST, message_id="m-1"))
+    worker._intake.on_delivery(session.delivery(REQUEST, message_id="m-1"))
     await _tasks_done(worker)
 
     [published] = session.published
@@ -44,11 +44,11 @@ async def test_a_message_whose_reading_raises_gets_a_failed_result(monkeypatch: 
 
 
 async def test_a_message_whose_reading_raises_is_dead_lettered_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("snapworker.runtime.worker.read_request", _broken_read)
+    monkeypatch.setattr("snapworker.runtime.intake.read_request", _broken_read)
     worker, session = Worker(Settings()), FakeSession()
     delivery = session.delivery(REQUEST)
 
-    worker._on_delivery(delivery)
+    worker._intake.on_delivery(delivery)
     await _tasks_done(worker)
 
     [(dead, reason)] = session.dead_letters
@@ -67,7 +67,7 @@ async def test_a_message_the_core_fails_to_hold_is_dead_lettered_and_forgotten(m
     monkeypatch.setattr(worker.core, "submit", broken_submit)
     delivery = session.delivery(REQUEST)
 
-    worker._on_delivery(delivery)
+    worker._intake.on_delivery(delivery)
     await _tasks_done(worker)
 
     assert [d for d, _ in session.dead_letters] == [delivery]
@@ -81,7 +81,7 @@ async def test_a_task_that_raises_dead_letters_the_messages_it_handled() -> None
     async def broken() -> None:
         raise ValueError("message larger than one frame")
 
-    worker._spawn(broken(), (delivery,))
+    worker._tasks.spawn(broken(), (delivery,))
     await _tasks_done(worker)
 
     [(dead, reason)] = session.dead_letters
@@ -97,18 +97,18 @@ async def test_a_message_already_settled_is_left_alone_when_its_task_fails() -> 
     async def broken() -> None:
         raise RuntimeError("after the ack")
 
-    worker._spawn(broken(), (delivery,))
+    worker._tasks.spawn(broken(), (delivery,))
     await _tasks_done(worker)
 
     assert (session.published, session.dead_letters) == ([], [])
 
 
 async def test_guarded_failures_are_a_metric_by_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("snapworker.runtime.worker.read_request", _broken_read)
+    monkeypatch.setattr("snapworker.runtime.intake.read_request", _broken_read)
     worker, session = Worker(Settings()), FakeSession()
     registry, _ = build_registry(worker)
 
-    worker._on_delivery(session.delivery(REQUEST))
+    worker._intake.on_delivery(session.delivery(REQUEST))
     await _tasks_done(worker)
 
     lines = generate_latest(registry).decode().splitlines()
@@ -123,8 +123,8 @@ async def test_the_requests_of_a_batch_whose_completion_raises_are_dead_lettered
     worker, session = Worker(Settings(idempotency_store="off")), FakeSession()
     first = session.delivery(REQUEST, tag=1)
     second = session.delivery(json.dumps({"project_id": "p1", "desktop_ids": ["d3"]}).encode(), tag=2)
-    worker._on_delivery(first)
-    worker._on_delivery(second)
+    worker._intake.on_delivery(first)
+    worker._intake.on_delivery(second)
     worker.core.close()  # everything pending may go now
     batch = worker.core.take(asyncio.get_running_loop().time())
     assert batch is not None
@@ -133,7 +133,7 @@ async def test_the_requests_of_a_batch_whose_completion_raises_are_dead_lettered
         raise RuntimeError("a bug while completing")
 
     monkeypatch.setattr(worker.core, "complete", broken_complete)
-    await worker._on_outcome(batch, ())
+    await worker._outcomes.on_outcome(batch, ())
     await _tasks_done(worker)
 
     assert {id(d) for d, _ in session.dead_letters} == {id(first), id(second)}

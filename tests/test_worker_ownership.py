@@ -48,7 +48,7 @@ async def serving(
         sessions.append(BrokerlessSession(prefetch=settings.prefetch))
         return sessions[-1]
 
-    monkeypatch.setattr("snapworker.runtime.worker.AmqpSession.open", open_session)
+    monkeypatch.setattr("snapworker.runtime.sessions.AmqpSession.open", open_session)
     worker = Worker(settings, api=api)
     running = asyncio.create_task(worker.run())
     await until(lambda: bool(sessions) and sessions[-1].consuming)

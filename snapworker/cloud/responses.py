@@ -211,7 +211,7 @@ def is_busy(error: ApiError) -> bool:
     """A 409 (or WKS.0110): some desktop of the call is busy with another operation; sending it later may work.
 
     The client does not retry it: the sender sets the busy desktop aside and retries it alone, later, so the
-    rest of its batch need not wait (see :mod:`snapworker.runtime.sending`).
+    rest of its batch need not wait (see :mod:`snapworker.runtime.calls`).
     """
     return isinstance(error, ApiClientError) and (error.http_status == 409 or error.error_code == BUSY_CODE)
 

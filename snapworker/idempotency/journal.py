@@ -1,6 +1,6 @@
 """The call journal: an intent row before each batch-create call, an outcome row after it, per keyed request.
 
-:class:`~snapworker.runtime.sending.BatchSender` calls :meth:`CallJournal.before_call` before a batch's first call and
+:class:`~snapworker.runtime.calls.BatchCaller` calls :meth:`CallJournal.before_call` before a batch's first call and
 :meth:`CallJournal.after_call` with the batch's outcome; each is one store write for every request the batch
 serves (those whose desktops it carries, and those that joined them while it was in flight). The core stays
 sans-I/O: the journal only reads which requests wait on a batch (``BatchingCore.waiting``).

@@ -15,7 +15,7 @@ see that module for what stays ambiguous):
 
 **Listings are shared and budgeted.** The :class:`Reconciler` queues the desktops asked about per project; a
 listing takes the queue's first desktops (up to ``LISTING_DESKTOPS``) only once the read budget granted it (late
-binding, as the dispatcher cuts a batch), so every desktop asked about while it waited rides along. After a crash,
+binding, as the sender cuts a batch), so every desktop asked about while it waited rides along. After a crash,
 5,000 single-desktop requests cost about 50 listings, each a read of the credential's ``READ_RATE_LIMIT`` that job
 tracking shares; at most ``parallel`` listings per project are in flight.
 """

@@ -2,7 +2,8 @@
 
 - ``/healthz``: the event loop answers and keeps up: 503 once its timers ran more than ``max_lag_s`` late within
   the last few seconds (a blocked loop cannot answer at all; one that keeps stalling answers unhealthy).
-- ``/readyz``: connected to the broker *and* the consumer attached; "connected but not consuming" is not ready.
+- ``/readyz``: connected to the broker *and* the consumer attached, and every background loop running; 503 says
+  which loop is down and why ("connected but not consuming" is not ready either).
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ class HealthServer:
         port: int,
         lag: LoopLagMonitor | None = None,
         max_lag_s: float = 5.0,
+        problems: Callable[[], dict[str, str]] = dict,
     ) -> None:
         self._registry = registry
         self._ready = ready
+        self._problems = problems
         self._lag = lag or LoopLagMonitor()
         self._max_lag_s = max_lag_s
         self._host = host
@@ -88,4 +91,7 @@ class HealthServer:
     async def _readyz(self, _request: web.Request) -> web.Response:
         if self._ready():
             return web.json_response({"status": "ready"})
+        problems = self._problems()
+        if problems:  # a background loop is down: say which, and why
+            return web.json_response({"status": "background loop down", "problems": problems}, status=503)
         return web.json_response({"status": "not consuming"}, status=503)

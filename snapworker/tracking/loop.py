@@ -38,11 +38,14 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from pydantic import ValidationError
 
+from snapworker.amqp.errors import CONNECTION_ERRORS
+from snapworker.amqp.reconnect import keep_serving
 from snapworker.cloud.jobs import JobReader, job_not_found
 from snapworker.contract.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult
 from snapworker.domain.jobs import JobView
 from snapworker.errors import ApiError, BrokerError
 from snapworker.settings import Settings
+from snapworker.tracking.backlog import Backlog
 from snapworker.tracking.state import Schedule, TrackingUnit, start_unit
 
 __all__ = ["TRACKING_TYPE", "Tracker", "declare_tracking_topology", "schedule_of", "tracking_queues"]
@@ -51,9 +54,6 @@ log = logging.getLogger("snapworker.tracking")
 
 #: AMQP ``type`` of a tracking message.
 TRACKING_TYPE = "snapworker.tracking"
-_BROKER_ERRORS = (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, OSError, TimeoutError)
-_RECONNECT_MAX_S = 30.0
-_READY_WAIT_S = 10.0
 
 
 def schedule_of(settings: Settings) -> Schedule:
@@ -82,6 +82,10 @@ async def declare_tracking_topology(channel: AbstractChannel, settings: Settings
         await channel.declare_queue(_wait_queue(settings, tier), durable=True, arguments=arguments)
 
 
+# a look's commit (its publishes and the ack) fails with these
+_COMMIT_ERRORS: tuple[type[BaseException], ...] = (BrokerError, *CONNECTION_ERRORS)
+
+
 class Tracker:
     """One worker's part of the tracking loop. ``await run()`` consumes tracking messages until :meth:`close`;
     :meth:`start` begins tracking the jobs of finished results. ``rng`` is for tests."""
@@ -94,9 +98,10 @@ class Tracker:
         self._publish: AbstractChannel | None = None
         self._ready = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._deadline: float | None = None  # on the loop's clock: when the looks in progress must have ended
+        self._deadline = 0.0  # on the loop's clock, set by close(): when looks and catching up must have ended
         self._handling: set[asyncio.Task[Any]] = set()
-        self.units_started = 0
+        self.backlog = Backlog()  # units not yet published: results never wait for the tracking connection
+        self.units_started = 0  # units whose first tracking message was published (at once or from the backlog)
         self.looks = 0  # tracking messages handled: each reads every job of its unit still running, once
         self.completions_published = 0
 
@@ -106,26 +111,27 @@ class Tracker:
 
     # -- starting: called by the worker before it acks the requests
     async def start(self, answered: Sequence[tuple[SnapshotResult, str | None]]) -> bool:
-        """Publish the first tracking message of the jobs in ``answered`` (results with their reply_to) into the
-        first wait queue, confirmed; whether it was (or there was nothing to track). Never raises: a failure is
-        logged, and those requests get their results but no completion."""
+        """Begin tracking the jobs in ``answered`` (results with their reply_to); never waits for the tracking
+        connection and never raises, so results are never held up by tracking.
+
+        Returns True when the unit's first tracking message was published now, confirmed, into the first wait
+        queue (or there was nothing to track). Returns False when the tracking connection is not ready or the
+        publish failed: the unit is then kept in :attr:`backlog` and published as soon as the connection is
+        ready again (the requests still get their completion, later), unless the backlog overflows or the
+        worker stops before it could be published; both are logged."""
         unit = start_unit(answered, datetime.now(UTC))
         if unit is None:
             return True
-        try:
-            async with asyncio.timeout(_READY_WAIT_S):
-                await self._ready.wait()
-            await self._send_next(unit)
-        except (TimeoutError, BrokerError) as exc:
-            log.error(
-                "could not start tracking jobs %s (%r): their requests get no completion",
-                ",".join(unit.jobs),
-                exc,
-                extra={"job_id": ",".join(unit.jobs)},
-            )
-            return False
-        self.units_started += 1
-        return True
+        if self._ready.is_set():
+            try:
+                await self._send_first(unit)
+            except BrokerError as exc:
+                log.warning("tracking: first message of unit %s not published (%r); kept to publish later",
+                            unit.unit_id, exc, extra={"job_id": ",".join(unit.jobs)})  # fmt: skip
+            else:
+                return True
+        self.backlog.keep(unit)
+        return False
 
     # -- the loop
     async def run(self) -> None:
@@ -133,8 +139,12 @@ class Tracker:
         try:
             await self._serve_sessions()
         finally:
+            if self._stopping.is_set() and self.backlog:
+                log.error("tracking: %d units left unpublished at shutdown: their requests get no completion",
+                          len(self.backlog))  # fmt: skip
             totals = {
                 "units_started": self.units_started,
+                "units_dropped": self.backlog.dropped,
                 "looks": self.looks,
                 "job_reads": self._reader.reads,
                 "completions_published": self.completions_published,
@@ -142,61 +152,97 @@ class Tracker:
             log.info("tracking totals %s", json.dumps(totals, sort_keys=True))
 
     async def _serve_sessions(self) -> None:
-        delay = 0.5
-        while not self._stopping.is_set():
-            conn: AbstractConnection | None = None
-            try:
-                conn = await aio_pika.connect(
-                    self._settings.amqp_url.get_secret_value(),
-                    heartbeat=self._settings.heartbeat_s,
-                    client_properties={"connection_name": "snapworker-tracking"},
-                )
-                await self._serve(conn)
-                delay = 0.5
-            except (*_BROKER_ERRORS, BrokerError) as exc:  # BrokerError: _serve saw the connection drop
-                log.warning("tracking: broker session failed (%r); retrying in %.1f s", exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                delay = min(delay * 2, _RECONNECT_MAX_S)
-            finally:
-                self._ready.clear()
-                self._publish = None
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
+        # Stopping, sessions go on only to publish the backlog, until the deadline.
+        await keep_serving(
+            self._serve_once,
+            stopping=self._stopping,
+            what="tracking: broker session",
+            retry_on=(*CONNECTION_ERRORS, BrokerError),  # BrokerError: _serve saw the connection drop
+            go_on=lambda: not self._stopping.is_set() or bool(self.backlog and self._time_left() > 0),
+            pause=self._pause,
+        )
+
+    async def _pause(self, seconds: float) -> None:
+        if self._stopping.is_set():
+            await asyncio.sleep(min(seconds, max(0.0, self._time_left())))
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _serve_once(self) -> None:
+        conn: AbstractConnection | None = None
+        try:
+            conn = await self._connect()
+            await self._serve(conn)
+        finally:
+            self._ready.clear()
+            self._publish = None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
+    async def _connect(self) -> AbstractConnection:
+        """A new tracking connection; once stopping, given no longer than the deadline (a broker that does not
+        answer must not hold the shutdown up)."""
+        connecting = asyncio.ensure_future(
+            aio_pika.connect(
+                self._settings.amqp_url.get_secret_value(),
+                heartbeat=self._settings.heartbeat_s,
+                client_properties={"connection_name": "snapworker-tracking"},
+            )
+        )
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({connecting, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not connecting.done():
+                await asyncio.wait({connecting}, timeout=max(0.0, self._time_left()))
+            if not connecting.done():
+                raise TimeoutError("no tracking connection before the shutdown deadline")
+            return connecting.result()
+        finally:
+            stop.cancel()
+            connecting.cancel()  # a no-op once it is done
 
     async def _serve(self, conn: AbstractConnection) -> None:
         publish = await conn.channel(publisher_confirms=True, on_return_raises=True)
         await declare_tracking_topology(publish, self._settings)
-        consume = await conn.channel(publisher_confirms=False)
-        await consume.set_qos(prefetch_count=self._settings.track_prefetch)
-        queue = await consume.get_queue(self._settings.tracking_queue)
         self._publish = publish
         lost = asyncio.Event()
         conn.close_callbacks.add(lambda *_: lost.set())
+        if self._stopping.is_set():  # connected again only to publish the backlog
+            await self.backlog.publish_until(self._time_left, self._send_first, lost)
+            return
+        consume = await conn.channel(publisher_confirms=False)
+        await consume.set_qos(prefetch_count=self._settings.track_prefetch)
+        queue = await consume.get_queue(self._settings.tracking_queue)
         tag = await queue.consume(self._on_message, no_ack=False)
         self._ready.set()
-        stop = asyncio.create_task(self._stopping.wait())
-        gone = asyncio.create_task(lost.wait())
+        waits = {asyncio.create_task(self._stopping.wait()), asyncio.create_task(lost.wait())}
+        catching_up = asyncio.create_task(self.backlog.keep_publishing(self._send_first))
         try:
-            await asyncio.wait({stop, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stop.cancel()
-            gone.cancel()
+            for task in (*waits, catching_up):
+                task.cancel()
+            await asyncio.gather(catching_up, return_exceptions=True)  # it puts what it held back into the backlog
         if lost.is_set():
             raise BrokerError("the tracking connection was lost")
-        with contextlib.suppress(*_BROKER_ERRORS):
+        with contextlib.suppress(*CONNECTION_ERRORS):
             await queue.cancel(tag)
         # Let the looks in progress commit; what is left unacked returns to the queue when the connection closes.
         if self._handling:
-            loop = asyncio.get_running_loop()
-            timeout = self._settings.shutdown_timeout_s if self._deadline is None else self._deadline - loop.time()
-            await asyncio.wait(set(self._handling), timeout=max(0.0, timeout))
+            await asyncio.wait(set(self._handling), timeout=max(0.0, self._time_left()))
+        await self.backlog.publish_until(self._time_left, self._send_first, lost)
+
+    def _time_left(self) -> float:
+        return self._deadline - asyncio.get_running_loop().time()
 
     async def close(self, *, deadline: float | None = None) -> None:
-        """Stop taking tracking messages; looks in progress may finish until ``deadline`` (the loop's clock),
-        else for SHUTDOWN_TIMEOUT_S. What is left unacked returns to the queue."""
-        self._deadline = deadline
+        """Stop taking tracking messages; until ``deadline`` (the loop's clock; else SHUTDOWN_TIMEOUT_S from now)
+        looks in progress may finish and the backlog is published, reconnecting if need be. What is left unacked
+        returns to the queue; units left in the backlog are logged as unpublished when ``run`` ends."""
+        loop = asyncio.get_running_loop()
+        self._deadline = deadline if deadline is not None else loop.time() + self._settings.shutdown_timeout_s
         self._stopping.set()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -208,7 +254,7 @@ class Tracker:
         except Exception:  # a bug: keep the unit (requeued after a pause, not in a tight loop) and say so
             log.exception("tracking message %s could not be handled; requeued", message.message_id)
             await asyncio.sleep(self._settings.track_first_poll_s)
-            with contextlib.suppress(*_BROKER_ERRORS):
+            with contextlib.suppress(*CONNECTION_ERRORS):
                 await message.nack(requeue=True)
         finally:
             if task is not None:
@@ -233,11 +279,11 @@ class Tracker:
                 sends.append(self._send_next(unit))
             await asyncio.gather(*sends)
             await message.ack()
-        except (BrokerError, *_BROKER_ERRORS) as exc:
+        except _COMMIT_ERRORS as exc:
             # Not committed: the message stays unacked and returns to the queue with this connection, or is
             # requeued here; whoever gets it next looks again.
             log.warning("tracking unit %s not committed (%r); it will be looked at again", unit.unit_id, exc)
-            with contextlib.suppress(*_BROKER_ERRORS):
+            with contextlib.suppress(*CONNECTION_ERRORS):
                 await message.nack(requeue=True)
             return
         self.completions_published += len(done)
@@ -260,6 +306,10 @@ class Tracker:
                 raise view
 
     # -- publishing
+    async def _send_first(self, unit: TrackingUnit) -> None:
+        await self._send_next(unit)
+        self.units_started += 1
+
     async def _send_next(self, unit: TrackingUnit) -> None:
         delay = self._schedule.delay(unit, datetime.now(UTC), self._rng)
         message = aio_pika.Message(
@@ -303,7 +353,7 @@ class Tracker:
             raise _Unroutable(f"no queue {queue!r}") from exc
         except aiormq.exceptions.DeliveryError as exc:
             raise BrokerError(f"the broker refused a message for {queue!r}: {exc!r}") from exc
-        except _BROKER_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise BrokerError(f"publishing to {queue!r} failed: {exc!r}") from exc
 
 

@@ -18,7 +18,7 @@ from snapworker.errors import StoreUnavailable
 from snapworker.idempotency.health import StoreHealth
 from snapworker.idempotency.journal import RENEW_AFTER_S, TRY_WINDOW_S, CallJournal, Keyed
 from snapworker.idempotency.store import OUTCOME, Row
-from snapworker.runtime.sending import BatchSender
+from snapworker.runtime.calls import BatchCaller
 from tests.core.helpers import request
 
 
@@ -141,14 +141,14 @@ async def test_a_sending_that_raises_unexpectedly_leaves_nothing_in_flight() -> 
     core, store = BatchingCore(100, 0.25), RecordingStore()
     batch = cut(core)
     made = journal(core, store)
-    await BatchSender(BrokenApi(), max_extra_calls=0, journal=made).send(batch)
+    await BatchCaller(BrokenApi(), max_extra_calls=0, journal=made).send(batch)
     assert made.in_flight("q\x1fr1") is None  # a redelivery of the key would otherwise wait for ever
 
 
 async def test_a_sending_that_raises_unexpectedly_is_recorded_as_maybe_created() -> None:
     core, store = BatchingCore(100, 0.25), RecordingStore()
     batch = cut(core)
-    outcome = await BatchSender(BrokenApi(), max_extra_calls=0, journal=journal(core, store)).send(batch)
+    outcome = await BatchCaller(BrokenApi(), max_extra_calls=0, journal=journal(core, store)).send(batch)
     [entry] = outcome
     assert isinstance(entry, ResultError)
     assert (entry.error_code, entry.maybe_created, entry.retryable) == ("SNAPWORKER.INTERNAL", True, True)
@@ -160,7 +160,7 @@ async def test_a_cancelled_sending_leaves_nothing_in_flight() -> None:
     core, store = BatchingCore(100, 0.25), RecordingStore()
     batch = cut(core)
     made = journal(core, store)
-    sending = asyncio.create_task(BatchSender(BrokenApi(hang=True), max_extra_calls=0, journal=made).send(batch))
+    sending = asyncio.create_task(BatchCaller(BrokenApi(hang=True), max_extra_calls=0, journal=made).send(batch))
     for _ in range(100):
         if made.in_flight("q\x1fr1") is not None:
             break

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
+from snapworker.idempotency.journal import lease_s as lease_s_of
 from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings
 from snapworker.simulator.app import SimConfig, Simulator
@@ -357,7 +358,11 @@ async def test_sigterm_with_calls_outlasting_the_shutdown_timeout_requeues_them_
 
     simulator.config.latency_s = 0.0
     async with running_worker(settings):
-        answered = await probe.wait_for_requests([b["request_id"] for b in bodies], timeout=20)
+        # The calls cut off were in flight (the API may still make their snapshots): the next worker holds their
+        # requests for the intents' lease (TRY_WINDOW_S + CONNECT_TIMEOUT_S + READ_TIMEOUT_S), then
+        # RECONCILE_DELAY_S, before it lists them: about 25 s here.
+        lease_s = lease_s_of(settings.connect_timeout_s, settings.read_timeout_s) + settings.reconcile_delay_s
+        answered = await probe.wait_for_requests([b["request_id"] for b in bodies], timeout=lease_s + 20)
     assert sum(answered.values()) == len(bodies)
     assert {r.status for r in probe.results()} == {"accepted"}
 

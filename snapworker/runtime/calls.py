@@ -47,7 +47,7 @@ from snapworker.domain.jobs import CreatedJob
 from snapworker.domain.snapshots import Doubt, Reconciled, given_name, marked_disks, marker
 from snapworker.errors import ApiAuthError, ApiClientError, ApiError
 
-__all__ = ["BatchSender", "CallJournal", "Reconcile", "SnapshotApi", "error_entry", "internal_error"]
+__all__ = ["BatchCaller", "CallJournal", "Reconcile", "SnapshotApi", "error_entry", "internal_error"]
 
 log = logging.getLogger("snapworker.sending")
 
@@ -159,7 +159,7 @@ class _Sending:
     lease: CallLease | None  # asked before every try: see snapworker.cloud.lease
 
 
-class BatchSender:
+class BatchCaller:
     """Turns a batch into its outcome: one entry per call that settled some of its desktops.
 
     ``clock`` (the deadline's clock: the loop's monotonic time), ``wall_clock`` (POSIX time, compared with the

@@ -10,8 +10,8 @@ from snapworker.cloud.lease import CallLease
 from snapworker.cloud.limiter import Grant, RateLimiter
 from snapworker.core import Batch, BatchingCore, MergeKey, Outcome
 from snapworker.domain.jobs import CreatedJob
-from snapworker.runtime.dispatch import Dispatcher
-from snapworker.runtime.sending import BatchSender
+from snapworker.runtime.calls import BatchCaller
+from snapworker.runtime.sender import Sender
 from tests.core.helpers import request
 
 
@@ -45,10 +45,10 @@ class Harness:
         self.outcomes: list[tuple[Batch, Outcome]] = []
         self.answered = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
-        self.dispatcher = Dispatcher(
+        self.sender = Sender(
             core,
             limiter,
-            BatchSender(self.api, max_extra_calls=0),
+            BatchCaller(self.api, max_extra_calls=0),
             wake=self.wake,
             deadline_s=60.0,
             spawn=self.spawn,
@@ -71,7 +71,7 @@ async def test_a_batch_is_cut_when_its_call_is_granted_and_carries_what_arrived_
     await limiter.acquire("someone else")  # the bucket is empty: the next call waits about 2 s
     h = Harness(BatchingCore(100, 0.0), limiter)
     h.core.submit("t1", request("p1", "a"), "r1", None, loop.time())
-    runner = asyncio.create_task(h.dispatcher.run())
+    runner = asyncio.create_task(h.sender.run())
     await asyncio.sleep(0.2)  # the sender now waits for its call
     h.core.submit("t2", request("p1", "b"), "r2", None, loop.time())
     async with asyncio.timeout(10):
@@ -87,7 +87,7 @@ async def test_a_granted_call_is_released_when_what_was_pending_left_meanwhile()
     limiter.release()
     h = Harness(BatchingCore(100, 0.0), limiter)
     h.core.submit("t1", request("p1", "a"), "r1", None, loop.time())
-    runner = asyncio.create_task(h.dispatcher.run())
+    runner = asyncio.create_task(h.sender.run())
     await asyncio.sleep(0.1)  # waiting for its call (about 0.5 s)
     h.core.drop(["t1"])  # the session was lost: the request is back in the queue
     await asyncio.sleep(1.0)

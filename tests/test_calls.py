@@ -19,7 +19,7 @@ from snapworker.core import Batch, BatchingCore, MergeKey, Outcome
 from snapworker.domain.jobs import CreatedJob
 from snapworker.domain.snapshots import Absent, Created, Doubt, Reconciled, Unknown, Verdict
 from snapworker.errors import ApiResponseLost, ApiStatusError
-from snapworker.runtime.sending import BatchSender
+from snapworker.runtime.calls import BatchCaller
 from tests.core.helpers import request
 
 KEY = MergeKey("p1", None, None, None)
@@ -115,7 +115,7 @@ async def send(
     busy_retry_max_s: float | None = None,
 ) -> Outcome:
     clock = clock if clock is not None else Clock()
-    sender = BatchSender(api, max_extra_calls=budget, busy_retry_max_s=busy_retry_max_s, clock=clock, sleep=clock.sleep)
+    sender = BatchCaller(api, max_extra_calls=budget, busy_retry_max_s=busy_retry_max_s, clock=clock, sleep=clock.sleep)
     return await sender.send(b, deadline=deadline)
 
 
@@ -286,7 +286,7 @@ async def test_a_request_with_one_unknown_desktop_gets_a_partial_result() -> Non
     core.submit("t2", request("p1", "d3"), "r2", None, 0.0)
     cut = core.take(1.0)
     assert cut is not None
-    outcome = await BatchSender(FakeApi(unknown("ghost", named=True)), max_extra_calls=16).send(cut)
+    outcome = await BatchCaller(FakeApi(unknown("ghost", named=True)), max_extra_calls=16).send(cut)
     results = {f.result.request_id: f.result for f in core.complete(cut.id, outcome, 2.0)}
     partial = results["r1"]
     assert partial.status == "partial"
@@ -367,7 +367,7 @@ async def recover(
 ) -> tuple[Outcome, FakeReconciler, Clock]:
     clock = Clock()
     reconciler = FakeReconciler(api, clock, unknown)
-    sender = BatchSender(
+    sender = BatchCaller(
         api,
         max_extra_calls=16,
         max_tries=3,

@@ -1,4 +1,4 @@
-"""The sender task: turns the batching core's ready keys into API calls, one granted call at a time.
+"""The Sender (Kafka's name for it): turns the batching core's ready keys into API calls, one granted call at a time.
 
 It asks the rate limiter for a call only when the core has something to send, and has the core cut the batch
 only once the call is granted (late binding): every desktop that arrived meanwhile rides on that call. Between
@@ -6,8 +6,8 @@ calls it sleeps until the core's next deadline, or until ``wake`` is set (a deli
 answer freed the window, the worker is draining). It never polls.
 
 Each call carries its batch's lease (:class:`~snapworker.runtime.batch_lease.BatchLease`): the worker lapses
-the leases of batches nobody waits for once a broker session is lost (:meth:`Dispatcher.lapse_orphans`), and
-all of them when it stops (:meth:`Dispatcher.lapse_all`), so that no call sends a try after that.
+the leases of batches nobody waits for once a broker session is lost (:meth:`Sender.lapse_orphans`), and
+all of them when it stops (:meth:`Sender.lapse_all`), so that no call sends a try after that.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 from snapworker.cloud.limiter import Grant, Limiter
 from snapworker.core import Batch, BatchingCore, Outcome
 from snapworker.runtime.batch_lease import BatchLease
-from snapworker.runtime.sending import BatchSender, internal_error
+from snapworker.runtime.calls import BatchCaller, internal_error
 
-__all__ = ["Dispatcher"]
+__all__ = ["Sender"]
 
 log = logging.getLogger("snapworker.worker")
 
@@ -31,15 +31,15 @@ log = logging.getLogger("snapworker.worker")
 _BATCHES = "batches"
 
 
-class Dispatcher:
-    """``await dispatcher.run()`` sends batches until cancelled. ``on_cut`` sees each batch as it is cut;
+class Sender:
+    """``await sender.run()`` sends batches until cancelled. ``on_cut`` sees each batch as it is cut;
     ``on_outcome`` gets each batch's outcome (never an exception: a bug becomes a retryable error entry)."""
 
     def __init__(
         self,
         core: BatchingCore,
         limiter: Limiter,
-        sender: BatchSender,
+        caller: BatchCaller,
         *,
         wake: asyncio.Event,
         deadline_s: float,
@@ -50,7 +50,7 @@ class Dispatcher:
     ) -> None:
         self._core = core
         self._limiter = limiter
-        self._sender = sender
+        self._caller = caller
         self._wake = wake
         self._deadline_s = deadline_s
         self._spawn = spawn
@@ -100,8 +100,8 @@ class Dispatcher:
         try:
             # the deadline of the batch's oldest request (both on the loop's monotonic clock)
             deadline = batch.opened_at + self._deadline_s
-            outcome = await self._sender.send(batch, grant=grant, deadline=deadline, lease=lease)
-        except Exception as exc:  # the sender never raises; a bug in it must not leave requests without a result
+            outcome = await self._caller.send(batch, grant=grant, deadline=deadline, lease=lease)
+        except Exception as exc:  # the caller never raises; a bug in it must not leave requests without a result
             log.exception("sending batch %d failed unexpectedly", batch.id)
             outcome = (internal_error(batch.desktop_ids, exc),)
         finally:

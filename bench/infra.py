@@ -73,6 +73,11 @@ class SimProcess:
         async with self._http.post(f"{self.url}/_sim/reset") as response:
             response.raise_for_status()
 
+    async def throttle(self, seconds: float) -> None:
+        """Have the simulator answer every batch-create 429 for ``seconds`` (a throttling burst)."""
+        async with self._http.post(f"{self.url}/_sim/throttle", params={"seconds": str(seconds)}) as response:
+            response.raise_for_status()
+
     async def stop(self) -> None:
         await self._http.close()
         await self.proc.stop(timeout_s=10)

@@ -16,9 +16,14 @@ What runs, every part a process of its own on loopback:
   publish that fails (broker down) is retried with a new ``correlation_id`` (``<request_id>/<attempt>``) so a
   duplicate result it causes is told apart from one the workers caused;
 - a chaos loop: every ``--chaos-every`` seconds (random within the range) one of ``kill -9`` of a worker,
-  SIGTERM of a worker (each restarted after a moment), or ``rabbitmqctl stop_app`` / ``start_app`` (unless
-  ``--no-broker-restart``). Worker 0 is the *witness* (with 2 or more workers): never signalled, so its memory
-  over the whole soak shows whether it grows.
+  SIGTERM of a worker (each restarted after a moment), ``rabbitmqctl stop_app`` / ``start_app`` (unless
+  ``--no-broker-restart``), or a worker's broker session lost while its batches wait for a throttled limiter
+  (the simulator answers every call 429 for ``THROTTLE_S``; after a moment ``rabbitmqctl close_connection``
+  closes one worker's consume connection: its requests go to the others while its calls wait; needs broker
+  control, as restarts do). Worker 0 is the *witness* (with 2 or more workers): never signalled, so its memory
+  over the whole soak shows whether it grows;
+- the simulator also processes a share of the POSTs and drops the connection before answering
+  (``--api-drop``): the job exists, the worker sees a lost answer.
 
 At the end: publishing stops, the chaos stops (the broker app is started and every worker runs), the workers
 drain, every result is read back, and the invariants are checked (``SoakResult.invariants``):
@@ -30,11 +35,11 @@ drain, every result is read back, and the invariants are checked (``SoakResult.i
   again after the workers stopped; nothing was dead-lettered;
 - ``workers_alive``: every worker was running at the end and none exited without being told to;
 - ``sigterm_clean``: every SIGTERM'd worker exited 0 within SHUTDOWN_TIMEOUT_S plus a margin;
-- ``memory_bounded``: no worker process's peak RSS (VmHWM) passed ``--rss-bound-mb``.
+- ``memory_bounded``: no worker process's peak RSS (VmHWM) passed ``--rss-bound-mb``;
+- ``no_repeated_snapshots``: no desktop was put in more than one job (the idempotency store's promise).
 
 Duplicates (results beyond one per request, split into those the workers caused and those a publisher retry
-caused) and repeated snapshots (desktops the simulator put in more than one job) are figures, not failures:
-delivery is at least once. Exit status 0 when every invariant holds, 1 otherwise.
+caused) are figures, not failures: delivery is at least once. Exit status 0 when every invariant holds, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -97,6 +103,8 @@ class SoakConfig:
     latency_jitter_s: float = 0.3
     stall_ratio: float = 0.01
     stall_s: float = 5.0  # over the workers' READ_TIMEOUT_S below: a response timeout
+    drop_after_create_ratio: float = 0.02  # POSTs processed, then the connection dropped unanswered
+    session_losses: bool = True  # a worker's session lost while its batches wait for a throttled limiter
     # workers
     read_timeout_s: float = 3.0
     shutdown_timeout_s: float = 10.0
@@ -140,6 +148,7 @@ class SoakConfig:
         argv += ["--error-429-ratio", str(self.error_429_ratio), "--latency-s", str(self.latency_s)]
         argv += ["--latency-jitter-s", str(self.latency_jitter_s)]
         argv += ["--stall-ratio", str(self.stall_ratio), "--stall-s", str(self.stall_s)]
+        argv += ["--drop-after-create-ratio", str(self.drop_after_create_ratio)]
         return [*argv, "--seed", str(self.seed or 0)]
 
 
@@ -196,6 +205,26 @@ async def _rabbitmqctl(*args: str, timeout_s: float = 90.0) -> tuple[int, str]:
         await proc.wait()
         return -1, f"rabbitmqctl {' '.join(args)} took over {timeout_s:.0f} s"
     return proc.returncode or 0, out.decode(errors="replace").strip()
+
+
+#: how long the simulator throttles every call in a "session" fault
+THROTTLE_S = 8.0
+
+
+async def _close_consume_connection(pid: int) -> tuple[int, str]:
+    """Have the broker close worker ``pid``'s consume connection (its session is lost); (closed, problem)."""
+    code, out = await _rabbitmqctl("-q", "list_connections", "pid", "user_provided_name", timeout_s=30)
+    if code:
+        return 0, f"list_connections {code}: {out[-200:]}"
+    closed = 0
+    for line in out.splitlines():
+        conn_pid, _, name = line.partition("\t")
+        if name.strip() == f"snapworker-consume pid {pid} on {socket.gethostname()}":
+            code, out = await _rabbitmqctl("close_connection", conn_pid.strip(), "soak: session lost", timeout_s=30)
+            if code:
+                return closed, f"close_connection {code}: {out[-200:]}"
+            closed += 1
+    return closed, "" if closed else f"no consume connection of pid {pid} found"
 
 
 async def broker_control_usable(amqp_url: str) -> str | None:
@@ -469,9 +498,12 @@ async def _start_simulator(config: SoakConfig, log_dir: Path) -> SimProcess:
 class Chaos:
     """Every few seconds one fault: kill -9 or SIGTERM of a worker (started again), or a broker restart."""
 
-    def __init__(self, config: SoakConfig, fleet: Fleet, rng: random.Random, started: float) -> None:
+    def __init__(
+        self, config: SoakConfig, fleet: Fleet, rng: random.Random, started: float, sim: SimProcess | None = None
+    ) -> None:
         self.config = config
         self.fleet = fleet
+        self.sim = sim
         self.rng = rng
         self.started = started
         self.events: list[dict[str, Any]] = []
@@ -491,6 +523,7 @@ class Chaos:
                 return
             if not self._deck:  # every kind of fault once per round, in a random order
                 self._deck = ["kill9", "sigterm"] + (["broker"] if self.config.broker_restarts else [])
+                self._deck += ["session"] if self.config.session_losses and self.sim is not None else []
                 self.rng.shuffle(self._deck)
             action = self._deck.pop()
             slots = self.fleet.chaos_slots()
@@ -499,6 +532,10 @@ class Chaos:
             event: dict[str, Any] = {"at_s": self._at(), "action": action}
             if action == "broker":
                 event |= await self.restart_broker()
+            elif action == "session":
+                slot = self.rng.choice(slots)
+                event["slot"] = slot
+                event |= await self.lose_session_while_throttled(slot)
             else:
                 slot = self.rng.choice(slots)
                 event["slot"] = slot
@@ -508,6 +545,21 @@ class Chaos:
             self.counts[action] += 1
             self.events.append(event)
             print(f"  chaos {event['at_s']:>6.1f} s: {_event_text(event)}", flush=True)
+
+    async def lose_session_while_throttled(self, slot: int) -> dict[str, Any]:
+        """The API throttles every call for THROTTLE_S: the workers' limiters pause and their batches wait; a
+        moment later one worker's consume connection is closed by the broker. Its requests are redelivered to
+        the others while its own calls still wait: none of them may send again what the others now own."""
+        assert self.sim is not None
+        proc = self.fleet.slots[slot]
+        assert proc is not None
+        await self.sim.throttle(THROTTLE_S)
+        await asyncio.sleep(self.rng.uniform(1.0, 3.0))
+        closed, problem = await _close_consume_connection(proc.pid)
+        event: dict[str, Any] = {"pid": proc.pid, "throttled_s": THROTTLE_S, "connections_closed": closed}
+        if problem:
+            event["problem"] = problem
+        return event
 
     async def restart_broker(self) -> dict[str, Any]:
         self.broker_down = True
@@ -528,6 +580,11 @@ class Chaos:
 
 
 def _event_text(event: dict[str, Any]) -> str:
+    if event["action"] == "session":
+        return (
+            f"API throttled for {event['throttled_s']:g} s, then worker{event['slot']}'s session lost (pid "
+            f"{event['pid']}, {event['connections_closed']} connection closed)"
+        )
     if event["action"] == "broker":
         return f"broker stop_app for {event['down_s']} s, start_app took {event['start_app_s']} s"
     extra = f", exit {event.get('exit')}" + (f" after {event['seconds']} s" if "seconds" in event else "")
@@ -575,7 +632,7 @@ async def run_soak(config: SoakConfig) -> SoakResult:
     publisher = Publisher(config.amqp_url, queues.request, rate=config.rate, projects=config.projects, rng=rng)
     collector = Collector()
     started = time.monotonic()
-    chaos = Chaos(config, fleet, rng, started)
+    chaos = Chaos(config, fleet, rng, started, sim if config.broker_restarts else None)
     figures: dict[str, Any] = {"log_dir": str(log_dir), "queues": queues.all()}
     state_after_drain: dict[str, tuple[int, int]] | None = None
     state_after_stop: dict[str, tuple[int, int]] | None = None
@@ -723,6 +780,8 @@ async def run_soak(config: SoakConfig) -> SoakResult:
         "api_calls": sim_stats.get("calls_total"),
         "api_calls_by_status": calls,
         "kill9": chaos.counts["kill9"],
+        "sessions_lost_while_throttled": chaos.counts["session"],
+        "answers_dropped_after_create": sim_stats.get("dropped_answers"),
         "sigterm": chaos.counts["sigterm"],
         "broker_restarts": chaos.broker_restarts,
         "worker_processes": fleet.spawned,
@@ -751,6 +810,7 @@ async def run_soak(config: SoakConfig) -> SoakResult:
         and all(c == 0 for c in exit_codes),
         "sigterm_clean": not sigterm_bad,
         "memory_bounded": 0 < peak <= config.rss_bound_mb,
+        "no_repeated_snapshots": sim_stats.get("repeated_snapshots") == 0,
     }
     if missing:
         problems.append(f"{len(missing)} requests never answered, e.g. {missing[:5]}")
@@ -767,6 +827,10 @@ async def run_soak(config: SoakConfig) -> SoakResult:
         )
     if sigterm_bad:
         problems.append(f"SIGTERM exits not clean: {sigterm_bad}")
+    if not invariants["no_repeated_snapshots"]:
+        problems.append(
+            f"{sim_stats.get('repeated_snapshots')} repeated snapshots (desktops {sim_stats.get('desktops_repeated')})"
+        )
     if not invariants["memory_bounded"]:
         problems.append(f"peak worker RSS {peak} MB (bound {config.rss_bound_mb} MB)")
     config_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
@@ -787,7 +851,9 @@ def format_report(result: SoakResult) -> str:
         "| figure | value |",
         "|---|---|",
         f"| requests published (desktops) | {f['requests_published']:,} ({f['desktops_published']:,}) |",
-        f"| faults: kill -9 / SIGTERM / broker restarts | {f['kill9']} / {f['sigterm']} / {f['broker_restarts']} |",
+        f"| faults: kill -9 / SIGTERM / broker restarts / sessions lost while throttled | {f['kill9']} / "
+        f"{f['sigterm']} / {f['broker_restarts']} / {f.get('sessions_lost_while_throttled', 0)} |",
+        f"| POSTs processed with their answer dropped | {f.get('answers_dropped_after_create')} |",
         f"| API calls (by status) | {f['api_calls']:,} ({_statuses(f['api_calls_by_status'])}) |",
         f"| results (by status) | {f['results']:,} ({_statuses(f['statuses'])}) |",
         f"| errors with maybe_created (response timeouts) | {f['errors_maybe_created']} |",
@@ -860,6 +926,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--api-5xx", type=float, default=0.03, help="share of API calls answered 5xx (0.03)")
     parser.add_argument("--api-429", type=float, default=0.01, help="share of API calls answered 429 (0.01)")
     parser.add_argument("--api-stall", type=float, default=0.01, help="share of API calls timing out (0.01)")
+    parser.add_argument("--api-drop", type=float, default=0.02, help="share of POSTs processed, answer dropped (0.02)")
+    parser.add_argument("--no-session-loss", action="store_true", help="no session lost while throttled")
     parser.add_argument("--seed", type=int, default=None, help="seed of the chaos and the workload")
     parser.add_argument("--amqp-url", default=os.environ.get("SNAPWORKER_AMQP_URL", DEFAULT_AMQP_URL))
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "soak.json", help="the report")
@@ -881,6 +949,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         error_5xx_ratio=args.api_5xx,
         error_429_ratio=args.api_429,
         stall_ratio=args.api_stall,
+        drop_after_create_ratio=args.api_drop,
+        session_losses=not args.no_session_loss,
         seed=args.seed,
         amqp_url=args.amqp_url,
     )

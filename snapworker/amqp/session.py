@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -42,6 +44,12 @@ Settle = Literal["ack", "dead-letter", "requeue"]
 #: Header of a dead-lettered request copy: why the worker dead-lettered it (at most REASON_MAX_CHARS).
 REASON_HEADER = "x-snapworker-reason"
 REASON_MAX_CHARS = 1000
+
+
+def connection_name(role: str) -> str:
+    """How a worker's connection shows in RabbitMQ (``rabbitmqctl list_connections user_provided_name``, the
+    management UI): its role, process and host, so an operator can tell which worker holds what."""
+    return f"snapworker-{role} pid {os.getpid()} on {socket.gethostname()}"
 
 
 # a publish fails with these when the channel, or the connection under it, breaks
@@ -116,7 +124,9 @@ class AmqpSession:
             for name in ("consume", "publish"):
                 opened.append(
                     await aio_pika.connect(
-                        url, heartbeat=settings.heartbeat_s, client_properties={"connection_name": f"snapworker-{name}"}
+                        url,
+                        heartbeat=settings.heartbeat_s,
+                        client_properties={"connection_name": connection_name(name)},
                     )
                 )
             consume_conn, publish_conn = opened

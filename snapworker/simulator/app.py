@@ -31,7 +31,8 @@ Reads: ``GET workspace-jobs/{job_id}`` and ``GET workspace-sub-jobs`` (the SDK's
 :mod:`.snapshots`); 400 WKS.0001 for a query the API refuses. They are not flow-controlled.
 
 Every response, errors and unknown paths included, carries an ``X-Request-Id`` (uuid hex). ``/_sim/stats``
-(GET) and ``/_sim/reset`` (POST) need no credentials. Error codes and messages follow Huawei's published
+(GET), ``/_sim/reset`` and ``/_sim/throttle?seconds=S`` (POST: every batch-create answered 429 for S seconds)
+need no credentials. Error codes and messages follow Huawei's published
 ones where known; the 409 code (WKS.0110) and the 5xx/401 wordings are close imitations, not documented values.
 """
 
@@ -123,6 +124,8 @@ class Simulator:
         self.app.router.add_get("/v2/{project_id}/snapshots", self._list_snapshots)
         self.app.router.add_get("/_sim/stats", self._get_stats)
         self.app.router.add_post("/_sim/reset", self._reset)
+        self.app.router.add_post("/_sim/throttle", self._throttle)
+        self._throttled_until = 0.0  # until then (monotonic) every batch-create is answered 429
 
     # ----------------------------------------------------------------------------------------- lifecycle
 
@@ -251,7 +254,7 @@ class Simulator:
             if config.send_retry_after:
                 response.headers["Retry-After"] = retry_after_header(refused.retry_after_s)
             return response
-        if config.error_429_ratio > 0 and self._rng.random() < config.error_429_ratio:
+        if now < self._throttled_until or (config.error_429_ratio > 0 and self._rng.random() < config.error_429_ratio):
             return _gateway_error(
                 429, "APIG.0308", "The throttling threshold has been reached: policy ip over ratelimit"
             )
@@ -382,6 +385,13 @@ class Simulator:
     async def _reset(self, request: web.Request) -> web.Response:
         self.reset_stats()
         return web.json_response(self.stats())
+
+    async def _throttle(self, request: web.Request) -> web.Response:
+        """``POST /_sim/throttle?seconds=S``: answer every batch-create 429 for the next S seconds (a throttling
+        burst: the callers' limiters pause, and their batches wait)."""
+        seconds = float(request.query.get("seconds", "10"))
+        self._throttled_until = time.monotonic() + seconds
+        return web.json_response({"throttled_for_s": seconds})
 
 
 # --------------------------------------------------------------------------------------------------- CLI

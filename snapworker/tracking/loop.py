@@ -40,6 +40,7 @@ from pydantic import ValidationError
 
 from snapworker.amqp.errors import CONNECTION_ERRORS
 from snapworker.amqp.reconnect import keep_serving
+from snapworker.amqp.session import connection_name
 from snapworker.cloud.jobs import JobReader, job_not_found
 from snapworker.contract.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult
 from snapworker.domain.jobs import JobView
@@ -188,7 +189,7 @@ class Tracker:
             aio_pika.connect(
                 self._settings.amqp_url.get_secret_value(),
                 heartbeat=self._settings.heartbeat_s,
-                client_properties={"connection_name": "snapworker-tracking"},
+                client_properties={"connection_name": connection_name("tracking")},
             )
         )
         stop = asyncio.ensure_future(self._stopping.wait())

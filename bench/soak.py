@@ -213,13 +213,16 @@ THROTTLE_S = 8.0
 
 async def _close_consume_connection(pid: int) -> tuple[int, str]:
     """Have the broker close worker ``pid``'s consume connection (its session is lost); (closed, problem)."""
-    code, out = await _rabbitmqctl("-q", "list_connections", "pid", "user_provided_name", timeout_s=30)
+    code, out = await _rabbitmqctl(
+        "-q", "list_connections", "--no-table-headers", "pid", "client_properties", timeout_s=30
+    )
     if code:
         return 0, f"list_connections {code}: {out[-200:]}"
     closed = 0
+    wanted = f'"connection_name","snapworker-consume pid {pid} on {socket.gethostname()}"'
     for line in out.splitlines():
-        conn_pid, _, name = line.partition("\t")
-        if name.strip() == f"snapworker-consume pid {pid} on {socket.gethostname()}":
+        conn_pid, _, properties = line.partition("\t")
+        if wanted in properties:
             code, out = await _rabbitmqctl("close_connection", conn_pid.strip(), "soak: session lost", timeout_s=30)
             if code:
                 return closed, f"close_connection {code}: {out[-200:]}"

@@ -107,6 +107,7 @@ class AmqpSession:
         self._publish_underlay: aiormq.Channel | None = None
         self.lost = asyncio.Event()
         self.lost_reason = ""
+        self.on_settled: Callable[[Delivery], object] | None = None
         # deliveries in delivery-tag order, for multiple acks; settled ones leave from the front
         self._settler = Settler(lambda: self._underlay, self.lost, lambda exc: self._on_close(self, exc))
         for conn in (consume_conn, publish_conn):
@@ -346,8 +347,13 @@ class AmqpSession:
     def settle(self, deliveries: list[Delivery], how: Settle) -> None:
         """Decide to ack, dead-letter or requeue deliveries of this session, each once; the frames follow (in
         the order decided, from one task: see :class:`~snapworker.amqp.settler.Settler`). Deliveries of an older
-        session are skipped: the broker has requeued them already."""
-        self._settler.decide((d for d in deliveries if d.session is self), how)
+        session are skipped: the broker has requeued them already. ``on_settled``, if set, sees each delivery
+        settled here, once (the runtime's request lifecycle)."""
+        fresh = [d for d in deliveries if d.session is self and not d.settled]
+        self._settler.decide(fresh, how)
+        if self.on_settled is not None:
+            for delivery in fresh:
+                self.on_settled(delivery)
 
     async def settlements_sent(self) -> None:
         """Wait until every settlement decided so far has reached the broker (call it before :meth:`close`)."""

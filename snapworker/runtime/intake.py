@@ -15,6 +15,7 @@ from snapworker.amqp.session import Delivery
 from snapworker.contract.intake import Accepted, Rejected, read_request
 from snapworker.contract.models import SnapshotResult
 from snapworker.core import BatchingCore
+from snapworker.core.lifecycle import Lifecycle, State
 from snapworker.idempotency import Idempotency
 from snapworker.ops.progress import log_problem_result
 from snapworker.ops.stats import WorkerStats
@@ -45,6 +46,7 @@ class Intake:
         tasks: WorkerTasks,
         outcomes: Outcomes,
         widener: WindowWidener,
+        lifecycle: Lifecycle,
         *,
         wake: asyncio.Event,
         stopping: asyncio.Event,
@@ -57,6 +59,7 @@ class Intake:
         self._tasks = tasks
         self._outcomes = outcomes
         self._widener = widener
+        self._life = lifecycle
         self._wake = wake
         self._stopping = stopping
         self.idempotency: Idempotency | None = None
@@ -65,6 +68,7 @@ class Intake:
         """The consumer's callback: never raises."""
         if self._stopping.is_set():
             return  # delivered while stopping: the drain requeues it
+        self._life.receive(delivery, delivery.session, owner="intake")
         try:
             self._take(delivery)
         except Exception as exc:  # last resort: a bug must not leave the message held, nor stop the consumer
@@ -79,16 +83,20 @@ class Intake:
         if isinstance(read, Rejected):
             log_problem_result(read.result)
             self._stats.count_result(read.result)
+            self._life.move(delivery, State.ANSWERED, owner="intake")
             self._tasks.spawn(self._results.publish([(delivery, read.result)], settle="dead-letter"), (delivery,))
             return
-        if self.idempotency is not None and self.idempotency.admit(delivery, read):
-            return  # looked up first: answered from its record, or submitted once known to need a call
+        if self.idempotency is not None:
+            self._life.move(delivery, State.LOOKED_UP, owner="gate")
+            if self.idempotency.admit(delivery, read):
+                return  # looked up first: answered from its record, or submitted once known to need a call
         self.submit(delivery, read)
 
     def submit(self, delivery: Delivery, read: Accepted) -> None:
         """Hand a valid request to the batching core."""
         loop = asyncio.get_running_loop()
         try:
+            self._life.move(delivery, State.BATCHED, owner="core")
             if self._core.submit(delivery, read.request, read.request_id, read.correlation_id, loop.time()):
                 self._wake.set()
         except Exception as exc:  # as in on_delivery: a bug must not leave the message held
@@ -105,4 +113,5 @@ class Intake:
         as results do)."""
         log_problem_result(result)
         self._stats.count_result(result)
+        self._life.move(delivery, State.ANSWERED, owner="outcomes")
         self._tasks.spawn(self._outcomes.answer([(delivery, result)]), (delivery,))

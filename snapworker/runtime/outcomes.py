@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from snapworker.amqp.session import Delivery
 from snapworker.contract.models import SnapshotResult
 from snapworker.core import Batch, BatchingCore, Outcome
+from snapworker.core.lifecycle import Lifecycle, State
 from snapworker.idempotency import Idempotency
 from snapworker.ops.progress import log_problem_result
 from snapworker.ops.stats import WorkerStats
@@ -44,6 +45,7 @@ class Outcomes:
         guard: DeliveryGuard,
         tasks: WorkerTasks,
         widener: WindowWidener,
+        lifecycle: Lifecycle,
         *,
         wake: asyncio.Event,
     ) -> None:
@@ -53,6 +55,7 @@ class Outcomes:
         self._guard = guard
         self._tasks = tasks
         self._widener = widener
+        self._life = lifecycle
         self._wake = wake
         self.idempotency: Idempotency | None = None
         self.tracker: Tracker | None = None
@@ -60,6 +63,9 @@ class Outcomes:
     def on_cut(self, batch: Batch) -> None:
         """A batch was cut (its call granted)."""
         self._stats.count_batch(batch)
+        owner = ("call", batch.id)
+        for ticket in self._core.waiting(batch):
+            self._life.move(ticket, State.IN_CALL, owner=owner)
         self._tasks.progress.set()
         self._widener.maybe_widen()
 
@@ -89,6 +95,7 @@ class Outcomes:
         try:
             for finished in finished_requests:
                 assert isinstance(finished.ticket, Delivery)
+                self._life.move(finished.ticket, State.ANSWERED, owner=("call", batch.id))
                 result = finished.result
                 if self.idempotency is not None:
                     result = self.idempotency.finish(finished.ticket, result)

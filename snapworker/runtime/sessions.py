@@ -23,6 +23,7 @@ from snapworker.amqp.partitions import Partitions
 from snapworker.amqp.reconnect import keep_serving
 from snapworker.amqp.session import AmqpSession
 from snapworker.core import BatchingCore
+from snapworker.core.lifecycle import Lifecycle
 from snapworker.errors import BrokerError, BrokerRefused
 from snapworker.idempotency import Idempotency
 from snapworker.runtime.intake import Intake
@@ -50,6 +51,7 @@ class Sessions:
         intake: Intake,
         tasks: WorkerTasks,
         idempotency: Idempotency | None,
+        lifecycle: Lifecycle,
         *,
         wake: asyncio.Event,
         stopping: asyncio.Event,
@@ -60,6 +62,7 @@ class Sessions:
         self._intake = intake
         self._tasks = tasks
         self._idem = idempotency
+        self._life = lifecycle
         self._wake = wake
         self._stopping = stopping
         self._consuming = consuming
@@ -80,6 +83,7 @@ class Sessions:
 
     async def _serve_next(self) -> None:
         session = await AmqpSession.open(self._settings)
+        session.on_settled = self._life.settle  # settled once, then forgotten by the lifecycle
         self.current = session
         try:
             await self._serve(session)
@@ -140,6 +144,7 @@ class Sessions:
         # of theirs is ever settled on another channel.
         held = session.held()
         self._core.drop(held)
+        self._life.session_lost(session)
         if self._idem is not None:
             self._idem.forget(held)
         if self.sender is not None and (lapsed := self.sender.lapse_orphans()):

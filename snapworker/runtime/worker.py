@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from snapworker.cloud.limiter import Limiter
 from snapworker.core import BatchingCore, WindowPolicy
+from snapworker.core.lifecycle import Lifecycle
 from snapworker.failpoints import configure as configure_failpoints
 from snapworker.idempotency import Idempotency, build_idempotency
 from snapworker.idempotency.reconcile import Reconciler
@@ -79,11 +80,15 @@ class Worker:
         self._stopped = asyncio.Event()
         self.consuming = asyncio.Event()
         self._results = ResultPublisher(settings, self.stats)
-        self._tasks = WorkerTasks(lambda deliveries, exc: self._guard.fail(deliveries, exc, doing="a worker task"))
+        # every delivery's state and owner, sans I/O: the one place orphans are found and settled
+        self._life = Lifecycle()
+        self._tasks = WorkerTasks(
+            lambda deliveries, exc: self._guard.fail(deliveries, exc, doing="a worker task"), self._life
+        )
         self._guard = DeliveryGuard(self.stats, self._results, self._tasks.spawn)
         widener = WindowWidener(self._core, window, self._tasks, lambda: self._sessions.current)
         self._outcomes = Outcomes(
-            self._core, self.stats, self._results, self._guard, self._tasks, widener, wake=self._wake
+            self._core, self.stats, self._results, self._guard, self._tasks, widener, self._life, wake=self._wake
         )
         self._intake = Intake(
             settings,
@@ -94,6 +99,7 @@ class Worker:
             self._tasks,
             self._outcomes,
             widener,
+            self._life,
             wake=self._wake,
             stopping=self._stopping,
         )
@@ -113,6 +119,7 @@ class Worker:
             self._intake,
             self._tasks,
             self._idem,
+            self._life,
             wake=self._wake,
             stopping=self._stopping,
             consuming=self.consuming,

@@ -61,7 +61,10 @@ async def test_a_task_that_raises_leaves_alone_what_it_passed_on() -> None:
 async def test_a_cancelled_task_requeues_what_it_still_owned() -> None:
     h = Harness()
     delivery = h.received(1)
-    h.tasks.spawn(asyncio.Event().wait(), (delivery,))
+    async def waits_for_ever() -> None:
+        await asyncio.Event().wait()
+
+    h.tasks.spawn(waits_for_ever(), (delivery,))
     await asyncio.sleep(0)
     await h.tasks.settle_within(0.0)
     await asyncio.sleep(0)

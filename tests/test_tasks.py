@@ -61,6 +61,7 @@ async def test_a_task_that_raises_leaves_alone_what_it_passed_on() -> None:
 async def test_a_cancelled_task_requeues_what_it_still_owned() -> None:
     h = Harness()
     delivery = h.received(1)
+
     async def waits_for_ever() -> None:
         await asyncio.Event().wait()
 

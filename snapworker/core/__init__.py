@@ -2,6 +2,7 @@
 
 from snapworker.core.batch import Batch, FlushReason, MergeKey, Outcome, OutcomeEntry
 from snapworker.core.engine import BatchingCore, Finished, RequestMeta
+from snapworker.core.ledger import compose_result
 from snapworker.core.window import WindowPolicy
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "OutcomeEntry",
     "RequestMeta",
     "WindowPolicy",
+    "compose_result",
 ]

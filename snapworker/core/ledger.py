@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from snapworker.contract.models import JobEntry, ResultError, ResultStatus, SnapshotResult
 from snapworker.core.batch import OutcomeEntry
 
-__all__ = ["Ledger", "RequestMeta"]
+__all__ = ["Ledger", "RequestMeta", "compose_result"]
 
 Ticket = Hashable
 
@@ -73,11 +73,25 @@ class Ledger:
 
 
 def _result(request: _Open, now: datetime) -> SnapshotResult:
-    # Group the request's desktops by the outcome entry that settled them (entries are shared objects),
-    # keeping the request's own order of desktops.
+    meta = request.meta
+    return compose_result(
+        meta.request_id, meta.correlation_id, meta.project_id, request.desktop_ids, request.settled, now
+    )
+
+
+def compose_result(
+    request_id: str,
+    correlation_id: str | None,
+    project_id: str | None,
+    desktop_ids: Sequence[str],
+    settled: Mapping[str, OutcomeEntry],
+    now: datetime,
+) -> SnapshotResult:
+    """The result of a request whose every desktop has an entry in ``settled``: desktops settled by one entry
+    (entries are shared objects) share its line, in the request's own order of desktops."""
     groups: dict[int, tuple[OutcomeEntry, list[str]]] = {}
-    for desktop_id in request.desktop_ids:
-        entry = request.settled[desktop_id]
+    for desktop_id in desktop_ids:
+        entry = settled[desktop_id]
         groups.setdefault(id(entry), (entry, []))[1].append(desktop_id)
     jobs: list[JobEntry] = []
     errors: list[ResultError] = []
@@ -89,9 +103,9 @@ def _result(request: _Open, now: datetime) -> SnapshotResult:
             errors.append(narrowed)
     status: ResultStatus = "accepted" if not errors else ("partial" if jobs else "failed")
     return SnapshotResult(
-        request_id=request.meta.request_id,
-        correlation_id=request.meta.correlation_id,
-        project_id=request.meta.project_id,
+        request_id=request_id,
+        correlation_id=correlation_id,
+        project_id=project_id,
         status=status,
         finished_at=now.astimezone(UTC),
         jobs=tuple(jobs),

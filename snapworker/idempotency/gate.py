@@ -35,8 +35,8 @@ from typing import Any
 
 from snapworker.amqp.session import Delivery
 from snapworker.contract.intake import Accepted
-from snapworker.contract.models import JobEntry, ResultError, SnapshotResult
-from snapworker.core import MergeKey, OutcomeEntry
+from snapworker.contract.models import SnapshotResult
+from snapworker.core import MergeKey, OutcomeEntry, compose_result
 from snapworker.domain.snapshots import Absent, Created, Doubt, Unknown, given_name, marked_disks, marker
 from snapworker.errors import StoreUnavailable
 from snapworker.idempotency.health import StoreHealth
@@ -44,7 +44,7 @@ from snapworker.idempotency.journal import CallJournal, Keyed
 from snapworker.idempotency.reconcile import Reconciler
 from snapworker.idempotency.store import IdempotencyStore, fingerprint, holds, state_of
 
-__all__ = ["AdmissionGate", "compose"]
+__all__ = ["AdmissionGate"]
 
 log = logging.getLogger("snapworker.idempotency")
 
@@ -58,34 +58,6 @@ Fail = Callable[[Sequence[Delivery], BaseException, str], None]
 
 _GATHER_S = 0.005
 _GATHER_MAX = 500
-
-
-def compose(
-    request_id: str,
-    correlation_id: str | None,
-    project_id: str | None,
-    desktops: Sequence[str],
-    entries: dict[str, OutcomeEntry],
-) -> SnapshotResult:
-    """The result of a request whose every desktop has an entry (desktops sharing an entry share its line)."""
-    groups: dict[int, tuple[OutcomeEntry, list[str]]] = {}
-    for desktop_id in desktops:
-        entry = entries[desktop_id]
-        groups.setdefault(id(entry), (entry, []))[1].append(desktop_id)
-    jobs: list[JobEntry] = []
-    errors: list[ResultError] = []
-    for entry, ids in groups.values():
-        narrowed = entry.model_copy(update={"desktop_ids": tuple(ids)})
-        (jobs if isinstance(narrowed, JobEntry) else errors).append(narrowed)  # type: ignore[arg-type]
-    return SnapshotResult(
-        request_id=request_id,
-        correlation_id=correlation_id,
-        project_id=project_id,
-        status="accepted" if not errors else ("partial" if jobs else "failed"),
-        finished_at=datetime.now(UTC),
-        jobs=tuple(jobs),
-        errors=tuple(errors),
-    )
 
 
 class AdmissionGate:
@@ -150,7 +122,9 @@ class AdmissionGate:
             entries.update(dict.fromkeys(job.desktop_ids, job))
         for error in result.errors:
             entries.update(dict.fromkeys(error.desktop_ids, error))
-        merged = compose(result.request_id, result.correlation_id, result.project_id, desktops, entries)
+        merged = compose_result(
+            result.request_id, result.correlation_id, result.project_id, desktops, entries, datetime.now(UTC)
+        )
         return merged.model_copy(update={"finished_at": result.finished_at})
 
     def forget(self, deliveries: Iterable[Delivery]) -> None:
@@ -279,7 +253,14 @@ class AdmissionGate:
             accepted.request_id,
             extra={"request_id": accepted.request_id, "project_id": accepted.request.project_id},
         )
-        result = compose(accepted.request_id, accepted.correlation_id, accepted.request.project_id, desktops, reused)
+        result = compose_result(
+            accepted.request_id,
+            accepted.correlation_id,
+            accepted.request.project_id,
+            desktops,
+            reused,
+            datetime.now(UTC),
+        )
         self._answer(delivery, result)
 
     def _enter(

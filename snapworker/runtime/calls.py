@@ -47,7 +47,7 @@ from snapworker.domain.jobs import CreatedJob
 from snapworker.domain.snapshots import Doubt, Reconciled, given_name, marked_disks, marker
 from snapworker.errors import ApiAuthError, ApiClientError, ApiError
 
-__all__ = ["BatchCaller", "CallJournal", "Reconcile", "SnapshotApi", "error_entry", "internal_error"]
+__all__ = ["BatchCaller", "Journal", "Reconcile", "SnapshotApi", "error_entry", "internal_error"]
 
 log = logging.getLogger("snapworker.sending")
 
@@ -75,7 +75,7 @@ class SnapshotApi(Protocol):
     ) -> CreatedJob: ...
 
 
-class CallJournal(Protocol):
+class Journal(Protocol):
     """Records made around a batch's calls (snapworker.idempotency's journal): ``before_call`` records the
     ``attempt`` (its id is in the calls' marker) and returns None to let the calls go, or the batch's outcome
     without calling; ``after_call`` sees the outcome before the results do; ``abandon`` is called instead of
@@ -179,7 +179,7 @@ class BatchCaller:
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         attempt_id: Callable[[], str] = lambda: uuid.uuid4().hex,
-        journal: CallJournal | None = None,
+        journal: Journal | None = None,
         reconciler: Reconcile | None = None,
         reconcile_delay_s: float = 5.0,
     ) -> None:

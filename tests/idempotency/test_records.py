@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 from snapworker import failpoints
 from snapworker.contract.models import JobEntry, ResultError, SnapshotRequest
+from snapworker.core import compose_result
 from snapworker.idempotency import records
-from snapworker.idempotency.gate import compose
 from snapworker.idempotency.store import (
     INTENT,
     OUTCOME,
@@ -79,7 +80,7 @@ def test_the_fingerprint_changes_with_the_desktops_and_not_with_their_order() ->
 
 def test_a_composed_result_groups_desktops_by_entry_and_is_partial_with_an_error() -> None:
     entries: dict[str, JobEntry | ResultError] = {"d1": JOB, "d2": JOB, "d3": ERROR}
-    result = compose("r1", "c1", "p", ("d1", "d2", "d3"), entries)
+    result = compose_result("r1", "c1", "p", ("d1", "d2", "d3"), entries, datetime.now(UTC))
     assert result.status == "partial"
     assert [j.desktop_ids for j in result.jobs] == [("d1", "d2")]
     assert [e.desktop_ids for e in result.errors] == [("d3",)]

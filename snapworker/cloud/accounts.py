@@ -28,7 +28,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -41,6 +41,9 @@ from snapworker.domain.keys import MergeKey
 from snapworker.domain.snapshots import SnapshotView
 from snapworker.errors import ApiError, ConfigError
 from snapworker.settings import Settings
+
+if TYPE_CHECKING:
+    from snapworker.cloud.shared_limiter import Loops
 
 __all__ = ["Account", "AccountRouter", "NoAccountForProject", "load_accounts"]
 
@@ -142,6 +145,7 @@ class AccountRouter:
         *,
         clients: Mapping[str, WorkspaceClient] | None = None,
         observer: ClientObserver | None = None,
+        loops: Loops | None = None,
     ) -> None:
         every = [*accounts, *([default] if default is not None else [])]
         self._clients: dict[str, WorkspaceClient] = dict(clients or {})
@@ -150,7 +154,7 @@ class AccountRouter:
 
             for account in every:
                 self._clients[account.name] = WorkspaceClient(
-                    account.settings, limiter=build_limiter(account.settings), observer=observer
+                    account.settings, limiter=build_limiter(account.settings, loops=loops), observer=observer
                 )
         self._readers = {name: SnapshotReader(client) for name, client in self._clients.items()}
         self._route = {project: account.name for account in accounts for project in account.projects}
@@ -162,9 +166,11 @@ class AccountRouter:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, observer: ClientObserver | None = None) -> AccountRouter:
+    def from_settings(
+        cls, settings: Settings, *, observer: ClientObserver | None = None, loops: Loops | None = None
+    ) -> AccountRouter:
         accounts, default = load_accounts(settings.accounts_file, settings)
-        return cls(settings, accounts, default, observer=observer)
+        return cls(settings, accounts, default, observer=observer, loops=loops)
 
     @property
     def limiter(self) -> Limiter:

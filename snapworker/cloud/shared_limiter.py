@@ -30,10 +30,10 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager, suppress
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from snapworker.cloud.limiter import RateLimiter, log_throttle_episode
 from snapworker.cloud.pause import ThrottlePause
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-__all__ = ["SharedRateLimiter", "build_limiter", "credential_id"]
+__all__ = ["Loops", "SharedRateLimiter", "build_limiter", "credential_id"]
 
 log = logging.getLogger("snapworker.cloud")
 
@@ -59,11 +59,21 @@ def credential_id(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
-def build_limiter(settings: Settings) -> RateLimiter | SharedRateLimiter:
-    """The shared limiter when REDIS_URL is set, else the process-local one."""
+class Loops(Protocol):
+    """Who runs the limiter's background loops (the worker's supervisor: restarted with backoff if one dies,
+    and reported while it is down). ``stop`` ends one for good."""
+
+    def start(self, name: str, factory: Callable[[], Coroutine[Any, Any, object]]) -> None: ...
+
+    async def stop(self, name: str) -> None: ...
+
+
+def build_limiter(settings: Settings, *, loops: Loops | None = None) -> RateLimiter | SharedRateLimiter:
+    """The shared limiter when REDIS_URL is set (its loops run by ``loops``, if given), else the process-local
+    one."""
     if settings.redis_url is None:
         return RateLimiter.from_settings(settings)
-    return SharedRateLimiter.from_settings(settings)
+    return SharedRateLimiter.from_settings(settings, loops=loops)
 
 
 class SharedRateLimiter:
@@ -87,8 +97,10 @@ class SharedRateLimiter:
         heartbeat_s: float = 3.0,
         redis_timeout_s: float = 0.5,
         rng: random.Random | None = None,
+        loops: Loops | None = None,
     ) -> None:
-        """``credential`` is a :func:`credential_id` (never the secret itself)."""
+        """``credential`` is a :func:`credential_id` (never the secret itself). ``loops`` runs the grant loop and
+        the heartbeat (None: plain tasks of the limiter's own)."""
         try:  # lazily: snapworker runs without the extra when no REDIS_URL is set
             from redis.asyncio import Redis
             from redis.asyncio.retry import Retry
@@ -135,6 +147,8 @@ class SharedRateLimiter:
         self._kick = asyncio.Event()  # a waiter came or a place freed up
         self._interrupt = asyncio.Event()  # the mode changed or we are closing: stop any nap
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops = loops
+        self._loop_names = (f"rate limiter {credential[:8]} grants", f"rate limiter {credential[:8]} heartbeat")
         self._started = self._closed = False
         self._wait_seconds_total, self._throttles_total, self._fallbacks_total = 0.0, 0, 0
 
@@ -245,6 +259,9 @@ class SharedRateLimiter:
         self._closed = True
         self._interrupt.set()
         self._kick.set()
+        if self._loops is not None and self._started:
+            for name in self._loop_names:  # before they see _closed and return: no restart
+                await self._loops.stop(name)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -259,10 +276,16 @@ class SharedRateLimiter:
 
     # -- internals
     def _start(self) -> None:
-        if not self._started:
-            self._started = True
-            self._spawn(self._serve())
-            self._spawn(self._heartbeat())
+        if self._started:
+            return
+        self._started = True
+        if self._loops is not None:
+            grants, heartbeat = self._loop_names
+            self._loops.start(grants, self._serve)
+            self._loops.start(heartbeat, self._heartbeat)
+            return
+        self._spawn(self._serve())
+        self._spawn(self._heartbeat())
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

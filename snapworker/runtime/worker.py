@@ -138,7 +138,7 @@ class Worker:
                 if self._idem is not None:
                     stack.push_async_callback(self._idem.close)
                 observer = await self._serve_health(stack)
-                api = self._api = await self._open_api(stack, observer)
+                api = self._api = await self._open_api(stack, observer, loops)
                 self._limiter = api.limiter
                 # one reconciler for the calls (lost answers) and the gate (redeliveries): their listings share it
                 reconciler = Reconciler.for_api(api)
@@ -224,7 +224,7 @@ class Worker:
         log.info("metrics and health on port %d: /metrics /healthz /readyz", health.port)
         return observer
 
-    async def _open_api(self, stack: AsyncExitStack, observer: ApiMetrics | None) -> SnapshotApi:
+    async def _open_api(self, stack: AsyncExitStack, observer: ApiMetrics | None, loops: Supervisor) -> SnapshotApi:
         """The API given to the worker, else one client (and rate budget) per account, else one client."""
         if self._api is not None:
             return self._api
@@ -232,13 +232,13 @@ class Worker:
             from snapworker.cloud.accounts import AccountRouter
 
             # several accounts or regions: a client and a rate budget per account, routed by project
-            router = AccountRouter.from_settings(self.settings, observer=observer)
+            router = AccountRouter.from_settings(self.settings, observer=observer, loops=loops)
             stack.push_async_callback(router.close)
             return router
         from snapworker.cloud.client import WorkspaceClient
         from snapworker.cloud.shared_limiter import build_limiter
 
-        client = WorkspaceClient(self.settings, limiter=build_limiter(self.settings), observer=observer)
+        client = WorkspaceClient(self.settings, limiter=build_limiter(self.settings, loops=loops), observer=observer)
         stack.push_async_callback(client.limiter.close)
         stack.push_async_callback(client.close)
         return client

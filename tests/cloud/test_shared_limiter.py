@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from snapworker.cloud.limiter import Grant, Limiter, RateLimiter
 from snapworker.cloud.shared_limiter import SharedRateLimiter, build_limiter, credential_id
 from snapworker.errors import ConfigError
+from snapworker.runtime.supervisor import Supervisor
 from snapworker.settings import Settings
 from tests.helpers import REDIS_HOST, REDIS_PORT, redis_test_url, require_redis, unused_loopback_port
 
@@ -375,3 +376,26 @@ def test_the_factory_names_the_extra_when_redis_is_not_installed(monkeypatch: py
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ConfigError, match=r"pip install 'snapworker\[redis\]'"):
         build_limiter(Settings(redis_url="redis://127.0.0.1:6379/0"))
+
+
+async def test_a_grant_loop_that_dies_is_restarted_by_the_workers_supervisor(make: Make) -> None:
+    async with Supervisor(initial_s=0.05) as loops:
+        limiter = make(loops=loops)
+        serve = limiter._serve
+        deaths = 0
+
+        async def dies_once() -> None:
+            nonlocal deaths
+            if deaths == 0:
+                deaths += 1
+                raise RuntimeError("a bug in the grant loop")
+            await serve()
+
+        limiter._serve = dies_once  # type: ignore[method-assign]
+        async with asyncio.timeout(5):
+            await limiter.acquire("p1")  # granted by the restarted loop
+        limiter.release()
+        grants = next(name for name in loops._loops if name.endswith("grants"))
+        assert loops.restarts(grants) == 1
+        await limiter.close()
+        assert loops.problems() == {}  # stopped with the limiter, not restarted

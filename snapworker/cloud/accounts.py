@@ -131,7 +131,7 @@ def load_accounts(path: str | Path, base: Settings) -> tuple[list[Account], Acco
 
 
 class AccountRouter:
-    """The worker's API (:class:`~snapworker.runtime.calls.SnapshotApi`) over several accounts, routed by project.
+    """The worker's API (:class:`~snapworker.runtime.call_parts.SnapshotApi`) over several accounts, routed by project.
 
     ``limiter`` is the gate the sender asks before cutting a batch: the sum of the accounts' rates and bursts,
     MAX_CONCURRENCY calls in flight. A call then waits for its account's own limiter, which its throttles cut.

@@ -21,7 +21,8 @@ from typing import Any
 from snapworker.cloud.limiter import Grant, Limiter
 from snapworker.core import Batch, BatchingCore, Outcome
 from snapworker.runtime.batch_lease import BatchLease
-from snapworker.runtime.calls import BatchCaller, internal_error
+from snapworker.runtime.call_parts import internal_error
+from snapworker.runtime.calls import BatchCaller
 
 __all__ = ["Sender"]
 

@@ -23,7 +23,8 @@ from snapworker.idempotency import Idempotency, build_idempotency
 from snapworker.idempotency.reconcile import Reconciler
 from snapworker.ops.progress import ProgressReporter
 from snapworker.ops.stats import WorkerStats
-from snapworker.runtime.calls import BatchCaller, SnapshotApi
+from snapworker.runtime.call_parts import SnapshotApi
+from snapworker.runtime.calls import BatchCaller
 from snapworker.runtime.guard import DeliveryGuard
 from snapworker.runtime.intake import Intake
 from snapworker.runtime.outcomes import Outcomes

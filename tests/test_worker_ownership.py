@@ -141,3 +141,20 @@ async def test_a_result_goes_out_and_its_request_is_acked_when_tracking_raises(
     [published] = session.published
     assert json.loads(published.body)["status"] == "accepted"
     assert session.settled == [(delivery, "ack")]
+
+
+async def test_a_background_loop_that_dies_makes_the_worker_not_ready_and_says_why(
+    scripted: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken_report(self: object) -> None:
+        raise RuntimeError("the reporter broke")
+
+    monkeypatch.setattr("snapworker.runtime.worker.ProgressReporter.run", broken_report)
+    settings = quiet(scripted.url, progress_interval_s=1.0)
+    api = WorkspaceClient(settings, limiter=RateLimiter.from_settings(settings))
+    async with api, serving(settings, api, monkeypatch) as (worker, _):
+        await until(lambda: bool(worker.problems()))
+        assert not worker.ready()
+        [(name, why)] = worker.problems().items()
+        assert name == "progress reporter"
+        assert "the reporter broke" in why

@@ -219,4 +219,5 @@ class MessageTooLarge(BrokerError):
 
 class StoreUnavailable(SnapworkerError):
     """The idempotency store (SQLite file or Redis) could not be read or written. The worker then holds the
-    messages it cannot check (requeued after a delay) rather than call the API blindly."""
+    messages it cannot check (in memory, looked up again every IDEMPOTENCY_HOLD_S) rather than call the API
+    blindly. A store file of a newer layout than this version's is refused with this error too, and left as it is."""

@@ -9,6 +9,7 @@ from snapworker.contract.models import (
     DiskSnapshotInfo,
     JobEntry,
     ResultError,
+    SnapshotCompletion,
     SnapshotRequest,
     SnapshotResult,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "ResultTimeout",
     "Settings",
     "SnapshotClient",
+    "SnapshotCompletion",
     "SnapshotRequest",
     "SnapshotResult",
     "SnapworkerError",

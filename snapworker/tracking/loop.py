@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 from collections.abc import Sequence
@@ -150,7 +149,8 @@ class Tracker:
                 "job_reads": self._reader.reads,
                 "completions_published": self.completions_published,
             }
-            log.info("tracking totals %s", json.dumps(totals, sort_keys=True))
+            # a field of its own in the JSON format, as the worker's totals are
+            log.info("tracking totals", extra={"totals": totals})
 
     async def _serve_sessions(self) -> None:
         # Stopping, sessions go on only to publish the backlog, until the deadline.

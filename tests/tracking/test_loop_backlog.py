@@ -182,3 +182,12 @@ async def test_close_logs_the_units_left_unpublished_when_the_connection_never_c
         await asyncio.wait_for(running, timeout=5.0)
     assert "2 units left unpublished at shutdown" in caplog.text
     assert broker.published == []
+
+
+async def test_the_tracking_totals_are_a_field_of_the_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    tracker = new_tracker()
+    await tracker.close()
+    with caplog.at_level(logging.INFO, logger="snapworker.tracking"):
+        await tracker.run()  # stopped before it began: it only says its totals
+    [record] = [r for r in caplog.records if r.getMessage() == "tracking totals"]
+    assert record.totals["units_started"] == 0  # type: ignore[attr-defined]

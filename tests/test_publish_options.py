@@ -99,3 +99,15 @@ def test_snapshot_name_goes_to_the_disks_the_disk_type_covers(disk_type: Any, sy
 def test_no_snapshot_name_or_description_sends_no_snapshot_info() -> None:
     request = request_from_options("p1", ("d1",), disk_type="ALL")
     assert (request.system_disk_snapshot, request.data_disk_snapshot) == (None, None)
+
+
+def test_publish_without_a_desktop_says_to_give_one() -> None:
+    ran = _publish("--project", "p1", "--dry-run")
+    assert ran.returncode == 2
+    assert "give at least one --desktop" in ran.stderr
+
+
+def test_publish_with_an_empty_desktop_says_which_option_is_empty() -> None:
+    ran = _publish("--project", "p1", "--desktop", "d1", "--desktop", " ", "--dry-run")
+    assert ran.returncode == 2
+    assert "a --desktop is empty" in ran.stderr

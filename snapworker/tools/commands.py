@@ -55,6 +55,12 @@ def publish(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sy
             "--dry-run go with --project, not --file\n"
         )
         return 2
+    if args.file is None and not any(d.strip() for d in args.desktop or ()):
+        err.write("snapworker publish: give at least one --desktop (or --file with one request a line)\n")
+        return 2
+    if args.file is None and any(not d.strip() for d in args.desktop or ()):
+        err.write("snapworker publish: a --desktop is empty: give each one a desktop ID\n")
+        return 2
     if args.wait and args.reply_to:
         err.write("snapworker publish: --wait reads the result from its own reply queue: drop --reply-to\n")
         return 2

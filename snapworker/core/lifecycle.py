@@ -27,7 +27,6 @@ the lifecycle holds only live deliveries (bounded by the prefetch window).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -80,9 +79,6 @@ class Lifecycle:
     def __init__(self) -> None:
         self._live: dict[Hashable, _Entry] = {}
         self._orphans: list[Hashable] = []
-        self.settled = 0
-        self.returned = 0
-        self.orphaned: Counter[str] = Counter()  # requeue / failed
 
     # -- reading
     def state(self, ticket: Hashable) -> State | None:
@@ -122,17 +118,13 @@ class Lifecycle:
 
     def settle(self, ticket: Hashable) -> bool:
         """``ticket`` is being acked, dead-lettered or requeued: True exactly once (then do it), False after."""
-        if self._live.pop(ticket, None) is None:
-            return False
-        self.settled += 1
-        return True
+        return self._live.pop(ticket, None) is not None
 
     def session_lost(self, session: Hashable) -> list[Hashable]:
         """Every live delivery of ``session`` is RETURNED (the broker has it back): never settle them here."""
         gone = [ticket for ticket, entry in self._live.items() if entry.session == session]
         for ticket in gone:
             del self._live[ticket]
-        self.returned += len(gone)
         return gone
 
     def release(self, owner: Hashable, tickets: Iterable[Hashable], reason: str, *, transient: bool) -> int:
@@ -156,6 +148,5 @@ class Lifecycle:
             if entry is None or entry.state is not State.ORPHANED:
                 continue  # settled or returned meanwhile
             found.append(Orphan(ticket, entry.reason, entry.requeue))
-            self.orphaned["requeue" if entry.requeue else "failed"] += 1
         self._orphans.clear()
         return found

@@ -57,6 +57,8 @@ Spawn = Callable[[Coroutine[Any, Any, None], Sequence[Delivery]], None]
 Fail = Callable[[Sequence[Delivery], BaseException, str], None]
 
 _GATHER_S = 0.005
+#: the attempt id of a doubt whose record could not be read: its marker, if it wrote one, is not known
+_UNKNOWN_ATTEMPT = ""
 _GATHER_MAX = 500
 
 
@@ -199,7 +201,7 @@ class AdmissionGate:
             since = min((row.at for row in rows), default=0.0)
             attempts = {d: dict(attempts.get(d, {})) for d in accepted.request.desktop_ids if d not in reused}
             for announced in attempts.values():
-                announced.setdefault("", since)  # "": an attempt of unknown id, so of no known marker
+                announced.setdefault(_UNKNOWN_ATTEMPT, since)
         if attempts:
             leased_from = state.leased_from()
             if state.unreadable:
@@ -223,10 +225,13 @@ class AdmissionGate:
     ) -> None:
         key = MergeKey.of(accepted.request)
         marked, name = bool(marked_disks(key)), given_name(key)
+        # an attempt of unknown id wrote a marker nobody knows: then only the name and time can tell
         doubts = {
             desktop_id: Doubt(
-                # an attempt of unknown id ("") wrote a marker nobody knows: then only the name and time can tell
-                frozenset(marker(a) for a in announced) if marked and "" not in announced else frozenset(),
+                # an attempt of unknown id wrote a marker nobody knows: then only the name and time can tell
+                frozenset(marker(a) for a in announced)
+                if marked and _UNKNOWN_ATTEMPT not in announced
+                else frozenset(),
                 min(announced.values()),
                 name,
             )

@@ -20,6 +20,7 @@ Third-party errors (aiohttp, aio-pika, pydantic) are translated at the edge that
     │       ├── ApiServerError      5xx
     │       └── ApiClientError      other 4xx: permanent
     │           └── ApiAuthError    401 / 403
+    │               └── ApiCredentialRefused  401, or a gateway 403: the worker's credential, not the request
     ├── BrokerError                 RabbitMQ refused or lost something
     │   ├── BrokerRefused           permanent: wrong credentials or vhost; retrying cannot help
     │   ├── UnroutableResult        a result was returned by the broker (no such queue)
@@ -33,6 +34,7 @@ __all__ = [
     "ApiAuthError",
     "ApiCallAbandoned",
     "ApiClientError",
+    "ApiCredentialRefused",
     "ApiDeadlineExceeded",
     "ApiError",
     "ApiResponseLost",
@@ -184,6 +186,15 @@ class ApiClientError(ApiStatusError):
 
 class ApiAuthError(ApiClientError):
     """401 or 403: the credentials are wrong, expired or not allowed."""
+
+
+class ApiCredentialRefused(ApiAuthError):
+    """The API gateway refused the worker's credential (401, or a 403 with an ``APIG.*`` code): wrong, expired or
+    rotated. A fault of the worker, not of the request: nothing was processed, and the same request succeeds once
+    the credential works again, so it is retryable. The worker stops consuming until then (see
+    :mod:`snapworker.runtime.credential_pause`)."""
+
+    retryable = True
 
 
 class BrokerError(SnapworkerError):

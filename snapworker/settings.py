@@ -93,6 +93,17 @@ class Settings(BaseSettings):
     region: str = Field(default="cn-north-4", pattern=r"^[a-z0-9-]+$")
     api_url: str = Field(default="", description="Defaults to https://workspace.{REGION}.myhuaweicloud.com.")
     auth_token: SecretStr | None = Field(default=None, description="IAM token sent as X-Auth-Token.")
+    auth_token_file: str = Field(
+        default="",
+        description="File holding the IAM token (a mounted secret): re-read when it changes and after a 401, so a "
+        "token rotated every day needs no restart.",
+    )
+    project_id: str = Field(
+        default="",
+        pattern=r"^([0-9a-f]{32})?$",
+        description="A project of the credential (32 lowercase hex characters): the worker and `check` verify the "
+        "credential at start with one read in it. Unset: the credential is first tried by a request's call.",
+    )
     # AK/SK also from Huawei's SDK variables (HUAWEICLOUD_SDK_*), as the SDKs, KooCLI and Terraform read them;
     # a SNAPWORKER_ variable wins over the SDK's.
     access_key: SecretStr | None = Field(  # type: ignore[pydantic-alias]  # has a default
@@ -264,6 +275,21 @@ class Settings(BaseSettings):
             raise ValueError("API_PROXY must be an http:// or https:// URL")
         if self.accounts_file and not Path(self.accounts_file).expanduser().is_file():
             raise ValueError(f"ACCOUNTS_FILE {self.accounts_file!r} is not a readable file")
+        if self.auth_token_file:
+            token_file = Path(self.auth_token_file).expanduser()
+            try:
+                token = token_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"AUTH_TOKEN_FILE {self.auth_token_file!r} cannot be read: {exc}") from exc
+            if not token:
+                raise ValueError(f"AUTH_TOKEN_FILE {self.auth_token_file!r} is empty")
+            if self.auth_token is not None:
+                raise ValueError("AUTH_TOKEN and AUTH_TOKEN_FILE are both set: keep one")
+            if self.access_key is not None:
+                raise ValueError(
+                    "two kinds of API credentials are set: remove AUTH_TOKEN_FILE to sign with "
+                    "ACCESS_KEY/SECRET_KEY, or remove ACCESS_KEY and SECRET_KEY to send the IAM token"
+                )
         if self.auth_token is not None and self.access_key is not None:
             raise ValueError(
                 "two kinds of API credentials are set: remove AUTH_TOKEN to sign with ACCESS_KEY/SECRET_KEY, or "
@@ -304,7 +330,7 @@ class Settings(BaseSettings):
     def auth_mode(self) -> Literal["token", "aksk", "none"]:
         if self.access_key is not None:
             return "aksk"
-        return "token" if self.auth_token is not None else "none"
+        return "token" if self.auth_token is not None or self.auth_token_file else "none"
 
     @property
     def idempotency_backend(self) -> Literal["sqlite", "redis", "off"]:

@@ -38,7 +38,7 @@ class FakeApi:
 
 
 class Harness:
-    def __init__(self, core: BatchingCore, limiter: RateLimiter) -> None:
+    def __init__(self, core: BatchingCore, limiter: RateLimiter, may_send: asyncio.Event | None = None) -> None:
         self.core, self.limiter = core, limiter
         self.api = FakeApi(limiter)
         self.wake = asyncio.Event()
@@ -54,6 +54,7 @@ class Harness:
             spawn=self.spawn,
             on_cut=lambda batch: None,
             on_outcome=self.on_outcome,
+            may_send=may_send,
         )
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -94,3 +95,19 @@ async def test_a_granted_call_is_released_when_what_was_pending_left_meanwhile()
     runner.cancel()
     assert h.api.calls == []
     assert limiter.in_flight == 0
+
+
+async def test_no_batch_is_cut_while_sending_is_paused_and_the_pending_go_on_resume() -> None:
+    loop = asyncio.get_running_loop()
+    may_send = asyncio.Event()  # clear: the API refuses the credential
+    h = Harness(BatchingCore(100, 0.0), RateLimiter(rate=100, burst=10, max_concurrency=4), may_send)
+    h.core.submit("t1", request("p1", "a"), "r1", None, loop.time())
+    runner = asyncio.create_task(h.sender.run())
+    await asyncio.sleep(0.1)
+    assert h.api.calls == []
+    assert h.core.buffered_desktops == 1
+    may_send.set()
+    async with asyncio.timeout(10):
+        await h.answered.wait()
+    runner.cancel()
+    assert h.api.calls == [("a",)]

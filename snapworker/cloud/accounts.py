@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from snapworker.cloud.client import ClientObserver, WorkspaceClient
+from snapworker.cloud.credential import CredentialWatch
 from snapworker.cloud.lease import CallLease
 from snapworker.cloud.limiter import Grant, Limiter, RateLimiter
 from snapworker.cloud.snapshots import SnapshotReader
@@ -51,12 +52,16 @@ _FIELDS = {
     "region",
     "endpoint",
     "auth_token",
+    "auth_token_file",
     "access_key",
     "secret_key",
     "security_token",
     "rate_limit",
     "rate_burst",
 }
+
+
+_CREDENTIAL_FIELDS = {"auth_token", "auth_token_file", "access_key", "secret_key", "security_token"}
 
 
 class NoAccountForProject(ApiError):
@@ -80,7 +85,7 @@ def _account_settings(base: Settings, name: str, table: Mapping[str, Any], where
         raise ConfigError(f"{where}: account {name!r} has unknown fields {sorted(unknown)}; known: {sorted(_FIELDS)}")
     values: dict[str, Any] = {
         # the base's credentials never leak into an account that sets its own (nor the reverse)
-        **base.model_dump(exclude={"auth_token", "access_key", "secret_key", "security_token", "api_url"}),
+        **base.model_dump(exclude=_CREDENTIAL_FIELDS | {"api_url"}),
         "api_proxy": base.api_proxy,
         "amqp_url": base.amqp_url,
         "redis_url": base.redis_url,
@@ -146,6 +151,7 @@ class AccountRouter:
         clients: Mapping[str, WorkspaceClient] | None = None,
         observer: ClientObserver | None = None,
         loops: Loops | None = None,
+        credential_watch: CredentialWatch | None = None,
     ) -> None:
         every = [*accounts, *([default] if default is not None else [])]
         self._clients: dict[str, WorkspaceClient] = dict(clients or {})
@@ -154,8 +160,16 @@ class AccountRouter:
 
             for account in every:
                 self._clients[account.name] = WorkspaceClient(
-                    account.settings, limiter=build_limiter(account.settings, loops=loops), observer=observer
+                    account.settings,
+                    limiter=build_limiter(account.settings, loops=loops),
+                    observer=observer,
+                    credential_watch=credential_watch,
+                    who=account.name,
                 )
+        # a project of each account, to verify its credential with (the default's: PROJECT_ID, if set)
+        self.probe_projects: dict[str, str | None] = {
+            a.name: min(a.projects) if a.projects else (settings.project_id or None) for a in every
+        }
         self._readers = {name: SnapshotReader(client) for name, client in self._clients.items()}
         self._route = {project: account.name for account in accounts for project in account.projects}
         self._default = default.name if default is not None else None
@@ -167,10 +181,20 @@ class AccountRouter:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, observer: ClientObserver | None = None, loops: Loops | None = None
+        cls,
+        settings: Settings,
+        *,
+        observer: ClientObserver | None = None,
+        loops: Loops | None = None,
+        credential_watch: CredentialWatch | None = None,
     ) -> AccountRouter:
         accounts, default = load_accounts(settings.accounts_file, settings)
-        return cls(settings, accounts, default, observer=observer, loops=loops)
+        return cls(settings, accounts, default, observer=observer, loops=loops, credential_watch=credential_watch)
+
+    @property
+    def clients(self) -> Mapping[str, WorkspaceClient]:
+        """Each account's client, by account name."""
+        return self._clients
 
     @property
     def limiter(self) -> Limiter:

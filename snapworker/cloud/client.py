@@ -43,16 +43,18 @@ import backoff
 from yarl import URL
 
 from snapworker.cloud.body import batch_create_body
+from snapworker.cloud.credential import Credential, CredentialWatch
 from snapworker.cloud.lease import CallLease
 from snapworker.cloud.limiter import Grant, Limiter, RateLimiter
 from snapworker.cloud.responses import error_from_response, may_have_processed, parse_created_job, parse_job
 from snapworker.cloud.retry import RetryPolicy
 from snapworker.cloud.sent import TryTrace, failed_try, sent_trace
-from snapworker.cloud.signing import sdk_date_now, sign_request
+from snapworker.cloud.signing import sdk_date_now
 from snapworker.domain.jobs import CreatedJob
 from snapworker.domain.keys import MergeKey
 from snapworker.errors import (
     ApiCallAbandoned,
+    ApiCredentialRefused,
     ApiDeadlineExceeded,
     ApiError,
     ApiResponseTimeout,
@@ -92,7 +94,7 @@ class WorkspaceClient:
     ``limiter`` (batch-create's) defaults to one built from ``settings``; share one limiter between clients of one
     credential. ``read_limiter`` (every GET's) defaults to READ_RATE_LIMIT / READ_RATE_BURST, at most
     MAX_CONCURRENCY reads in flight. A given ``session`` is used as is and not closed; otherwise the client makes
-    (and closes) its own.
+    (and closes) its own. ``credential_watch`` hears of every refusal of the credential (named ``who``).
     ``clock``/``sleep``/``jitter``/``sdk_date`` are for tests.
     """
 
@@ -104,6 +106,8 @@ class WorkspaceClient:
         read_limiter: Limiter | None = None,
         session: aiohttp.ClientSession | None = None,
         observer: ClientObserver | None = None,
+        credential_watch: CredentialWatch | None = None,
+        who: str = "default",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[float], float] = backoff.full_jitter,
@@ -123,7 +127,8 @@ class WorkspaceClient:
         self._owns_session = session is None
         self._observer = observer
         self._policy = RetryPolicy.from_settings(settings)
-        self._clock, self._sleep, self._jitter, self._sdk_date = clock, sleep, jitter, sdk_date
+        self._clock, self._sleep, self._jitter = clock, sleep, jitter
+        self._credential = Credential(settings, who=who, watch=credential_watch, sdk_date=sdk_date)
         self._proxy = settings.api_proxy.get_secret_value() if settings.api_proxy is not None else None
 
     @property
@@ -245,6 +250,12 @@ class WorkspaceClient:
         )
         return parse_job(response.status, response.headers, response.body)
 
+    async def verify_credential(self, project_id: str) -> None:
+        """One cheap authenticated read (the first snapshot of ``project_id``, through the read budget): returns
+        if the API accepts the credential; raises ApiCredentialRefused (reported to the watch) if it does not, or
+        another ApiError if the API could not tell."""
+        await self.get_json(f"/v2/{quote(project_id, safe='')}/snapshots?limit=1", project_id)
+
     # -- retries
     async def _call(
         self,
@@ -275,6 +286,7 @@ class WorkspaceClient:
         attempt = 0
         excused_s = 0.0  # time spent waiting out throttles: not part of the retry time budget
         throttled_at: float | None = None
+        reloaded = False  # the token file was read again after a refusal: at most once per call
         while True:
             async with self._try_slot(limiter, project_id, limited, grant, deadline, lease) as slot:
                 grant = None  # only the first try uses a grant made before the call
@@ -295,6 +307,13 @@ class WorkspaceClient:
                 except ApiError as exc:
                     error = exc
             # Outside the slot: while this call backs off, its place goes to another.
+            if isinstance(error, ApiCredentialRefused):
+                if not reloaded and self._credential.reload():
+                    reloaded = True
+                    continue  # a token rotated meanwhile: try it at once (a refused call was not processed)
+                error.tries = max(attempt, 1)
+                self._credential.report(error, lambda: self.verify_credential(project_id))
+                raise error
             if not idempotent and isinstance(error, ApiServerError) and may_have_processed(error):
                 error.maybe_created = True  # a gateway's 502/504 or a page: the service may have taken the call
             if isinstance(error, ApiThrottled) and limited:
@@ -386,7 +405,7 @@ class WorkspaceClient:
     # -- one try
     async def _try_once(self, method: str, url: str, project_id: str, body: bytes) -> _Response:
         """Send once; the 2xx response, or raise the typed error (see the module: classified by when it failed)."""
-        headers = self._headers(method, url, project_id, body)
+        headers = self._credential.headers(method, url, project_id, body)
         started = self._clock()
         trace = TryTrace()
         try:
@@ -409,27 +428,6 @@ class WorkspaceClient:
         if not 200 <= status < 300:
             raise error_from_response(status, reason, resp_headers, data)
         return _Response(status, resp_headers, data)
-
-    def _headers(self, method: str, url: str, project_id: str, body: bytes) -> dict[str, str]:
-        s = self._settings
-        headers = {"Content-Type": "application/json"}
-        if s.access_key is not None and s.secret_key is not None:
-            headers["X-Project-Id"] = project_id
-            if s.security_token is not None:
-                # temporary credentials: the token rides in a header that is signed with the rest, as the SDK does
-                headers["X-Security-Token"] = s.security_token.get_secret_value()
-            headers |= sign_request(
-                method,
-                url,
-                headers,
-                body,
-                access_key=s.access_key.get_secret_value(),
-                secret_key=s.secret_key.get_secret_value(),
-                sdk_date=self._sdk_date(),  # every try signed afresh: the gateway refuses a stale date
-            )
-        elif s.auth_token is not None:
-            headers["X-Auth-Token"] = s.auth_token.get_secret_value()
-        return headers
 
     def _observe(self, status_class: str, started: float) -> None:
         if self._observer is not None:

@@ -18,6 +18,7 @@ from typing import Any
 from snapworker.errors import (
     ApiAuthError,
     ApiClientError,
+    ApiCredentialRefused,
     ApiError,
     ApiServerError,
     ApiStatusError,
@@ -39,6 +40,7 @@ __all__ = [
     "parse_created_job",
     "parse_json_object",
     "parse_retry_after",
+    "refuses_credential",
 ]
 
 #: The API gateway's flow-control error code; a throttle whatever the HTTP status.
@@ -147,7 +149,8 @@ def error_from_response(
 ) -> ApiStatusError:
     """The typed error for a non-2xx answer (``headers`` case-insensitive, as aiohttp gives them).
 
-    Classification: 429 or APIG.0308 (any status) -> ApiThrottled; 401/403 -> ApiAuthError; other 4xx ->
+    Classification: 429 or APIG.0308 (any status) -> ApiThrottled; the credential refused (see
+    :func:`refuses_credential`) -> ApiCredentialRefused; other 401/403 -> ApiAuthError; other 4xx ->
     ApiClientError (retryable only for 409, a busy desktop); 5xx -> ApiServerError (retryable only for
     500/502/503/504); anything else (an unfollowed 3xx) -> ApiStatusError, not retryable. A code in
     :data:`DOCUMENTED_ERRORS` has the ``retryable`` given there.
@@ -166,6 +169,8 @@ def error_from_response(
     cls: type[ApiStatusError]
     if status == 429 or code == THROTTLE_CODE:
         cls = ApiThrottled
+    elif refuses_credential(status, code):
+        cls = ApiCredentialRefused
     elif status in (401, 403):
         cls = ApiAuthError
     elif 400 <= status < 500:
@@ -192,6 +197,16 @@ def error_from_response(
     return error
 
 
+def refuses_credential(status: int, code: str) -> bool:
+    """Whether an answer refuses the caller's credential rather than the request: any 401 (the gateway could not
+    authenticate: APIG.0301 bad or expired token or signature, APIG.1002 none), or a 403 from the gateway itself
+    (an ``APIG.*`` code: the identity may not call the API). A 403 with a service code (``WKS.*``: the service is
+    disabled, a desktop not allowed) is about the request or the account, and stays an ordinary error."""
+    return status == 401 or (status == 403 and code.startswith(_GATEWAY_CODE_PREFIX))
+
+
+#: The API gateway's own error codes (flow control, authentication), as opposed to the service's.
+_GATEWAY_CODE_PREFIX = "APIG."
 #: 5xx statuses that say the API did not process the call: the gateway's "unavailable" (429 is a throttle).
 _NOT_PROCESSED_5XX = frozenset({503})
 #: The Workspace service's own error codes: an answer with one is the service's word that it refused the call.

@@ -16,7 +16,7 @@ from typing import cast
 import backoff
 
 from snapworker.cloud.responses import is_busy
-from snapworker.errors import ApiError, ApiStatusError
+from snapworker.errors import ApiCredentialRefused, ApiError, ApiStatusError
 from snapworker.settings import Settings
 
 __all__ = ["RetryPolicy"]
@@ -49,6 +49,7 @@ class RetryPolicy:
         ``attempt`` is the number of tries made (1 after the first); ``elapsed_s`` the time since the first try
         started; ``backoff_s`` the jittered backoff for this retry. Give up when the error is permanent; on a
         busy desktop (409: retryable, but the sender retries it alone, so the rest of the batch need not wait);
+        when the credential was refused (the worker waits for a working one, see ApiCredentialRefused);
         when a non-idempotent call may have been processed (``maybe_created``: the sender reconciles it against
         the API's snapshots before anything is sent again); after ``max_tries`` tries; when the time budget is
         spent; or when ``Retry-After`` asks for more than the budget has left (a retry before then is refused
@@ -56,6 +57,8 @@ class RetryPolicy:
         """
         if not error.retryable or is_busy(error):
             return None
+        if isinstance(error, ApiCredentialRefused):
+            return None  # retryable, but not by this call: the worker pauses until the credential works again
         if error.maybe_created and not idempotent:
             return None
         if attempt >= self.max_tries:

@@ -92,6 +92,7 @@ class HealthServer:
         if self._ready():
             return web.json_response({"status": "ready"})
         problems = self._problems()
-        if problems:  # a background loop is down: say which, and why
-            return web.json_response({"status": "background loop down", "problems": problems}, status=503)
+        if problems:  # the API refuses the credential, or a background loop is down: say which, and why
+            status = "credential refused" if "credential" in problems else "background loop down"
+            return web.json_response({"status": status, "problems": problems}, status=503)
         return web.json_response({"status": "not consuming"}, status=503)

@@ -34,7 +34,8 @@ _BATCHES = "batches"
 
 class Sender:
     """``await sender.run()`` sends batches until cancelled. ``on_cut`` sees each batch as it is cut;
-    ``on_outcome`` gets each batch's outcome (never an exception: a bug becomes a retryable error entry)."""
+    ``on_outcome`` gets each batch's outcome (never an exception: a bug becomes a retryable error entry).
+    ``may_send``: when given, no batch is cut while it is clear (the API refuses the worker's credential)."""
 
     def __init__(
         self,
@@ -48,6 +49,7 @@ class Sender:
         on_cut: Callable[[Batch], None],
         on_outcome: Callable[[Batch, Outcome], Awaitable[None]],
         renew: Callable[[Batch], Awaitable[bool]] | None = None,
+        may_send: asyncio.Event | None = None,
     ) -> None:
         self._core = core
         self._limiter = limiter
@@ -58,13 +60,19 @@ class Sender:
         self._on_cut = on_cut
         self._on_outcome = on_outcome
         self._renew = renew
+        self._may_send = may_send
         self._leases: dict[int, BatchLease] = {}  # batch id -> the lease of its call in flight
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if self._may_send is not None:
+                await self._may_send.wait()
             await self._until_sendable()
             grant = await self._limiter.acquire(_BATCHES)
+            if self._may_send is not None and not self._may_send.is_set():
+                self._limiter.release()  # paused meanwhile (the credential was refused): no call goes now
+                continue
             # While the call was awaited the core may have changed its mind (a batch it was about to release
             # started filling again). The token is spent either way: keep the grant until a batch may go,
             # rather than waste it.

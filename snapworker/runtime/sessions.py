@@ -26,6 +26,7 @@ from snapworker.core import BatchingCore
 from snapworker.core.lifecycle import Lifecycle
 from snapworker.errors import BrokerError, BrokerRefused
 from snapworker.idempotency import Idempotency
+from snapworker.runtime.credential_pause import CredentialPause
 from snapworker.runtime.intake import Intake
 from snapworker.runtime.sender import Sender
 from snapworker.runtime.tasks import WorkerTasks
@@ -56,6 +57,7 @@ class Sessions:
         wake: asyncio.Event,
         stopping: asyncio.Event,
         consuming: asyncio.Event,
+        credentials: CredentialPause | None = None,
     ) -> None:
         self._settings = settings
         self._core = core
@@ -66,7 +68,9 @@ class Sessions:
         self._wake = wake
         self._stopping = stopping
         self._consuming = consuming
+        self._credentials = credentials or CredentialPause()
         self.current: AmqpSession | None = None
+        self.served = 0  # sessions that consumed: none means the start failed (nothing to total)
         self.sender: Sender | None = None
         self.stop_sending: Callable[[], Awaitable[None]] | None = None
         self.shutdown_deadline: float | None = None  # on the loop's clock, set by Worker.close
@@ -82,6 +86,10 @@ class Sessions:
         )
 
     async def _serve_next(self) -> None:
+        # the API refuses the credential: consume nothing until it works again (see .credential_pause)
+        await self._credentials.wait_serving(self._stopping)
+        if self._stopping.is_set():
+            return
         session = await AmqpSession.open(self._settings)
         session.on_settled = self._life.settle  # settled once, then forgotten by the lifecycle
         self.current = session
@@ -100,6 +108,7 @@ class Sessions:
         if partitions is not None:
             await partitions.start()
         self._consuming.set()
+        self.served += 1
         s = self._settings
         log.info(
             "consuming %r (prefetch %d, up to %d as merge keys grow; batches of up to %d, linger %d ms); "
@@ -116,10 +125,11 @@ class Sessions:
         watchdog = asyncio.create_task(self._watch_consumer(session, partitions))
         stop = asyncio.create_task(self._stopping.wait())
         lost = asyncio.create_task(session.lost.wait())
+        refused = asyncio.create_task(self._credentials.refusing.wait())
         try:
-            await asyncio.wait({stop, lost}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({stop, lost, refused}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (watchdog, stop, lost):
+            for task in (watchdog, stop, lost, refused):
                 task.cancel()
             if partitions is not None:
                 await partitions.stop()
@@ -128,7 +138,31 @@ class Sessions:
                 "broker session lost (%s): held requests return to the queue; reconnecting", session.lost_reason
             )
             return
-        await self._drain(session)
+        if self._stopping.is_set():
+            await self._drain(session)
+            return
+        await self._pause(session)
+
+    async def _pause(self, session: AmqpSession) -> None:
+        """The API refuses the credential: stop consuming, let the calls already sent end (their requests are
+        answered retryable), and close the session: the broker takes back every request not sent."""
+        await session.stop_consuming()
+        self._consuming.clear()
+        # the sender cuts no batch while the credential is refused; wait for the calls already cut, and for the
+        # results they publish, within the shutdown budget
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.shutdown_timeout_s
+        progress = self._tasks.progress
+        while self._tasks.busy and not self._stopping.is_set() and (remaining := deadline - loop.time()) > 0:
+            progress.clear()
+            if not self._tasks.busy:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await progress.wait()
+        await session.settlements_sent()
+        unsent = len(session.held())
+        log.warning("paused: %d requests not sent return to the queue until the credential works again", unsent)
 
     async def _watch_consumer(self, session: AmqpSession, partitions: Partitions | None) -> None:
         while True:

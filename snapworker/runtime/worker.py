@@ -25,6 +25,7 @@ from snapworker.ops.progress import ProgressReporter
 from snapworker.ops.stats import WorkerStats
 from snapworker.runtime.call_parts import SnapshotApi
 from snapworker.runtime.calls import BatchCaller
+from snapworker.runtime.credential_pause import CredentialPause
 from snapworker.runtime.guard import DeliveryGuard
 from snapworker.runtime.intake import Intake
 from snapworker.runtime.outcomes import Outcomes
@@ -83,6 +84,8 @@ class Worker:
         self._results = ResultPublisher(settings, self.stats)
         # every delivery's state and owner, sans I/O: the one place orphans are found and settled
         self._life = Lifecycle()
+        # the API refuses the credential: the worker pauses (consumes nothing, sends nothing) until it works again
+        self._credentials = CredentialPause()
         self._tasks = WorkerTasks(
             lambda deliveries, exc: self._guard.fail(deliveries, exc, doing="a worker task"), self._life
         )
@@ -124,6 +127,7 @@ class Worker:
             wake=self._wake,
             stopping=self._stopping,
             consuming=self.consuming,
+            credentials=self._credentials,
         )
 
     # -- public lifecycle
@@ -141,6 +145,9 @@ class Worker:
                 observer = await self._serve_health(stack)
                 api = self._api = await self._open_api(stack, observer, loops)
                 self._limiter = api.limiter
+                loops.start("credential probe", self._credentials.run)
+                stack.push_async_callback(loops.stop, "credential probe")
+                await self._verify_credentials(api)
                 # one reconciler for the calls (lost answers) and the gate (redeliveries): their listings share it
                 reconciler = Reconciler.for_api(api)
                 stack.push_async_callback(reconciler.close)
@@ -163,8 +170,9 @@ class Worker:
                 )
                 await self._sessions.serve()
         finally:
-            # one line of totals, for operators and the benchmark: a field of its own in the JSON format
-            log.info("worker totals", extra={"totals": self.stats.as_dict()})
+            if self._sessions.served:  # a start that failed has nothing to total
+                # one line of totals, for operators and the benchmark: a field of its own in the JSON format
+                log.info("worker totals", extra={"totals": self.stats.as_dict()})
             self._stopped.set()
 
     async def close(self) -> None:
@@ -192,8 +200,12 @@ class Worker:
         return self._idem
 
     def problems(self) -> dict[str, str]:
-        """Background loops down now, with why (empty when all run): a worker with any is not ready."""
-        return {} if self._loops is None else self._loops.problems()
+        """What keeps the worker from serving now, with why (empty when nothing does): a background loop down, or
+        the API refusing the credential. A worker with any is not ready."""
+        problems = {} if self._loops is None else self._loops.problems()
+        if (refused := self._credentials.reason) is not None:
+            problems["credential"] = refused
+        return problems
 
     def ready(self) -> bool:
         """Connected and consuming: the consumer is attached to an open channel; the idempotency store, if any,
@@ -233,16 +245,30 @@ class Worker:
             from snapworker.cloud.accounts import AccountRouter
 
             # several accounts or regions: a client and a rate budget per account, routed by project
-            router = AccountRouter.from_settings(self.settings, observer=observer, loops=loops)
+            router = AccountRouter.from_settings(
+                self.settings, observer=observer, loops=loops, credential_watch=self._credentials
+            )
             stack.push_async_callback(router.close)
             return router
         from snapworker.cloud.client import WorkspaceClient
         from snapworker.cloud.shared_limiter import build_limiter
 
-        client = WorkspaceClient(self.settings, limiter=build_limiter(self.settings, loops=loops), observer=observer)
+        client = WorkspaceClient(
+            self.settings,
+            limiter=build_limiter(self.settings, loops=loops),
+            observer=observer,
+            credential_watch=self._credentials,
+        )
         stack.push_async_callback(client.limiter.close)
         stack.push_async_callback(client.close)
         return client
+
+    async def _verify_credentials(self, api: SnapshotApi) -> None:
+        """One cheap read per credential before consuming (see :mod:`.credential_pause`): a refused one pauses
+        the worker at once, with its ERROR line, instead of failing the first requests."""
+        from snapworker.cloud.probe import verify_at_start
+
+        await verify_at_start(api, self.settings)
 
     def _start_sender(self, loops: Supervisor, api: SnapshotApi, reconciler: Reconciler) -> None:
         s = self.settings
@@ -266,6 +292,7 @@ class Worker:
             on_cut=self._outcomes.on_cut,
             on_outcome=self._outcomes.on_outcome,
             renew=journal.renew if journal is not None else None,
+            may_send=self._credentials.serving,
         )
         loops.start("send loop", sender.run)
         self._sessions.sender = sender
@@ -277,11 +304,25 @@ class Worker:
         tracker = self._outcomes.tracker = tracker_for(self.settings, api)
         if tracker is None:
             return
-        loops.start("tracking", tracker.run)
+        loops.start("tracking", lambda: self._track_once_consuming(tracker))
         stack.push_async_callback(self._close_tracking, tracker, loops)
+
+    async def _track_once_consuming(self, tracker: Tracker) -> None:
+        # Tracking connects once the first session consumes: a start the broker refuses ends with one line of
+        # its own, not with a tracking connection retrying beside it. Results (and so tracking) need a session.
+        consuming = asyncio.ensure_future(self.consuming.wait())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({consuming, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            consuming.cancel()
+            stopping.cancel()
+        if self._sessions.served:
+            await tracker.run()
 
     async def _close_tracking(self, tracker: Tracker, loops: Supervisor) -> None:
         # after the drain (the results it published started their tracking), within what is left of the one
         # shutdown budget: a SIGTERM never takes more than SHUTDOWN_TIMEOUT_S plus the last round trips
+        self._stopping.set()  # the sessions ended, also when the start failed: tracking that never began ends too
         await tracker.close(deadline=self._sessions.shutdown_deadline)
         await loops.retire("tracking")

@@ -31,9 +31,10 @@ Reads: ``GET workspace-jobs/{job_id}`` and ``GET workspace-sub-jobs`` (the SDK's
 :mod:`.snapshots`); 400 WKS.0001 for a query the API refuses. They are not flow-controlled.
 
 Every response, errors and unknown paths included, carries an ``X-Request-Id`` (uuid hex). ``/_sim/stats``
-(GET), ``/_sim/reset`` and ``/_sim/throttle?seconds=S`` (POST: every batch-create answered 429 for S seconds)
-need no credentials. Error codes and messages follow Huawei's published
-ones where known; the 409 code (WKS.0110) and the 5xx/401 wordings are close imitations, not documented values.
+(GET), ``/_sim/reset``, ``/_sim/throttle?seconds=S`` (POST: every batch-create answered 429 for S seconds) and
+``/_sim/tokens?accept=T1,T2`` (POST: the IAM tokens accepted from now on) need no credentials. Error codes and
+messages follow Huawei's published ones where known; the 409 code (WKS.0110) and the 5xx/401 wordings are close
+imitations, not documented values.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ class Simulator:
         self.app.router.add_get("/_sim/stats", self._get_stats)
         self.app.router.add_post("/_sim/reset", self._reset)
         self.app.router.add_post("/_sim/throttle", self._throttle)
+        self.app.router.add_post("/_sim/tokens", self._set_tokens)
         self._throttled_until = 0.0  # until then (monotonic) every batch-create is answered 429
 
     # ----------------------------------------------------------------------------------------- lifecycle
@@ -392,6 +394,12 @@ class Simulator:
         seconds = float(request.query.get("seconds", "10"))
         self._throttled_until = time.monotonic() + seconds
         return web.json_response({"throttled_for_s": seconds})
+
+    async def _set_tokens(self, request: web.Request) -> web.Response:
+        """``POST /_sim/tokens?accept=T1,T2``: accept only these IAM tokens from now on (an expiry, a rotation)."""
+        accept = request.query.get("accept", "")
+        self.config.tokens = frozenset(t for t in accept.split(",") if t)
+        return web.json_response({"tokens": len(self.config.tokens)})
 
 
 # --------------------------------------------------------------------------------------------------- CLI

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from snapworker.cloud.client import WorkspaceClient
+from snapworker.cloud.credential import Credential
 from snapworker.errors import ConfigError
 from snapworker.settings import Settings, load_settings
 from snapworker.simulator.verify import parse_authorization
@@ -55,8 +56,7 @@ def test_a_proxy_that_is_not_http_is_refused() -> None:
 
 
 def _headers(settings: Settings) -> dict[str, str]:
-    client = WorkspaceClient(settings, sdk_date=lambda: DATE)
-    return client._headers("POST", URL, "p1", b'{"desktops": []}')
+    return Credential(settings, sdk_date=lambda: DATE).headers("POST", URL, "p1", b'{"desktops": []}')
 
 
 def test_temporary_credentials_send_the_security_token_signed() -> None:

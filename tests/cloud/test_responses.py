@@ -23,6 +23,7 @@ from snapworker.cloud.responses import (
 from snapworker.errors import (
     ApiAuthError,
     ApiClientError,
+    ApiCredentialRefused,
     ApiResponseTimeout,
     ApiServerError,
     ApiStatusError,
@@ -63,7 +64,9 @@ def test_an_absent_or_unreadable_retry_after_is_none(value: str | None) -> None:
         (429, None, ApiThrottled, True),
         (403, "APIG.0308", ApiThrottled, True),
         (400, "APIG.0308", ApiThrottled, True),
-        (401, "APIG.0301", ApiAuthError, False),
+        (401, "APIG.0301", ApiCredentialRefused, True),  # the worker's credential: retryable once it works
+        (403, "APIG.0302", ApiCredentialRefused, True),  # the gateway refuses the identity
+        (401, None, ApiCredentialRefused, True),
         (403, "WKS.00010099", ApiAuthError, False),
         (400, "WKS.0001", ApiClientError, False),
         (404, "WKS.0202", ApiClientError, False),

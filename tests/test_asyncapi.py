@@ -82,11 +82,12 @@ def test_channel_addresses_are_the_default_queue_names(doc: dict[str, Any]) -> N
         ("requests", "request_queue"),
         ("results", "result_queue"),
         ("errors", "error_queue"),
-        ("completions", "completion_queue"),
     ):
         assert channels[channel]["address"] == defaults[setting]
         assert channels[channel]["bindings"]["amqp"]["queue"]["name"] == defaults[setting]
     assert channels["replies"]["address"] is None  # named by each request's reply_to
+    assert channels["completions"]["address"] is None  # named by SNAPWORKER_COMPLETION_QUEUE, unset by default
+    assert defaults["completion_queue"] == ""
 
 
 def test_operations_receive_requests_and_send_results(doc: dict[str, Any]) -> None:

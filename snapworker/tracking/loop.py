@@ -1,10 +1,8 @@
 """The tracking loop on RabbitMQ: durable tracking messages waiting in TTL queues, read by every worker.
 
-Topology (declared by :func:`declare_tracking_topology`, all durable)::
-
-    <TRACKING_QUEUE>.wait.<ms>ms  (one per schedule tier: x-message-ttl = the tier, dead-lettering to ↓)
-    <TRACKING_QUEUE>              consumed by every worker (TRACK_PREFETCH messages each)
-    <COMPLETION_QUEUE>            completions of requests without reply_to (and undeliverable replies)
+Its queues (wait queues, the tracking queue, the completion queue if set) are in
+:mod:`snapworker.tracking.topology`. Only requests whose completion somebody asked for are tracked: a request
+with a ``reply_to``, or any request when SNAPWORKER_COMPLETION_QUEUE is set (:func:`completion_queue_of`).
 
 A tracking message's body is a :class:`~snapworker.tracking.state.TrackingUnit`: the whole state of its jobs and
 requests. A worker that gets one reads the jobs (one GET per job still running, under the read budget), then
@@ -46,7 +44,8 @@ from snapworker.domain.jobs import JobView
 from snapworker.errors import ApiError, BrokerError
 from snapworker.settings import Settings
 from snapworker.tracking.backlog import Backlog
-from snapworker.tracking.state import Schedule, TrackingUnit, start_unit
+from snapworker.tracking.state import TrackingUnit, completion_queue_of, start_unit
+from snapworker.tracking.topology import declare_tracking_topology, schedule_of, tracking_queues, wait_queue
 
 __all__ = ["TRACKING_TYPE", "Tracker", "declare_tracking_topology", "schedule_of", "tracking_queues"]
 
@@ -54,32 +53,6 @@ log = logging.getLogger("snapworker.tracking")
 
 #: AMQP ``type`` of a tracking message.
 TRACKING_TYPE = "snapworker.tracking"
-
-
-def schedule_of(settings: Settings) -> Schedule:
-    return Schedule(settings.track_first_poll_s, settings.track_max_poll_s, settings.track_deadline_s)
-
-
-def _wait_queue(settings: Settings, tier_s: float) -> str:
-    return f"{settings.tracking_queue}.wait.{round(tier_s * 1000)}ms"
-
-
-def tracking_queues(settings: Settings) -> list[str]:
-    """Every queue the tracking declares: the wait queues, the tracking queue and the completion queue."""
-    waits = [_wait_queue(settings, tier) for tier in schedule_of(settings).tiers()]
-    return [*waits, settings.tracking_queue, settings.completion_queue]
-
-
-async def declare_tracking_topology(channel: AbstractChannel, settings: Settings) -> None:
-    await channel.declare_queue(settings.tracking_queue, durable=True)
-    await channel.declare_queue(settings.completion_queue, durable=True)
-    for tier in schedule_of(settings).tiers():
-        arguments: dict[str, Any] = {
-            "x-message-ttl": round(tier * 1000),
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": settings.tracking_queue,
-        }
-        await channel.declare_queue(_wait_queue(settings, tier), durable=True, arguments=arguments)
 
 
 # a look's commit (its publishes and the ack) fails with these
@@ -104,6 +77,8 @@ class Tracker:
         self.units_started = 0  # units whose first tracking message was published (at once or from the backlog)
         self.looks = 0  # tracking messages handled: each reads every job of its unit still running, once
         self.completions_published = 0
+        self.requests_untracked = 0  # requests with jobs whose completion nobody asked for: not tracked at all
+        self.completions_undeliverable = 0  # reply_to gone and no COMPLETION_QUEUE to fall back to: dropped
 
     @property
     def reads(self) -> int:
@@ -112,14 +87,18 @@ class Tracker:
     # -- starting: called by the worker before it acks the requests
     async def start(self, answered: Sequence[tuple[SnapshotResult, str | None]]) -> bool:
         """Begin tracking the jobs in ``answered`` (results with their reply_to); never waits for the tracking
-        connection and never raises, so results are never held up by tracking.
+        connection and never raises, so results are never held up by tracking. Only the requests whose completion
+        somebody asked for are tracked (:func:`~snapworker.tracking.state.completion_queue_of`); the others are
+        counted in :attr:`requests_untracked` and cost nothing more.
 
         Returns True when the unit's first tracking message was published now, confirmed, into the first wait
         queue (or there was nothing to track). Returns False when the tracking connection is not ready or the
         publish failed: the unit is then kept in :attr:`backlog` and published as soon as the connection is
         ready again (the requests still get their completion, later), unless the backlog overflows or the
         worker stops before it could be published; both are logged."""
-        unit = start_unit(answered, datetime.now(UTC))
+        asked = [(result, to) for result, to in answered if completion_queue_of(to, self._settings.completion_queue)]
+        self.requests_untracked += sum(1 for result, _ in answered if result.jobs) - sum(1 for r, _ in asked if r.jobs)
+        unit = start_unit(asked, datetime.now(UTC))
         if unit is None:
             return True
         if self._ready.is_set():
@@ -148,6 +127,8 @@ class Tracker:
                 "looks": self.looks,
                 "job_reads": self._reader.reads,
                 "completions_published": self.completions_published,
+                "completions_undeliverable": self.completions_undeliverable,
+                "requests_untracked": self.requests_untracked,
             }
             # a field of its own in the JSON format, as the worker's totals are
             log.info("tracking totals", extra={"totals": totals})
@@ -269,6 +250,7 @@ class Tracker:
             await message.ack()
             return
         self.looks += 1
+        unit.forget_unaddressed(self._settings.completion_queue)
         await self._look(unit)
         now = datetime.now(UTC)
         unit.expire(now, self._settings.track_deadline_s)
@@ -278,7 +260,7 @@ class Tracker:
             sends = [self._send_completion(c, reply_to, unit.unit_id) for c, reply_to in done]
             if unit.requests:
                 sends.append(self._send_next(unit))
-            await asyncio.gather(*sends)
+            delivered = await asyncio.gather(*sends)
             await message.ack()
         except _COMMIT_ERRORS as exc:
             # Not committed: the message stays unacked and returns to the queue with this connection, or is
@@ -287,7 +269,9 @@ class Tracker:
             with contextlib.suppress(*CONNECTION_ERRORS):
                 await message.nack(requeue=True)
             return
-        self.completions_published += len(done)
+        published = sum(1 for ok in delivered[: len(done)] if ok)
+        self.completions_published += published
+        self.completions_undeliverable += len(done) - published
 
     async def _look(self, unit: TrackingUnit) -> None:
         """Read every job some desktop of ``unit`` waits for, at once (the read limiter paces them)."""
@@ -311,7 +295,7 @@ class Tracker:
         await self._send_next(unit)
         self.units_started += 1
 
-    async def _send_next(self, unit: TrackingUnit) -> None:
+    async def _send_next(self, unit: TrackingUnit) -> bool:
         delay = self._schedule.delay(unit, datetime.now(UTC), self._rng)
         message = aio_pika.Message(
             unit.model_dump_json().encode(),
@@ -321,9 +305,14 @@ class Tracker:
             type=TRACKING_TYPE,
             expiration=max(delay, 0.001),  # 0 would mean "no expiration"
         )
-        await self._publish_to(message, _wait_queue(self._settings, self._schedule.tier_for(delay)))
+        await self._publish_to(message, wait_queue(self._settings, self._schedule.tier_for(delay)))
+        return True
 
-    async def _send_completion(self, completion: SnapshotCompletion, reply_to: str | None, unit_id: str) -> None:
+    async def _send_completion(self, completion: SnapshotCompletion, reply_to: str | None, unit_id: str) -> bool:
+        """Publish the completion to its queue (:func:`completion_queue_of`; the unit kept only requests that
+        have one); whether it was. A reply_to queue that is gone falls back to COMPLETION_QUEUE if set; else the
+        completion is dropped with a warning (False)."""
+
         def build(headers: dict[str, Any]) -> aio_pika.Message:
             return aio_pika.Message(
                 completion.model_dump_json().encode(),
@@ -335,14 +324,22 @@ class Tracker:
                 headers={"x-snapworker-status": completion.status, **headers},
             )
 
-        queue = reply_to or self._settings.completion_queue
+        fallback = self._settings.completion_queue
+        queue = completion_queue_of(reply_to, fallback)
+        if queue is None:  # forget_unaddressed took such requests out of the unit
+            return False
         try:
             await self._publish_to(build({}), queue)
         except _Unroutable:
+            if reply_to is None:  # the completion queue itself is gone: not committed, looked at again
+                raise
+            if not fallback:
+                log.warning("reply_to queue %r does not exist and SNAPWORKER_COMPLETION_QUEUE is not set: the "
+                            "completion of request %s is dropped", queue, completion.request_id)  # fmt: skip
+                return False
             log.warning("reply_to queue %r does not exist: the completion goes to the completion queue", queue)
-            await self._publish_to(
-                build({"x-snapworker-undeliverable-reply-to": queue}), self._settings.completion_queue
-            )
+            await self._publish_to(build({"x-snapworker-undeliverable-reply-to": queue}), fallback)
+        return True
 
     async def _publish_to(self, message: aio_pika.Message, queue: str) -> None:
         channel = self._publish

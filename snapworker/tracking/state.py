@@ -29,9 +29,15 @@ from snapworker.contract.models import (
 from snapworker.domain.jobs import JobView, classify
 from snapworker.domain.snapshots import RECONCILED_PREFIX
 
-__all__ = ["Schedule", "TrackedDesktop", "TrackedRequest", "TrackingUnit", "start_unit"]
+__all__ = ["Schedule", "TrackedDesktop", "TrackedRequest", "TrackingUnit", "completion_queue_of", "start_unit"]
 
 _STATE = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+def completion_queue_of(reply_to: str | None, completion_queue: str) -> str | None:
+    """Where a request's completion goes: its ``reply_to``, else COMPLETION_QUEUE when set (``""``: unset).
+    None: nobody asked for it, so the request is not tracked at all (no tracking message, no job read)."""
+    return reply_to or completion_queue or None
 
 
 class TrackedDesktop(BaseModel):
@@ -54,7 +60,7 @@ class TrackedDesktop(BaseModel):
 
 
 class TrackedRequest(BaseModel):
-    """A request whose result listed jobs; where its completion goes (``reply_to``, else the completion queue)."""
+    """A request whose result listed jobs; where its completion goes (:func:`completion_queue_of`)."""
 
     model_config = _STATE
 
@@ -149,6 +155,17 @@ class TrackingUnit(BaseModel):
                 if desktop.outcome is None:
                     desktop.settle("unknown", now, f"no final status within TRACK_DEADLINE_S ({deadline_s:g} s)")
         return True
+
+    def forget_unaddressed(self, completion_queue: str) -> int:
+        """Drop the requests whose completion has nowhere to go with this ``completion_queue`` (a unit made while
+        COMPLETION_QUEUE was set), and the jobs only they waited for, so no read is spent on them; how many."""
+        kept = [r for r in self.requests if completion_queue_of(r.reply_to, completion_queue)]
+        dropped = len(self.requests) - len(kept)
+        if dropped:
+            self.requests = kept
+            still = {d.job_id for r in kept for d in r.desktops}
+            self.jobs = {job_id: project for job_id, project in self.jobs.items() if job_id in still}
+        return dropped
 
     def take_completions(self, now: datetime) -> list[tuple[SnapshotCompletion, str | None]]:
         """The completions of the requests that have every outcome (with their reply_to); they leave the unit."""

@@ -10,7 +10,10 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import aio_pika
+import aiormq
 import pytest
+from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
 from snapworker.cloud.jobs import JobReader
 from snapworker.settings import Settings
@@ -18,7 +21,10 @@ from snapworker.tracking.loop import Tracker
 from snapworker.tracking.state import TrackingUnit
 from tests.tracking.test_state import result
 
-SETTINGS = Settings(api_url="http://127.0.0.1:9", auth_token="t", track_first_poll_s=10.0)
+# a completion queue named: these requests have no reply_to, and would not be tracked without one
+SETTINGS = Settings(
+    api_url="http://127.0.0.1:9", auth_token="t", track_first_poll_s=10.0, completion_queue="snapworker.completions"
+)
 FIRST_WAIT_QUEUE = f"{SETTINGS.tracking_queue}.wait.10000ms"
 
 
@@ -28,13 +34,16 @@ class _Reader:
 
 class FakeBroker:
     """What the tracker uses of aio-pika. ``connect`` waits until ``up`` is set (no backoff sleeps in tests);
-    the next ``fail_publishes`` publishes fail as a closed channel does."""
+    the next ``fail_publishes`` publishes fail as a closed channel does; a publish to a queue in ``missing`` is
+    returned as unroutable. ``on_message``: the tracker's consumer, to deliver tracking messages to."""
 
     def __init__(self) -> None:
         self.up = asyncio.Event()
         self.fail_publishes = 0
+        self.missing: set[str] = set()
         self.published: list[tuple[str, aio_pika.Message]] = []
         self.consuming = False
+        self.on_message: Callable[[Any], Any] | None = None
 
     async def connect(self, *_args: Any, **_kwargs: Any) -> _Conn:
         await self.up.wait()
@@ -70,8 +79,9 @@ class _Channel:
     async def get_queue(self, _name: str) -> _Channel:
         return self
 
-    async def consume(self, *_args: Any, **_kwargs: Any) -> str:
+    async def consume(self, callback: Callable[[Any], Any], **_kwargs: Any) -> str:
         self.broker.consuming = True
+        self.broker.on_message = callback
         return "tag"
 
     async def cancel(self, _tag: str) -> None:
@@ -81,6 +91,10 @@ class _Channel:
         if self.broker.fail_publishes > 0:
             self.broker.fail_publishes -= 1
             raise aio_pika.exceptions.ChannelInvalidStateError("channel closed")
+        if routing_key in self.broker.missing:
+            returned = Basic.Return(reply_code=312, reply_text="NO_ROUTE", exchange="", routing_key=routing_key)
+            delivered = aiormq.abc.DeliveredMessage(returned, ContentHeader(), message.body, cast(Any, None))
+            raise aiormq.exceptions.PublishError(delivered, returned)
         self.broker.published.append((routing_key, message))
 
 

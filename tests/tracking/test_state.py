@@ -60,6 +60,17 @@ def test_one_job_shared_by_two_requests_is_read_once() -> None:
     assert u.jobs_to_read() == {"j1": PROJECT, "j2": PROJECT}
 
 
+def test_requests_without_a_destination_leave_the_unit_with_the_jobs_only_they_waited_for() -> None:
+    made = start_unit(
+        [(result("r-none", ("j1", ("d1",)), ("j2", ("d2",))), None), (result("r-reply", ("j2", ("d3",))), "replies")],
+        T0,
+    )
+    assert made is not None
+    assert made.forget_unaddressed(completion_queue="") == 1
+    assert [r.request_id for r in made.requests] == ["r-reply"]
+    assert made.jobs_to_read() == {"j2": PROJECT}
+
+
 def test_a_request_completes_when_all_its_jobs_ended_and_only_then() -> None:
     u = unit(result("r1", ("j1", ("d1",)), ("j2", ("d2",))))
     u.observe(view("j1", "SUCCESS", {"d1": "SUCCESS"}), T0)

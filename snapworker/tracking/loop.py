@@ -41,7 +41,7 @@ from snapworker.amqp.session import connection_name
 from snapworker.cloud.jobs import JobReader, job_not_found
 from snapworker.contract.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult
 from snapworker.domain.jobs import JobView
-from snapworker.errors import ApiError, BrokerError
+from snapworker.errors import ApiCredentialRefused, ApiError, BrokerError
 from snapworker.settings import Settings
 from snapworker.tracking.backlog import Backlog
 from snapworker.tracking.state import TrackingUnit, completion_queue_of, start_unit
@@ -285,6 +285,8 @@ class Tracker:
                 unit.observe(view, now)
             elif isinstance(view, ApiError) and job_not_found(view):
                 unit.job_lost(job_id, now, f"the API does not know job {job_id} ({view.error_code})")
+            elif isinstance(view, ApiCredentialRefused):
+                pass  # the worker's one ERROR line says so and it pauses; the job is looked at again later
             elif isinstance(view, ApiError):
                 log.warning("reading job %s failed (%s); looking again later", job_id, view, extra={"job_id": job_id})
             elif isinstance(view, BaseException):

@@ -145,6 +145,11 @@ class WorkerCollector(Collector):
             yield GaugeMetricFamily(
                 "snapworker_limiter_rate_calls_per_second", "API calls per second allowed now.", value=limiter.rate
             )
+            yield GaugeMetricFamily(
+                "snapworker_limiter_max_rate_calls_per_second",
+                "API calls per second allowed when not throttled (the rate recovers up to it).",
+                value=limiter.max_rate,
+            )
             yield CounterMetricFamily(
                 "snapworker_limiter_wait_seconds",
                 "Seconds API calls spent waiting for the rate limiter, summed.",

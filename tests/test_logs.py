@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from snapworker.ops.logs import RedactingFilter, configure_logging
-from snapworker.settings import Settings
+from snapworker.settings import Settings, redact_url
 
 
 @pytest.fixture
@@ -87,3 +87,46 @@ def test_console_lines_show_context_in_brackets() -> None:
     finally:
         logging.getLogger().removeHandler(handler)
     assert stream.getvalue().rstrip().endswith("hello [request_id=r9]")
+
+
+def test_a_url_user_name_that_equals_the_password_is_shown_and_the_password_is_not() -> None:
+    stream = io.StringIO()
+    handler = configure_logging(Settings(amqp_url="amqp://guest:guest@rabbit:5672/"), stream=stream)
+    try:
+        log = logging.getLogger("snapworker.test")
+        log.warning("raw %s", "amqp://guest:guest@rabbit:5672/")
+        log.warning("as redact_url shows it %s", redact_url("amqp://guest:guest@rabbit:5672/"))
+    finally:
+        logging.getLogger().removeHandler(handler)
+    raw, shown = stream.getvalue().splitlines()
+    assert raw.endswith("raw amqp://guest:***@rabbit:5672/")
+    assert shown.endswith("as redact_url shows it amqp://guest:***@rabbit:5672/")
+
+
+def test_the_broker_password_is_still_redacted_outside_urls() -> None:
+    redact = RedactingFilter([], passwords=["pw-SECRET-3"]).redact
+    assert redact("login with pw-SECRET-3 refused") == "login with *** refused"
+
+
+def test_a_secret_in_a_url_user_name_is_redacted() -> None:
+    assert RedactingFilter(["tok-SECRET-1"]).redact("http://tok-SECRET-1:x@proxy:3128/") == "http://***:***@proxy:3128/"
+
+
+def test_passwords_in_urls_of_any_scheme_are_redacted() -> None:
+    redact = RedactingFilter([]).redact
+    assert redact("redis://:hunter2@cache:6379/0 and http://me:hunter3@proxy:3128") == (
+        "redis://:***@cache:6379/0 and http://me:***@proxy:3128"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("amqp://guest:guest@localhost:5672/", "amqp://guest:***@localhost:5672/"),
+        ("amqps://svc:p%40ss@[::1]:5671/vh", "amqps://svc:***@[::1]:5671/vh"),
+        ("redis://:secret@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("amqp://localhost/", "amqp://localhost/"),
+    ],
+)
+def test_redact_url_masks_only_the_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

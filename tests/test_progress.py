@@ -73,7 +73,7 @@ def test_the_progress_line_reads_as_text_and_carries_its_figures_as_a_field(
     [record] = caplog.records
     text = record.getMessage()
     assert "3 requests in, 1 answered (1 accepted)" in text
-    assert "1 API calls, 80.0 desktops per call (0.013 calls per desktop)" in text
+    assert "1 API call, 80.0 desktops per call (0.013 calls per desktop)" in text
     assert "rate 1.50 of 1.50 calls/s" in text
     assert record.progress["requests_in"] == 3  # type: ignore[attr-defined]
 

@@ -20,6 +20,7 @@ from snapworker.cloud.limiter import Limiter
 from snapworker.contract.models import SnapshotResult
 from snapworker.core import BatchingCore
 from snapworker.ops.stats import WorkerStats
+from snapworker.words import plural
 
 __all__ = ["Progress", "ProgressReporter", "log_problem_result"]
 
@@ -39,10 +40,10 @@ def log_problem_result(result: SnapshotResult) -> None:
         reason = reason[: _REASON_MAX_CHARS - 1] + "…"
     others = len(result.errors) - 1
     log.info(
-        "request %s %s: %d desktops without a job, %s%s",
+        "request %s %s: %s without a job, %s%s",
         result.request_id,
         result.status,
-        sum(len(e.desktop_ids) for e in result.errors),
+        plural(sum(len(e.desktop_ids) for e in result.errors), "desktop"),
         reason,
         f" (and {others} more error{'s' * (others > 1)})" if others else "",
         extra={
@@ -79,10 +80,15 @@ class Progress:
     def line(self) -> str:
         """The human-readable line (the JSON format carries :meth:`fields` beside it)."""
         statuses = ", ".join(f"{n} {s}" for s, n in self.by_status.items() if n)
-        parts = [f"{self.requests_in} requests in, {self.answered} answered" + (f" ({statuses})" if statuses else "")]
+        parts = [
+            f"{plural(self.requests_in, 'request')} in, {self.answered} answered"
+            + (f" ({statuses})" if statuses else "")
+        ]
         if self.calls:
             fill = self.desktops_sent / self.calls
-            parts.append(f"{self.calls} API calls, {fill:.1f} desktops per call ({1 / fill:.3f} calls per desktop)")
+            parts.append(
+                f"{plural(self.calls, 'API call')}, {fill:.1f} desktops per call ({1 / fill:.3f} calls per desktop)"
+            )
         else:
             parts.append("no API calls")
         if self.throttles:
@@ -90,8 +96,8 @@ class Progress:
         if self.rate is not None and self.max_rate is not None:
             parts.append(f"rate {self.rate:.2f} of {self.max_rate:.2f} calls/s")
         parts.append(
-            f"holding {self.requests_held} requests ({self.desktops_held} desktops waiting, "
-            f"{self.batches_in_flight} calls in flight)"
+            f"holding {plural(self.requests_held, 'request')} ({plural(self.desktops_held, 'desktop')} waiting, "
+            f"{plural(self.batches_in_flight, 'call')} in flight)"
         )
         return f"progress, last {self.interval_s:.0f} s: " + "; ".join(parts)
 

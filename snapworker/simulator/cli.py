@@ -6,47 +6,91 @@ import argparse
 
 from snapworker.simulator.state import SimConfig
 
-__all__ = ["add_arguments", "config_from_args"]
+__all__ = ["HelpFormatter", "add_arguments", "config_from_args"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, except the defaults that say nothing (unset, none, off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == [] or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _ratio(text: str) -> float:
+    """A share of calls: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"a share of calls, from 0 to 1 (0.05 is 5 %), got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"seconds, 0 or more, got {text}")
+    return value
+
+
+def _whole(text: str, *, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole(text, least=1)
+
+
+def _count(text: str) -> int:
+    return _whole(text, least=0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``snapworker simulate``."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, required=True, help="port to listen on, 0 for any free one")
-    parser.add_argument("--token", action="append", default=[], help="accepted X-Auth-Token (repeatable)")
-    parser.add_argument("--access-key", action="append", default=[], help="accepted AK (repeatable, with --secret-key)")
-    parser.add_argument("--secret-key", action="append", default=[], help="SK of the matching --access-key")
-    parser.add_argument(
-        "--allow-anonymous", action="store_true", help="accept requests without credentials (implied if none given)"
-    )
-    parser.add_argument("--rate-per-minute", type=int, default=None, help="batch-create calls per user per minute")
-    parser.add_argument("--rate-per-second", type=int, default=None, help="batch-create calls per user per second")
-    parser.add_argument("--send-retry-after", action="store_true", help="add Retry-After to 429 answers")
-    parser.add_argument("--error-5xx-ratio", type=float, default=0.0, help="share of calls answered 5xx")
-    parser.add_argument("--html-error-ratio", type=float, default=0.0, help="share answered 502 text/html")
-    parser.add_argument("--latency-s", type=float, default=0.0, help="delay before every answer")
-    parser.add_argument("--error-429-ratio", type=float, default=0.0, help="share of admitted calls answered 429")
-    parser.add_argument("--latency-jitter-s", type=float, default=0.0, help="random extra delay, up to this")
-    parser.add_argument("--stall-ratio", type=float, default=0.0, help="share of calls answered --stall-s later")
-    parser.add_argument("--stall-s", type=float, default=0.0, help="how much later a stalled call is answered")
-    parser.add_argument(
+    """Options of ``snapworker simulate``; ratios are checked to lie in [0, 1], durations to be 0 or more."""
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="address to listen on")
+    add("--port", type=_count, required=True, help="port to listen on, 0 for any free one")
+    add("--token", action="append", default=[], help="accepted X-Auth-Token (repeatable)")
+    add("--access-key", action="append", default=[], metavar="AK", help="accepted AK (repeatable, with --secret-key)")
+    add("--secret-key", action="append", default=[], metavar="SK", help="SK of the matching --access-key")
+    add("--allow-anonymous", action="store_true", help="accept requests without credentials (implied if none given)")
+    add("--rate-per-minute", type=_positive_int, metavar="N", help="batch-create calls per user per minute")
+    add("--rate-per-second", type=_positive_int, metavar="N", help="batch-create calls per user per second")
+    add("--send-retry-after", action="store_true", help="add Retry-After to 429 answers")
+    add("--error-5xx-ratio", type=_ratio, default=0.0, metavar="R", help="share of calls answered 5xx")
+    add("--html-error-ratio", type=_ratio, default=0.0, metavar="R", help="share answered 502 text/html")
+    add("--latency-s", type=_seconds, default=0.0, metavar="S", help="delay before every answer")
+    add("--error-429-ratio", type=_ratio, default=0.0, metavar="R", help="share of admitted calls answered 429")
+    add("--latency-jitter-s", type=_seconds, default=0.0, metavar="S", help="random extra delay, up to this")
+    add("--stall-ratio", type=_ratio, default=0.0, metavar="R", help="share of calls answered --stall-s later")
+    add("--stall-s", type=_seconds, default=0.0, metavar="S", help="how much later a stalled call is answered")
+    add(
         "--drop-after-create-ratio",
-        type=float,
+        type=_ratio,
         default=0.0,
+        metavar="R",
         help="share of calls that create their job, then close the connection without answering",
     )
-    parser.add_argument("--unknown-desktop", action="append", default=[], help="desktop ID answered 404")
-    parser.add_argument("--busy-desktop", action="append", default=[], help="desktop ID answered 409")
-    parser.add_argument(
-        "--busy-for-s", type=float, default=None, help="a busy desktop is free this long after its first 409"
-    )
-    parser.add_argument(
-        "--unnamed-culprits", action="store_true", help="404/409 answers do not name the desktop at fault"
-    )
-    parser.add_argument("--failing-desktop", action="append", default=[], help="desktop ID whose sub-job fails")
-    parser.add_argument("--job-duration-s", type=float, default=0.0, help="seconds a job stays RUNNING")
-    parser.add_argument("--sub-jobs-inline", type=int, default=None, help="sub-jobs a job's GET lists (rest: pages)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
+    add("--unknown-desktop", action="append", default=[], metavar="D", help="desktop ID answered 404")
+    add("--busy-desktop", action="append", default=[], metavar="D", help="desktop ID answered 409")
+    add("--busy-for-s", type=_seconds, metavar="S", help="a busy desktop is free this long after its first 409")
+    add("--unnamed-culprits", action="store_true", help="404/409 answers do not name the desktop at fault")
+    add("--failing-desktop", action="append", default=[], metavar="D", help="desktop ID whose sub-job fails")
+    add("--job-duration-s", type=_seconds, default=0.0, metavar="S", help="seconds a job stays RUNNING")
+    add("--sub-jobs-inline", type=_count, metavar="N", help="sub-jobs a job's GET lists (rest: pages)")
+    add("--seed", type=int, default=0, help="seed of the fault injection")
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,19 +108,27 @@ def _parser() -> argparse.ArgumentParser:
     schema = commands.add_parser(
         "schema",
         help="write the JSON Schema files of the message contract",
-        description="Write snapshot-request.schema.json and snapshot-result.schema.json from the models.",
+        # the names as written (contract.schemas.SCHEMA_FILES would load pydantic on every command's start)
+        description="Write the JSON Schema files of the message contract from the models:\n"
+        "  snapshot-request.schema.json     what a publisher sends\n"
+        "  snapshot-result.schema.json      the one result of each request\n"
+        "  snapshot-completion.schema.json  how each request's jobs ended (with job tracking)",
         epilog="example: snapworker schema --out schemas/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     schema.add_argument("--out", default="schemas", help="folder to write to (default: schemas)")
     schema.set_defaults(handler=_cmd_schema)
 
     run = commands.add_parser(
         "run",
-        help="run the worker until SIGTERM",
+        help="run the worker until SIGTERM or Ctrl-C",
         description="Consume snapshot requests, batch them into API calls, publish one result per request.",
         epilog=_SETTINGS_HELP
-        + "\nexit codes: 0 stopped (SIGTERM/SIGINT), 2 invalid settings, 3 the broker refused the login or the\n"
-        "vhost (retrying cannot help; an unreachable broker is retried with a backoff of up to 30 s)\n"
+        + "\nSIGTERM or Ctrl-C stops it gracefully (in-flight calls finish, unanswered requests are requeued);\n"
+        "a second Ctrl-C exits at once.\n"
+        "\nexit codes: 0 stopped (SIGTERM/SIGINT), 2 invalid settings, 3 the broker refused the login or the\n"
+        "vhost (retrying cannot help; an unreachable broker is retried with a backoff of up to 30 s), 130 a\n"
+        "second Ctrl-C cut the drain short\n"
         "\nexample: SNAPWORKER_AUTH_TOKEN=... snapworker run",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -145,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
         help="serve a local fake of the Workspace API (development, tests, demos)",
         description="Serve a faithful local fake of the Workspace snapshot and job APIs on loopback.",
         epilog="example: snapworker simulate --port 8808 --token dev-token",
+        formatter_class=sim_cli.HelpFormatter,
     )
     sim_cli.add_arguments(simulate)
     simulate.set_defaults(handler=_cmd_simulate)
@@ -225,7 +235,9 @@ def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "This CONSUMES: a printed result is acked and so removed from its queue. Use it on queues\n"
         "no service relies on. Stops after --count results or --timeout seconds, else at Ctrl-C;\n"
         "exit code 1 when --count results did not arrive in time.",
-        epilog=_BROKER_HELP + "\nexamples:\n  snapworker results --count 10 --timeout 60\n"
+        epilog=_BROKER_HELP
+        + "  SNAPWORKER_COMPLETION_QUEUE   what --completions reads: completions of requests without reply_to\n"
+        "\nexamples:\n  snapworker results --count 10 --timeout 60\n"
         "  snapworker results --queue my-replies --jsonl\n  snapworker results --completions --count 1",
         formatter_class=raw,
     )
@@ -285,19 +297,27 @@ def _add_queue_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPar
     top = commands.add_parser(
         "top",
         help="watch the queues and the workers live in the terminal",
-        description="Show every snapworker queue (depth, consumers, rate of change) and, with --metrics, each\n"
-        "worker's throughput, desktops per API call, throttles and current rate; redraw every --interval\n"
-        "seconds until Ctrl-C. Reads only: passive declares and GET /metrics. Exit code 1 when the broker\n"
-        "cannot be reached.",
+        description="Show every snapworker queue (ready and, with --management, unacknowledged messages,\n"
+        "consumers, rate) and, with --metrics, each worker's held requests, batches in flight, throughput,\n"
+        "desktops per API call, rate and whether it is throttled; redraw every --interval seconds until\n"
+        "Ctrl-C (one frame after another when the output is not a terminal). Reads only: passive declares,\n"
+        "GET /metrics and the management API. A lost broker is shown and reconnected to. Exit code 1 when\n"
+        "the broker refuses the login or vhost at the start, or cannot be reached in the last frame of\n"
+        "--once/--frames. See docs/top.md.",
         epilog=_BROKER_HELP + "  SNAPWORKER_PARTITIONS          partition queues are shown too\n"
         "\nexamples:\n"
         "  snapworker top --metrics http://worker-1:9108 --metrics http://worker-2:9108\n"
+        "  snapworker top --management http://rabbitmq:15672 --frames 3 > frames.txt\n"
         "  snapworker top --once",
         formatter_class=raw,
     )
     top.add_argument("--metrics", action="append", metavar="URL", help="a worker's metrics URL (repeatable)")
     top.add_argument("--interval", type=_positive_float, default=2.0, metavar="S", help="seconds between frames (2)")
     top.add_argument("--once", action="store_true", help="print one frame and exit")
+    top.add_argument("--frames", type=_positive_int, metavar="N", help="print N frames and exit")
+    top.add_argument(
+        "--management", metavar="URL", help="RabbitMQ's management API (http://host:15672) for unacked counts"
+    )
     top.set_defaults(handler=_cmd_top)
 
 
@@ -308,21 +328,37 @@ def _describe_os_error(exc: OSError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a failure ends as one line on stderr (a JSON line with LOG_FORMAT=json) and an exit code."""
     args = _parser().parse_args(argv)
+    from snapworker.ops.logs import configure_bootstrap_logging
+    from snapworker.settings import log_format_from_environment
+
+    # before any setting is read: load_settings' warnings and the fatal line below come in the format asked for
+    json_lines = log_format_from_environment() == "json"
+    configure_bootstrap_logging("json" if json_lines else "console")
+
+    def fatal(line: str, code: int) -> int:
+        if json_lines:
+            logging.getLogger("snapworker.cli").error("%s", line, extra={"exit_code": code})
+        else:
+            print(line, file=sys.stderr)
+        return code
+
     try:
         code: int = args.handler(args)
     except ConfigError as exc:
-        print(f"snapworker: {exc}", file=sys.stderr)
-        return 2
+        return fatal(f"snapworker: {exc}", 2)
     except BrokerRefused as exc:  # a wrong broker password or vhost: retrying cannot help
-        print(f"snapworker: {exc}", file=sys.stderr)
-        return 3
+        return fatal(f"snapworker: {exc}", 3)
     except SnapworkerError as exc:  # e.g. the demo's broker is unreachable: the message says it all
-        print(f"snapworker {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return fatal(f"snapworker {args.command}: {exc}", 1)
     except OSError as exc:  # a path or port the user gave cannot be used: theirs to fix, no traceback
-        print(f"snapworker {args.command}: {_describe_os_error(exc)}", file=sys.stderr)
-        return 2
+        return fatal(f"snapworker {args.command}: {_describe_os_error(exc)}", 2)
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        if not json_lines:
+            raise  # a bug: Python's traceback is the most useful report
+        logging.getLogger("snapworker.cli").exception("snapworker %s failed unexpectedly", args.command)
+        return 1
     return code

@@ -26,6 +26,7 @@ from snapworker.contract.intake import validation_problems
 from snapworker.contract.models import DiskType, SnapshotRequest, SnapshotResult
 from snapworker.errors import BrokerError, InvalidMessage
 from snapworker.settings import Settings
+from snapworker.words import plural
 
 __all__ = ["FileReport", "Progress", "dry_run", "publish_lines", "request_from_options"]
 
@@ -44,9 +45,9 @@ class FileReport:
         return not self.invalid and self.error is None
 
     def summary(self) -> str:
-        text = f"confirmed {self.confirmed} message{'' if self.confirmed == 1 else 's'}"
+        text = f"confirmed {plural(self.confirmed, 'message')}"
         if self.invalid:
-            text += f"; {len(self.invalid)} invalid line{'' if len(self.invalid) == 1 else 's'} not published"
+            text += f"; {plural(len(self.invalid), 'invalid line')} not published"
         if self.error is not None:
             text += f"; stopped: {self.error} ({self.unconfirmed} sent but not confirmed: they may be queued)"
         return text

@@ -14,12 +14,17 @@ from typing import TextIO
 from snapworker.contract.models import SnapshotCompletion, SnapshotResult
 from snapworker.tools.broker import BrokerTools, ReceivedResult
 
-__all__ = ["HEADER", "completion_row", "follow_results", "result_row"]
+__all__ = ["HEADER", "completion_row", "follow_results", "result_json", "result_row"]
 
 # (title, width); the last column takes what is left of the line
 _COLUMNS = (("FINISHED (UTC)", 24), ("STATUS", 8), ("REQUEST ID", 36), ("PROJECT", 32), ("DESKTOPS", 8), ("JOBS", 4))
 HEADER = "  ".join(f"{title:<{width}}" for title, width in _COLUMNS) + "  ERRORS"
 _ERROR_CHARS = 80
+
+
+def result_json(result: SnapshotResult, *, indent: int | None = None) -> str:
+    """The result as JSON, as the wire carries it: ``truncated`` only when true (see the result schema)."""
+    return result.model_dump_json(indent=indent, exclude=None if result.truncated else {"truncated"})
 
 
 def _fit(text: str, width: int) -> str:
@@ -103,7 +108,7 @@ async def follow_results(
             return
         while header:
             out.write(header.pop() + "\n")
-        out.write((received.result.model_dump_json() if jsonl else result_row(received.result)) + "\n")
+        out.write((result_json(received.result) if jsonl else result_row(received.result)) + "\n")
         out.flush()  # followed through a pipe: every row as it comes
 
     return await tools.follow(queues, show, count=count, max_seconds=max_seconds)

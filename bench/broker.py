@@ -27,6 +27,8 @@ from snapworker.settings import Settings
 __all__ = ["Broker", "Queues", "check_loopback", "ctl_queue_state"]
 
 Message = tuple[bytes, str]  # body, correlation_id
+#: The workers' PARTITIONS when nothing sets it: their partition queues are declared and deleted with the rest.
+DEFAULT_PARTITIONS: int = Settings.model_fields["partitions"].default
 
 
 def check_loopback(url: str) -> None:
@@ -48,12 +50,16 @@ class Queues:
     result: str
     error: str
     dead_letter: str
-    partitions: int = 0  # the workers' PARTITIONS: their partition queues are deleted too
+    partitions: int = DEFAULT_PARTITIONS  # the workers' PARTITIONS: their partition queues are deleted too
 
     @classmethod
-    def fresh(cls, system: str) -> Queues:
+    def fresh(cls, system: str, partitions: int = DEFAULT_PARTITIONS) -> Queues:
         prefix = f"bench.{uuid.uuid4().hex[:8]}.{system}"
-        return cls(f"{prefix}.requests", f"{prefix}.results", f"{prefix}.errors", f"{prefix}.dead-letter")
+        return cls(f"{prefix}.requests", f"{prefix}.results", f"{prefix}.errors", f"{prefix}.dead-letter", partitions)
+
+    def request_queues(self) -> list[str]:
+        """The request queue and its partitions: every queue a worker consumes requests from."""
+        return [self.request, *(partition_queue(self.request, p) for p in range(self.partitions))]
 
     def all(self) -> list[str]:
         partitions = [partition_queue(self.request, p) for p in range(self.partitions)]
@@ -117,7 +123,7 @@ class Broker:
         return version.decode() if isinstance(version, bytes) else (str(version) if version else None)
 
     async def declare(self, queues: Queues) -> None:
-        settings = Settings(amqp_url=self.url, **queues.settings())  # type: ignore[arg-type]
+        settings = Settings(amqp_url=self.url, partitions=queues.partitions, **queues.settings())  # type: ignore[arg-type]
         self.undeleted.append(queues)
         await declare_topology(self._channel, settings)
 

@@ -1,15 +1,21 @@
-"""A fleet: 4 worker processes at once sharing one credential (one token), against a simulator allowing that
-credential 240 calls a minute; 8,000 single-desktop requests over 15 projects, published before they start.
+"""A fleet: several worker processes at once sharing one credential (one token), on the same queues; single-desktop
+requests, published before they start. Each mode runs on its own queues and its own simulator.
 
-Two ways to share the credential's budget, each run on its own queues and its own simulator:
+- ``defaults``: what scaling out the obvious way gives (a Procfile, ``docker compose --scale``): **3** workers
+  started with one environment and nothing fleet-specific (no REDIS_URL, no PARTITIONS, no RATE_LIMIT: every
+  setting at its default) against a simulator allowing the credential the real API's **100** calls a minute. Each
+  worker's limiter allows the default 1.5 calls/s, so the fleet asks for 2.7 times what the API allows: the 429s
+  and how the workers' limiters back off from them are part of what is measured. 15,000 requests over 50
+  projects: 150 calls at least, a minute and a half of the API's budget, so the limit is met.
+
+Two ways to share the budget as the README tells a fleet to, 4 workers against 240 calls a minute, 8,000 requests
+over 15 projects, with ``PARTITIONS=16``:
 
 - ``redis``: every worker gets ``SNAPWORKER_REDIS_URL`` (a database of its own, flushed first) and the whole
   budget, ``RATE_LIMIT = (240 - RATE_BURST) / 60`` per second with the default RATE_BURST 5, so that no 60 s
   window can hold more than 240 calls; the workers' shared limiter divides it. Skipped (and said so) while
   ``snapworker.cloud.shared_limiter`` does not exist: without it each worker would spend the whole budget.
 - ``shares``: no Redis; each worker ``RATE_LIMIT`` = that budget / 4 and ``RATE_BURST=1``.
-
-Both set ``PARTITIONS=16``, as the README tells a fleet to.
 
 Rounded down to 4 decimals, so the budget is never exceeded by rounding.
 """
@@ -22,26 +28,32 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench.broker import check_loopback
-from bench.limited import Workload, run_bound
+from bench.limited import API_PER_MINUTE, Workload, run_bound
 from bench.ratebound import add_drain_figures
 from bench.report import budget_rate, floor_setting
 from bench.scenarios import Context
 
 __all__ = ["FLEET_MODES", "RedisDb", "fleet", "fleet_budget", "fleet_settings"]
 
-FLEET_MODES = ("redis", "shares")
+FLEET_MODES = ("defaults", "redis", "shares")
 FLEET_WORKERS = 4
 FLEET_PER_MINUTE = 240
+#: the ``defaults`` mode: workers started with one environment, against the real API's limit
+DEFAULTS_WORKERS = 3
 FLEET_PARTITIONS = 16
 DEFAULT_RATE_BURST = 5
 FLEET_TIMEOUT_S = 180.0
+#: the defaults mode's 150 calls take 90 s at 100 a minute, and the 429s of its over-asking fleet add pauses
+DEFAULTS_TIMEOUT_S = 300.0
 SHARED_LIMITER_MODULE = "snapworker.cloud.shared_limiter"
 
 
 def fleet_settings(
     mode: str, redis_url: str, workers: int = FLEET_WORKERS, per_minute: int = FLEET_PER_MINUTE
 ) -> list[dict[str, str]]:
-    """The SNAPWORKER_* overrides of each worker of the fleet in ``mode``."""
+    """The SNAPWORKER_* overrides of each worker of the fleet in ``mode`` (``defaults``: none at all)."""
+    if mode == "defaults":
+        return [{} for _ in range(DEFAULTS_WORKERS)]
     budget = budget_rate(per_minute, DEFAULT_RATE_BURST)
     # what the README tells a fleet to set: each project's requests meet in one worker
     partitions = {"partitions": str(FLEET_PARTITIONS)}
@@ -53,7 +65,10 @@ def fleet_settings(
 
 
 def fleet_budget(mode: str, settings: list[dict[str, str]]) -> tuple[float, int]:
-    """(calls per second, burst) the whole fleet may spend: one shared bucket, or the sum of the shares."""
+    """(calls per second, burst) the whole fleet may spend: one shared bucket, the sum of the shares, or (for
+    ``defaults``) what the API admits, since the workers' own limits add up to more."""
+    if mode == "defaults":
+        return budget_rate(API_PER_MINUTE, DEFAULT_RATE_BURST), DEFAULT_RATE_BURST
     if mode == "redis":
         return float(settings[0]["rate_limit"]), int(settings[0].get("rate_burst", DEFAULT_RATE_BURST))
     rate = sum(float(s["rate_limit"]) for s in settings)
@@ -110,6 +125,12 @@ async def _reply(reader: asyncio.StreamReader) -> str:
 async def fleet_mode(ctx: Context, run_index: int, mode: str) -> dict[str, Any]:
     sizes = ctx.sizes
     settings = fleet_settings(mode, ctx.redis_url)
+    if mode == "defaults":
+        per_minute, workload = API_PER_MINUTE, Workload(sizes.fleet_defaults_requests, sizes.fleet_defaults_projects)
+        timeout_s = DEFAULTS_TIMEOUT_S
+    else:
+        per_minute, workload = FLEET_PER_MINUTE, Workload(sizes.fleet_requests, sizes.fleet_projects)
+        timeout_s = FLEET_TIMEOUT_S
     redis = RedisDb(ctx.redis_url) if mode == "redis" else None
 
     async def flush() -> dict[str, str]:
@@ -123,10 +144,10 @@ async def fleet_mode(ctx: Context, run_index: int, mode: str) -> dict[str, Any]:
     data = await run_bound(
         ctx,
         name=f"fleet-{mode}-r{run_index}",
-        workload=Workload(sizes.fleet_requests, sizes.fleet_projects),
-        per_minute=FLEET_PER_MINUTE,
+        workload=workload,
+        per_minute=per_minute,
         workers=settings,
-        timeout_s=ctx.bound_timeout_s or FLEET_TIMEOUT_S,
+        timeout_s=ctx.bound_timeout_s or timeout_s,
         before_spawn=flush if redis else None,
         while_running=keys if redis else None,
     )
@@ -136,14 +157,14 @@ async def fleet_mode(ctx: Context, run_index: int, mode: str) -> dict[str, Any]:
     add_drain_figures(data, rate, burst)
     data["mode"] = mode
     data["workers"] = len(settings)
-    data["allowed_in_any_60_s"] = FLEET_PER_MINUTE
+    data["allowed_in_any_60_s"] = per_minute
     data["calls_429_share"] = data["calls_429"] / data["calls_total"] if data["calls_total"] else None
     data["budget_in_60_s"] = burst + rate * 60
     return data
 
 
 async def fleet(ctx: Context, run_index: int) -> dict[str, Any]:
-    """Both modes (those in ``ctx.fleet_modes``), one after the other."""
+    """The modes in ``ctx.fleet_modes``, one after the other."""
     out: dict[str, Any] = {"modes": list(ctx.fleet_modes)}
     for mode in ctx.fleet_modes:
         if mode == "redis" and importlib.util.find_spec(SHARED_LIMITER_MODULE) is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import time
 import uuid
@@ -21,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass
 from typing import Any
 
-from bench.broker import Broker, Message, Queues, check_loopback
+from bench.broker import DEFAULT_PARTITIONS, Broker, Message, Queues, check_loopback
 from bench.infra import SimProcess, parse_settings_line, parse_totals, verify_drained
 from bench.procs import Measured, find_pid, wait_until_quiet
 from bench.report import minimum_calls_of_requests
@@ -175,8 +174,9 @@ async def run_bound(
     ``before_spawn`` and ``while_running`` (async callables, optional) run just before the first spawn and
     just after the last result is in (e.g. to flush Redis, and to read what the workers left there).
     """
-    partitions = max((int(w.get("partitions", 0)) for w in workers), default=0)
-    queues = dataclasses.replace(Queues.fresh(name), partitions=partitions)
+    # the partition queues of the workers (their setting, or its default), to delete them too
+    partitions = max((int(w.get("partitions", DEFAULT_PARTITIONS)) for w in workers), default=DEFAULT_PARTITIONS)
+    queues = Queues.fresh(name, partitions)
     messages = workload.messages(uuid.uuid4().hex[:6])
     data: dict[str, Any] = {"requests": workload.n, "projects": workload.projects, "variants": workload.variants}
     data["merge_keys"] = workload.keys
@@ -216,8 +216,8 @@ async def run_bound(
         data["logs"] = [str(p.log_path) for p in procs]
         data["totals"] = [parse_totals(log, "worker totals ") for log in logs]
         data["settings_seen"] = [_settings_subset(parse_settings_line(log)) for log in logs]
-        ((left, _),) = await ctx.broker.counts([queues.request])
-        data["request_queue_ready_after_stop"] = left
+        # a stopped worker requeues what it held to the queue it came from: the request queue or a partition
+        data["request_queue_ready_after_stop"] = sum(n for n, _ in await ctx.broker.counts(queues.request_queues()))
         read = await ctx.broker.collect([queues.result, queues.error])
         data |= tally(read, (cid for _, cid in messages))
         answered = {cid for cid, _ in read if cid is not None}

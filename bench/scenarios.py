@@ -61,6 +61,9 @@ class Sizes:
     ratebound100_projects: int = 100
     fleet_requests: int = 8_000
     fleet_projects: int = 15
+    # the fleet at defaults against 100 calls/min: 3 calls per project, 150 at least, so more than a minute's worth
+    fleet_defaults_requests: int = 15_000
+    fleet_defaults_projects: int = 50
     throttled_requests: int = 3_000
     throttled_projects: int = 150  # 150 calls at least: more than the 100 a minute allowed, so 429s happen
     light_rate: float = 1.0
@@ -77,6 +80,8 @@ class Sizes:
             ratebound_requests=1_200,
             ratebound100_requests=2_000,
             fleet_requests=2_000,
+            fleet_defaults_requests=6_000,
+            fleet_defaults_projects=30,
             throttled_requests=1_000,
             light_seconds=10.0,
         )

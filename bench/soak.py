@@ -136,8 +136,7 @@ class SoakConfig:
             "consumer_check_s": "2",
             "log_level": "INFO",
         }
-        if self.partitions:
-            settings["partitions"] = str(self.partitions)
+        settings["partitions"] = str(self.partitions)  # explicit: 0 is not the workers' default
         if self.redis_url is not None:
             settings.update(idempotency_store="redis", redis_url=self.redis_url)
         return settings
@@ -619,7 +618,7 @@ async def run_soak(config: SoakConfig) -> SoakResult:
         reason = await broker_control_usable(config.amqp_url)
         if reason is not None:
             raise RuntimeError(f"cannot restart the broker ({reason}); use --no-broker-restart")
-    queues = Queues.fresh("soak")
+    queues = Queues.fresh("soak", partitions=0)  # its partitions are in request_queues
     request_queues = _request_queues(queues, config.partitions)
     setup = await _connect(config.amqp_url)
     try:

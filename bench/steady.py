@@ -31,16 +31,18 @@ from bench.scenarios import Context
 __all__ = ["latency_defaults", "steady", "steady_load"]
 
 
-async def _wait_consuming(ctx: Context, queue: str, alive: Any, timeout_s: float) -> float:
+async def _wait_consuming(ctx: Context, queues: Queues, alive: Any, timeout_s: float) -> float:
+    """Until the request queue and every partition of it have a consumer (a partitioned worker routes at once and
+    claims its partitions after): the seconds that took."""
     started = time.perf_counter()
     while time.perf_counter() - started < timeout_s:
-        ((_, consumers),) = await ctx.broker.counts([queue])
-        if consumers > 0:
+        counts = await ctx.broker.counts(queues.request_queues())
+        if all(consumers > 0 for _, consumers in counts):
             return time.perf_counter() - started
         if not alive():
             break
         await asyncio.sleep(0.05)
-    raise RuntimeError(f"the worker did not start consuming {queue!r} within {timeout_s:.0f} s")
+    raise RuntimeError(f"the worker did not start consuming {queues.request!r} within {timeout_s:.0f} s")
 
 
 async def steady(ctx: Context, run_index: int) -> dict[str, Any]:
@@ -108,7 +110,7 @@ async def steady_load(
         proc = ctx.spawn("worker", queues, f"{name}-worker", {}, sim=sim, base=base)
         publishes: set[asyncio.Task[None]] = set()
         try:
-            await _wait_consuming(ctx, queues.request, proc.alive, 60.0)
+            consuming_after_s = await _wait_consuming(ctx, queues, proc.alive, 60.0)
             subscription = await ctx.broker.subscribe([queues.result, queues.error], on_result)
             rng = random.Random(seed)
             offsets = list(itertools.accumulate(rng.expovariate(rate) for _ in range(n)))
@@ -144,6 +146,8 @@ async def steady_load(
         "requests": n,
         "results": len(arrived),
         "publish_s": round(publish_s, 2),
+        "partitions": queues.partitions,
+        "consuming_every_partition_after_s": round(consuming_after_s, 2),
         "rate_per_s": rate,
         "projects": projects,
         "linger_ms": linger_s * 1000,

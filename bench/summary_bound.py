@@ -154,7 +154,12 @@ def _throttled(runs: Runs, medians: dict[str, Any]) -> list[Row]:
 
 def _fleet(runs: Runs, medians: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
-    for mode, title in (("redis", "shared Redis budget"), ("shares", "per-process shares, BURST 1")):
+    titles = (
+        ("defaults", "one environment, every setting default"),
+        ("redis", "shared Redis budget"),
+        ("shares", "per-process shares, BURST 1"),
+    )
+    for mode, title in titles:
         mode_runs = [r[mode] for r in runs if mode in r]
         if not mode_runs:
             continue
@@ -175,14 +180,21 @@ def _fleet(runs: Runs, medians: dict[str, Any]) -> list[Row]:
         medians[f"fleet_{mode}_429_share"] = share.to_json()
         medians[f"fleet_{mode}_max_calls_in_any_60_s"] = window.to_json()
         medians[f"fleet_{mode}_max_arrivals_in_any_60_s"] = arrivals.to_json()
+        throttled = spread(r.get("calls_429") for r in mode_runs)
+        medians[f"fleet_{mode}_429"] = throttled.to_json()
+        # defaults: each worker's own RATE_LIMIT adds up to more than the API allows, so 429s are expected; what
+        # they cost is in the economy (a refused call is a call spent)
+        share_target = None if mode == "defaults" else FLEET_429_SHARE
         rows += [
             Row(
                 "  429s as a share of calls",
                 share.show("{:.1%}"),
+                f"429 answers: {throttled.show()}",
                 "",
-                "",
-                f"<= {FLEET_429_SHARE:.0%}",
-                verdict(share.high <= FLEET_429_SHARE if share.high is not None else None),
+                "info" if share_target is None else f"<= {share_target:.0%}",
+                "info"
+                if share_target is None
+                else verdict(share.high <= share_target if share.high is not None else None),
             ),
             Row(
                 "  most admitted calls in any 60 s",

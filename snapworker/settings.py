@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from snapworker.errors import ConfigError
 
-__all__ = ["Settings", "load_settings", "redact_url", "unknown_variables"]
+__all__ = ["Settings", "load_settings", "log_format_from_environment", "redact_url", "unknown_variables"]
 
 log = logging.getLogger("snapworker.settings")
 
@@ -56,12 +56,14 @@ class Settings(BaseSettings):
         description="Most unacked requests one worker may hold (the window's ceiling, for memory).",
     )
     partitions: int = Field(
-        default=0,
+        default=16,
         ge=0,
         le=256,
         description=(
-            "Several workers on one credential: route each project's requests to one of this many partition "
-            "queues, each consumed by one worker, so that a project's batches fill (0: one shared queue)."
+            "Route each project's requests to one of this many partition queues, each consumed by one worker, so "
+            "that a fleet started with one environment still fills a project's batches in one worker; at least the "
+            "number of workers (more workers than partitions only route). 0: every worker consumes the request "
+            "queue directly (a lone worker saves the router's hop; see docs/fleet.md)."
         ),
     )
     max_message_bytes: int = Field(default=256 * 1024, ge=1024, description="Larger request bodies are invalid.")
@@ -189,7 +191,17 @@ class Settings(BaseSettings):
     # -- tracking jobs to their end (snapworker/tracking)
     track_jobs: bool = Field(default=True, description="Follow every created job and publish completions.")
     tracking_queue: str = Field(default="snapworker.tracking", min_length=1, max_length=200)
-    completion_queue: str = Field(default="snapworker.completions", min_length=1, max_length=255)
+    completion_queue: str = Field(
+        default="",
+        max_length=255,
+        description="Where completions of requests without reply_to go; empty: nowhere, and such requests are not "
+        "tracked at all.",
+    )
+    completion_queue_max_length: int = Field(
+        default=100_000,
+        ge=0,
+        description="COMPLETION_QUEUE holds at most this many completions, dropping the oldest (0: unbounded).",
+    )
     track_first_poll_s: float = Field(default=10.0, gt=0, description="First look at a job after it was created.")
     track_max_poll_s: float = Field(default=60.0, gt=0, description="Polls back off (doubling) up to this.")
     track_deadline_s: float = Field(
@@ -310,7 +322,8 @@ class Settings(BaseSettings):
         queues = (self.request_queue, self.result_queue, self.error_queue, self.dead_letter_queue)
         if len(set(queues)) != 4:
             raise ValueError("REQUEST_QUEUE, RESULT_QUEUE, ERROR_QUEUE and DEAD_LETTER_QUEUE must differ")
-        if len({*queues, self.tracking_queue, self.completion_queue}) != 6:
+        tracking = [q for q in (self.tracking_queue, self.completion_queue) if q]  # COMPLETION_QUEUE may be unset
+        if len({*queues, *tracking}) != 4 + len(tracking):
             raise ValueError("TRACKING_QUEUE and COMPLETION_QUEUE must differ from each other and the other queues")
         return self
 
@@ -369,6 +382,15 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from exc
 
 
+def log_format_from_environment(environ: Mapping[str, str] = os.environ) -> Literal["console", "json"]:
+    """LOG_FORMAT as the environment gives it, read alone: the CLI logs in it before the settings are loaded (their
+    warnings, or the line saying they are invalid). Leniently: ``JSON`` asks for JSON too, anything else console."""
+    for variable, value in environ.items():
+        if variable.upper() == "SNAPWORKER_LOG_FORMAT":
+            return "json" if value.strip().lower() == "json" else "console"
+    return "console"
+
+
 #: SNAPWORKER_* variables that are not settings: the test suite's own.
 _NOT_SETTINGS_PREFIXES = ("SNAPWORKER_TEST_",)
 #: Settings that were removed, and why nothing takes their place.
@@ -400,11 +422,9 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, for logs."""
+    """The URL with its password, and only its password, replaced by ``***``, for logs (``amqp://guest:***@h/``)."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    userinfo, _, host = parts.netloc.rpartition("@")  # the host as written: an IPv6 address keeps its brackets
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))

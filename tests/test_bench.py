@@ -378,6 +378,32 @@ def test_throttled_and_fleet_verdicts() -> None:
     assert [r.verdict for r in rows[2:4]] == ["FAIL", "PASS"]  # 429 share, 60 s window
 
 
+def test_the_defaults_fleet_sets_nothing_fleet_specific_and_is_judged_on_economy_not_429s() -> None:
+    assert fleet_settings("defaults", "unused") == [{}, {}, {}]  # 3 workers, every setting at its default
+    rate, burst = fleet_budget("defaults", [{}, {}, {}])
+    assert burst + rate * 60 == pytest.approx(100)  # the API's limit, not the workers' own limits added up
+    run = _bound_run(
+        workers=3,
+        requests=15_000,
+        projects=50,
+        calls_total=157,
+        calls_minimum=150,
+        economy=150 / 157,  # the 7 refused calls count as spent
+        calls_429=7,
+        calls_429_share=7 / 157,
+        allowed_in_any_60_s=100,
+        sim={"max_calls_in_any_60_s": 100, "max_arrivals_in_any_60_s": 108},
+    )
+    rows, medians = summarize({"fleet": [{"modes": ["defaults"], "defaults": run}]})
+    assert rows[1].figure.startswith("fleet, one environment, every setting default: economy, 3 workers")
+    assert [r.verdict for r in rows[1:4]] == ["PASS", "info", "PASS"]  # economy, 429s (info), the 60 s window
+    assert "429 answers: 7" in rows[2].baseline
+    assert medians["fleet_defaults_429"]["median"] == 7
+    more_refused = dict(run, calls_total=158, economy=150 / 158, calls_429=8)
+    rows, _ = summarize({"fleet": [{"modes": ["defaults"], "defaults": more_refused}]})
+    assert rows[1].verdict == "FAIL"
+
+
 def test_latency_defaults_verdict() -> None:
     run = {
         "requests": 30,

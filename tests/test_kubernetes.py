@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import kubernetes_validate  # type: ignore[import-untyped]
@@ -18,6 +18,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from snapworker.amqp.partitioning import partition_queue
 from snapworker.ops.health import HealthServer
 from snapworker.settings import Settings
 
@@ -261,7 +262,6 @@ def test_the_scaled_object_scales_the_deployment_on_the_request_queues_length() 
     assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
     [trigger] = scaled["spec"]["triggers"]
     assert trigger["type"] == "rabbitmq"
-    assert trigger["metadata"]["queueName"] == _config()["SNAPWORKER_REQUEST_QUEUE"]
     assert trigger["metadata"]["mode"] == "QueueLength"
     assert float(trigger["metadata"]["value"]) > 0
     assert "host" not in trigger["metadata"]  # it holds the broker's password: from the TriggerAuthentication
@@ -285,10 +285,38 @@ def test_the_trigger_authenticates_with_a_trigger_authentication_reading_the_hos
     [ref] = auth["spec"]["secretTargetRef"]
     assert ref["parameter"] == "host"
     assert ref == {"parameter": "host", "name": _secret_example()["metadata"]["name"], "key": ref["key"]}
-    # the same broker and vhost the worker consumes from
-    assert ref["key"] == _env()["SNAPWORKER_AMQP_URL"]["valueFrom"]["secretKeyRef"]["key"]
+    # the management API of the broker the worker consumes from, with the same vhost (the default, %2F)
+    management = urlsplit(_secret_example()["stringData"][ref["key"]])
+    amqp = urlsplit(_secret_example()["stringData"][_env()["SNAPWORKER_AMQP_URL"]["valueFrom"]["secretKeyRef"]["key"]])
+    assert (management.scheme, management.hostname) == ("http", amqp.hostname)
+    assert _vhost(management.path) == _vhost(amqp.path) == "/"
 
 
-def test_keda_watches_the_request_queue_only_while_partitions_are_off() -> None:
-    # with PARTITIONS the routers move the backlog to <REQUEST_QUEUE>.pNNN: the request queue stays empty
-    assert int(_config().get("SNAPWORKER_PARTITIONS", "0")) == 0
+def _vhost(path: str) -> str:
+    """The vhost a broker URL's path names (amqp://h/ and http://h:15672/%2F both name the default, "/")."""
+    return unquote(path[1:]) or "/"
+
+
+def _settings_of_the_config_map() -> Settings:
+    fields = {k.removeprefix("SNAPWORKER_").lower(): v for k, v in _config().items()}
+    return Settings.model_validate({k: v for k, v in fields.items() if k in Settings.model_fields})
+
+
+def test_keda_sums_the_request_queue_and_every_partition_queue_and_nothing_else() -> None:
+    # the routers move the backlog from the request queue to <REQUEST_QUEUE>.pNNN at once: both are the backlog
+    [trigger] = _one("ScaledObject")["spec"]["triggers"]
+    meta = trigger["metadata"]
+    assert (meta["protocol"], meta["useRegex"], meta["operation"]) == ("http", "true", "sum")
+    settings = _settings_of_the_config_map()
+    pattern = re.compile(meta["queueName"])
+    counted = [settings.request_queue] + [
+        partition_queue(settings.request_queue, p) for p in range(settings.partitions)
+    ]
+    assert all(pattern.fullmatch(queue) for queue in counted), counted
+    others = [settings.result_queue, settings.error_queue, settings.dead_letter_queue, settings.tracking_queue]
+    assert not any(pattern.fullmatch(queue) for queue in others)
+
+
+def test_the_fleet_never_outgrows_its_partitions() -> None:
+    # a worker beyond PARTITIONS only routes: it adds no consumer of the backlog
+    assert _one("ScaledObject")["spec"]["maxReplicaCount"] <= _settings_of_the_config_map().partitions

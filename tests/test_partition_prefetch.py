@@ -1,4 +1,5 @@
-"""The prefetch window of a partitioned worker: the partition consumers' prefetch counts share it, never exceed it.
+"""The prefetch window of a partitioned worker: the partition consumers' prefetch counts share it, and exceed it only
+to give each partition two batches (so a hot project's batch fills while its previous call is in flight).
 
 RabbitMQ applies basic.qos (global=false) to consumers started after it, so the fake channel below gives each
 consumer the prefetch count set last, and keeps it until the consumer is cancelled.
@@ -20,6 +21,7 @@ from snapworker.settings import Settings
 
 WINDOW = 1000
 PARTITIONS = 8
+MAX_BATCH = Settings().max_batch
 QUEUES = [partition_queue("snapworker.requests", p) for p in range(PARTITIONS)]
 
 
@@ -95,14 +97,20 @@ async def session(channel: FakeConsumeChannel) -> AmqpSession:
     return s
 
 
-async def test_partitions_claimed_one_by_one_never_get_more_than_the_window(
+async def test_partitions_claimed_one_by_one_never_get_more_than_the_window_or_two_batches_each(
     session: AmqpSession, channel: FakeConsumeChannel
 ) -> None:
-    totals = []
+    for n, queue in enumerate(QUEUES, 1):
+        await session.attach(queue)
+        assert channel.total() <= max(WINDOW, n * 2 * MAX_BATCH), (n, channel.shares())
+
+
+async def test_each_of_many_partitions_gets_two_batches_even_past_the_window(
+    session: AmqpSession, channel: FakeConsumeChannel
+) -> None:
     for queue in QUEUES:
         await session.attach(queue)
-        totals.append(channel.total())
-    assert max(totals) <= WINDOW, totals
+    assert channel.shares() == [2 * MAX_BATCH] * PARTITIONS  # 8 x 200 > WINDOW 1000
 
 
 async def test_claimed_partitions_share_the_window_equally(session: AmqpSession, channel: FakeConsumeChannel) -> None:
@@ -118,7 +126,7 @@ async def test_partitions_left_after_a_release_share_the_whole_window(
         await session.attach(queue)
     for queue in QUEUES[4:]:
         await session.detach(queue)
-    assert channel.shares() == [WINDOW // 4] * 4
+    assert channel.shares() == [WINDOW // 4] * 4  # 250: above two batches
 
 
 async def test_partitions_claimed_after_a_widening_stay_within_the_wider_window(
@@ -155,11 +163,11 @@ async def test_a_claimed_partition_is_never_left_without_our_consumer_while_shar
     assert channel.cancelled_last_of == QUEUES[2:]
 
 
-async def test_a_window_smaller_than_the_partitions_still_gives_each_one_request(
+async def test_a_window_ceiling_smaller_than_the_partitions_still_gives_each_one_request(
     channel: FakeConsumeChannel,
 ) -> None:
     s = AmqpSession(
-        Settings(prefetch=4, max_batch=4, partitions=PARTITIONS),
+        Settings(prefetch=4, prefetch_max=4, max_batch=4, partitions=PARTITIONS),
         cast(AbstractConnection, FakeConnection()),
         cast(AbstractConnection, FakeConnection()),
         cast(AbstractChannel, FakeAioPikaChannel(channel)),

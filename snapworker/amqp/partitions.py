@@ -14,6 +14,7 @@ import copy
 import logging
 import random
 import uuid
+from collections.abc import Callable
 
 import aiormq
 from aiormq.abc import DeliveredMessage
@@ -40,8 +41,16 @@ _REFUSED_PAUSE_S = 1.0
 class Partitions:
     """Routes requests to partition queues and consumes this worker's share of them through ``session``."""
 
-    def __init__(self, session: AmqpSession, settings: Settings, claim_interval_s: float = CLAIM_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        session: AmqpSession,
+        settings: Settings,
+        claim_interval_s: float = CLAIM_INTERVAL_S,
+        on_workers: Callable[[int], object] | None = None,
+    ) -> None:
+        """``on_workers`` is told the number of routing workers (the fleet's size) at every claim step."""
         self._session = session
+        self._on_workers = on_workers
         self._settings = settings
         self._count = settings.partitions
         self._claim_interval_s = claim_interval_s
@@ -185,20 +194,29 @@ class Partitions:
             workers = (await probe.queue_declare(self._settings.request_queue, passive=True)).consumer_count
             counts = {p: (await probe.queue_declare(name, passive=True)).consumer_count for p, name in enumerate(names)}
             attached = self._session.attached()
+        if self._on_workers is not None:
+            self._on_workers(workers or 1)
         owned = frozenset(p for p, name in enumerate(names) if name in attached)
         consumers = {p: c or 0 for p, c in counts.items()}
         step = next_claim_step(owned, consumers, workers or 1, self._order, random.random())
-        if step is None:
-            return
-        if step.action == "claim":
-            await self._session.attach(names[step.partition])
-        else:
-            await self._session.detach(names[step.partition])
-        log.info(
-            "%s partition %s (%d routing workers; this worker now owns %d of %d)",
-            "claimed" if step.action == "claim" else "released",
-            names[step.partition],
-            workers or 1,
-            len(owned) + (1 if step.action == "claim" else -1),
-            self._count,
-        )
+        while step is not None:
+            if step.action == "claim":
+                await self._session.attach(names[step.partition])
+                owned, consumers[step.partition] = owned | {step.partition}, consumers[step.partition] + 1
+            else:
+                await self._session.detach(names[step.partition])
+                owned, consumers[step.partition] = owned - {step.partition}, consumers[step.partition] - 1
+            log.info(
+                "%s partition %s (%d routing workers; this worker now owns %d of %d)",
+                "claimed" if step.action == "claim" else "released",
+                names[step.partition],
+                workers or 1,
+                len(owned),
+                self._count,
+            )
+            # A lone worker (the only router) claims every free partition at once: it is the default (PARTITIONS
+            # is on), and one claim a second would leave a lone worker's requests waiting in unclaimed partitions
+            # for seconds after each start. In a fleet, one step at a time (see next_claim_step).
+            if step.action != "claim" or (workers or 1) > 1:
+                return
+            step = next_claim_step(owned, consumers, 1, self._order, random.random())

@@ -245,9 +245,14 @@ class AmqpSession:
     def _share(self, consumers: int) -> int:
         # The window is the worker's, not each consumer's: more requests held than the API can send before the
         # broker's consumer timeout would expire them (see core/window.py). Rounded down, so that the consumers'
-        # counts sum to at most the window; at least 1, since a prefetch count of 0 means no limit at all (so a
-        # window narrower than the queues consumed is exceeded by at most one request per queue).
-        return max(1, self.prefetch // max(1, consumers))
+        # counts sum to at most the window; at least 1, since a prefetch count of 0 means no limit at all.
+        share = self.prefetch // max(1, consumers)
+        if consumers > 1:
+            # A partition's share must hold a full batch in flight and the next one filling (late binding): with
+            # less, a lone worker owning many partitions sends a hot project's batches part-empty while the
+            # previous call of that partition is unanswered. Two batches per partition, within PREFETCH_MAX.
+            share = max(share, min(2 * self._settings.max_batch, self._settings.prefetch_max // consumers))
+        return max(1, share)
 
     async def _reshare(
         self,
@@ -334,6 +339,15 @@ class AmqpSession:
             return cast(aiormq.Channel, await channel.get_underlay_channel())
         except CHANNEL_ERRORS as exc:
             raise BrokerError(f"cannot open a channel: {exc!r}") from exc
+
+    async def consumers_of(self, queue: str) -> int:
+        """The consumers the broker counts on ``queue`` now (a passive declare: ``queue`` must exist, as the queues
+        declared at :meth:`open` do; a missing one closes the publishing channel, and the session is lost)."""
+        try:
+            declared = await self._publish_channel.declare_queue(queue, passive=True)
+        except CHANNEL_ERRORS as exc:
+            raise BrokerError(f"cannot count the consumers of {queue!r}: {exc!r}") from exc
+        return int(declared.declaration_result.consumer_count or 0)
 
     def held(self) -> list[Delivery]:
         """Deliveries of this session not yet settled."""

@@ -111,6 +111,7 @@ class RateLimiter:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._max_rate = rate
+        self._configured_rate = rate
         self._min_rate = min(min_rate, rate)
         self._decrease_factor = decrease_factor
         self._recovery_period_s = recovery_period_s
@@ -134,6 +135,18 @@ class RateLimiter:
     def from_settings(cls, settings: Settings, **kwargs: Any) -> RateLimiter:
         """RATE_LIMIT, RATE_BURST and MAX_CONCURRENCY from ``settings``; ``kwargs`` as for the constructor."""
         return cls(settings.rate_limit, settings.rate_burst, settings.max_concurrency, **kwargs)
+
+    def share(self, workers: int) -> None:
+        """Allow 1/``workers`` of the configured rate from now on: that many workers spend one credential without a
+        budget they share (no REDIS_URL). A rate above the new share is lowered at once; a wider share (a worker
+        left) is taken up as a recovery after a throttle, up to it and never past it."""
+        max_rate = self._configured_rate / max(1, workers)
+        if max_rate == self._max_rate:
+            return
+        self._max_rate = max_rate
+        self._min_rate = min(self._min_rate, max_rate)
+        if self._bucket.rate > max_rate:
+            self._bucket.set_rate(max_rate, self._clock())
 
     # -- metrics
     @property

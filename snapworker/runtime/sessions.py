@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from snapworker.amqp.fleet import fleet_warning
 from snapworker.amqp.partitions import Partitions
 from snapworker.amqp.reconnect import keep_serving
 from snapworker.amqp.session import AmqpSession
@@ -73,6 +74,8 @@ class Sessions:
         self.served = 0  # sessions that consumed: none means the start failed (nothing to total)
         self.sender: Sender | None = None
         self.stop_sending: Callable[[], Awaitable[None]] | None = None
+        # told the fleet's size (the routing workers) at every partition claim step: see Worker._share_rate
+        self.share_rate: Callable[[int], None] | None = None
         self.shutdown_deadline: float | None = None  # on the loop's clock, set by Worker.close
 
     async def serve(self) -> None:
@@ -102,8 +105,11 @@ class Sessions:
 
     async def _serve(self, session: AmqpSession) -> None:
         self._core.window = session.prefetch
+        await self._warn_of_a_wasteful_fleet(session)
         # Partitioned, the worker consumes only the partitions it claims; its router feeds them all.
-        partitions = Partitions(session, self._settings) if self._settings.partitions else None
+        partitions = (
+            Partitions(session, self._settings, on_workers=self.share_rate) if self._settings.partitions else None
+        )
         await session.consume(self._intake.on_delivery, queues=[] if partitions else None)
         if partitions is not None:
             await partitions.start()
@@ -163,6 +169,16 @@ class Sessions:
         await session.settlements_sent()
         unsent = len(session.held())
         log.warning("paused: %d requests not sent return to the queue until the credential works again", unsent)
+
+    async def _warn_of_a_wasteful_fleet(self, session: AmqpSession) -> None:
+        """One WARNING at start when other workers consume the request queue with settings that waste calls."""
+        try:
+            others = await session.consumers_of(self._settings.request_queue)
+        except BrokerError as exc:
+            log.debug("could not count the request queue's consumers: %r", exc)
+            return
+        if (warning := fleet_warning(others + 1, self._settings)) is not None:
+            log.warning("%s", warning)
 
     async def _watch_consumer(self, session: AmqpSession, partitions: Partitions | None) -> None:
         while True:

@@ -5,7 +5,7 @@ Each job lives in a module of its own: reading messages (:mod:`.intake`), wideni
 a batch's outcome to published results and acks (:mod:`.outcomes`), broker sessions and the drain
 (:mod:`.sessions`), tasks that own deliveries (:mod:`.tasks`). This module builds them, starts the background
 loops under one :class:`~.supervisor.Supervisor`, and closes everything in order through one
-``AsyncExitStack``. Delivery is at least once: see README.md, "Delivery guarantee".
+``AsyncExitStack``. Delivery is at least once: see docs/design.md, "Delivery guarantee".
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
-from snapworker.cloud.limiter import Limiter
+from snapworker.cloud.limiter import Limiter, RateLimiter
 from snapworker.core import BatchingCore, WindowPolicy
 from snapworker.core.lifecycle import Lifecycle
 from snapworker.failpoints import configure as configure_failpoints
@@ -107,7 +107,7 @@ class Worker:
             wake=self._wake,
             stopping=self._stopping,
         )
-        # None when IDEMPOTENCY_STORE=off: then at least once only (see README, "Idempotency")
+        # None when IDEMPOTENCY_STORE=off: then at least once only (see docs/design.md, "Idempotency")
         self._idem: Idempotency | None = build_idempotency(
             settings,
             self._core,
@@ -263,6 +263,12 @@ class Worker:
         stack.push_async_callback(client.close)
         return client
 
+    def _share_rate(self, workers: int) -> None:
+        # Without Redis no budget is shared: the routing workers (the fleet, as the request queue's consumers
+        # count it) each take 1/N of RATE_LIMIT, so a fleet started with one environment is not throttled.
+        if self.settings.redis_url is None and isinstance(self._limiter, RateLimiter):
+            self._limiter.share(workers)
+
     async def _verify_credentials(self, api: SnapshotApi) -> None:
         """One cheap read per credential before consuming (see :mod:`.credential_pause`): a refused one pauses
         the worker at once, with its ERROR line, instead of failing the first requests."""
@@ -296,6 +302,7 @@ class Worker:
         )
         loops.start("send loop", sender.run)
         self._sessions.sender = sender
+        self._sessions.share_rate = self._share_rate
         self._sessions.stop_sending = lambda: loops.stop("send loop")
 
     def _start_tracking(self, stack: AsyncExitStack, loops: Supervisor, api: SnapshotApi) -> None:

@@ -99,8 +99,21 @@ class BrokerTools:
             return None
         except BROKER_ERRORS as exc:
             raise BrokerError(f"cannot inspect queue {name!r}: {exc!r}") from exc
+        except RuntimeError as exc:  # aiormq's "<Connection ...> closed": the connection was lost under us
+            raise BrokerError(f"cannot inspect queue {name!r}: {exc!r}") from exc
         result = declared.declaration_result
         return QueueInfo(name, int(result.message_count or 0), int(result.consumer_count or 0))
+
+    async def completion_queue_problems(self) -> list[str]:
+        """What an operator should know of the completion queue (see
+        :func:`~snapworker.tracking.topology.completion_queue_problems`); creates nothing."""
+        from snapworker.tracking.topology import completion_queue_problems
+
+        try:
+            async with self._connection.channel(publisher_confirms=False) as channel:
+                return await completion_queue_problems(self._settings, channel)
+        except BROKER_ERRORS as exc:
+            raise BrokerError(f"cannot inspect the completion queue: {exc!r}") from exc
 
     async def declare_topology(self) -> None:
         """Declare every queue of the settings, as the worker does; ConfigError if one exists differently."""

@@ -1,18 +1,22 @@
-"""``snapworker check``: is this setup able to work? Settings, broker and queues, and the Workspace API.
+"""``snapworker check``: is this setup able to work? Everything ``snapworker run`` needs, one row each.
 
-Each check yields findings: ``ok``, ``WARN`` (worth knowing, not a fault) or ``FAIL``. The API check asks for
-a job that does not exist, which is harmless and answers the questions that matter: a 404 from the service
-means the endpoint is reachable and the credentials were accepted; a 401 means they were not; no answer
-means the endpoint is unreachable. Nothing is created anywhere, unless ``--declare`` is given (then the
+Each row (:class:`Finding`) is ``ok``, ``WARN`` (worth knowing, not a fault) or ``FAIL`` (``run`` would not work),
+with a plain message; ``check`` exits 1 on any FAIL. :func:`run_checks` lists the checks in order (add a row
+there): the settings, Redis and the accounts file (:mod:`snapworker.tools.check_setup`), the broker and its
+queues (the request, result, error and dead-letter queues; dead letters waiting; a fleet that wastes calls; the
+tracking and completion queues), and the Workspace API.
+
+The API check asks for a job that does not exist, which is harmless and answers the questions that matter: a 404
+from the service means the endpoint is reachable and the credentials were accepted; a 401 means they were not; no
+answer means the endpoint is unreachable. Nothing is created anywhere, unless ``--declare`` is given (then the
 queues are declared exactly as the worker declares them).
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Literal
 
+from snapworker.amqp.fleet import fleet_warning
 from snapworker.cloud.client import WorkspaceClient
 from snapworker.errors import (
     ApiAuthError,
@@ -26,24 +30,25 @@ from snapworker.errors import (
     ConfigError,
 )
 from snapworker.settings import Settings, redact_url
-from snapworker.tools.broker import BrokerTools
+from snapworker.tools.broker import BrokerTools, QueueInfo
+from snapworker.tools.check_setup import check_accounts, check_redis
+from snapworker.tools.findings import Finding, Level
+from snapworker.tracking.topology import tracking_queues
 
-__all__ = ["Finding", "check_api", "check_broker", "describe_settings"]
+__all__ = ["Finding", "Level", "check_api", "check_broker", "describe_settings", "run_checks"]
 
 #: Used when no --project is given: any well-formed project ID serves to test credentials.
 PLACEHOLDER_PROJECT = "0" * 32
 
-Level = Literal["ok", "WARN", "FAIL"]
 
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    level: Level
-    area: str
-    text: str
-
-    def line(self) -> str:
-        return f"{self.level:<4}  {self.area:<8}  {self.text}"
+async def run_checks(settings: Settings, *, declare: bool = False, project_id: str | None = None) -> list[Finding]:
+    """Every row of ``snapworker check``, in the order shown."""
+    findings = describe_settings(settings)
+    findings += await check_redis(settings)
+    findings += check_accounts(settings)
+    findings += await check_broker(settings, declare=declare)
+    findings.append(await check_api(settings, project_id=project_id))
+    return findings
 
 
 def describe_settings(settings: Settings) -> list[Finding]:
@@ -88,11 +93,85 @@ async def check_broker(settings: Settings, *, declare: bool = False) -> list[Fin
                     continue
                 text = f"{role} {name!r}: {info.messages} messages, {info.consumers} consumers"
                 findings.append(Finding("ok", "queue", text))
-                if role == "request queue" and info.consumers == 0:
-                    findings.append(Finding("WARN", "queue", f"no worker consumes {name!r} right now"))
+                if role == "request queue":
+                    findings += _request_queue_rows(settings, info)
+                if role == "dead-letter queue" and info.messages:
+                    findings.append(_dead_letters_row(settings, info))
+            findings += await _tracking_rows(settings, broker)
     except BrokerError as exc:
         findings.append(Finding("FAIL", "broker", str(exc)))
     return findings
+
+
+def _request_queue_rows(settings: Settings, info: QueueInfo) -> list[Finding]:
+    if info.consumers == 0:
+        return [Finding("WARN", "queue", f"no worker consumes {info.name!r} right now")]
+    # every consumer of the request queue is a worker (or, partitioned, a worker's router)
+    warning = fleet_warning(info.consumers, settings)
+    return [Finding("WARN", "fleet", warning)] if warning else []
+
+
+def _dead_letters_row(settings: Settings, info: QueueInfo) -> Finding:
+    return Finding(
+        "WARN",
+        "queue",
+        f"{info.messages} dead letters wait in {info.name!r}: `snapworker replay --dry-run` lists them with their "
+        f"reason; once the cause is fixed, `snapworker replay` sends them back to {settings.request_queue!r}",
+    )
+
+
+async def _tracking_rows(settings: Settings, broker: BrokerTools) -> list[Finding]:
+    """The tracking queue (and its wait queues) and the completion queue: there, or declared by the first worker;
+    messages that nobody reads."""
+    if not settings.track_jobs:
+        return [Finding("ok", "tracking", "job tracking is off (SNAPWORKER_TRACK_JOBS=false): no completions")]
+    findings: list[Finding] = []
+    names = [name for name in tracking_queues(settings) if name != settings.completion_queue]
+    infos = {name: await broker.queue_info(name) for name in names}
+    missing = [name for name, info in infos.items() if info is None]
+    tracking = infos.get(settings.tracking_queue)
+    if tracking is None:
+        text = f"tracking queue {settings.tracking_queue!r} does not exist yet: the first worker declares it"
+    else:
+        waiting = sum(info.messages for name, info in infos.items() if info is not None and name != tracking.name)
+        text = (
+            f"tracking queue {tracking.name!r}: {tracking.messages} messages, {tracking.consumers} consumers; "
+            f"{len(names) - 1} wait queues hold {waiting} jobs between polls"
+        )
+        if missing:
+            text += f" ({len(missing)} not declared yet: the first worker declares them)"
+    findings.append(Finding("ok", "tracking", text))
+    if tracking is not None and tracking.messages and not tracking.consumers:
+        findings.append(
+            Finding(
+                "WARN",
+                "tracking",
+                f"{tracking.messages} jobs wait in {tracking.name!r} and no worker follows them: start a worker "
+                f"(with TRACK_JOBS on), or their completions come late",
+            )
+        )
+    findings += await _completion_rows(settings, broker)
+    return findings
+
+
+async def _completion_rows(settings: Settings, broker: BrokerTools) -> list[Finding]:
+    name = settings.completion_queue
+    if not name:
+        return [
+            Finding(
+                "ok",
+                "tracking",
+                "completion queue: not set: completions only to reply_to (SNAPWORKER_COMPLETION_QUEUE names one "
+                "for requests without reply_to)",
+            )
+        ]
+    info = await broker.queue_info(name)
+    if info is None:
+        text = f"completion queue {name!r} does not exist yet: the first worker declares it"
+    else:
+        text = f"completion queue {name!r}: {info.messages} messages, {info.consumers} consumers"
+    problems = await broker.completion_queue_problems()
+    return [Finding("ok", "tracking", text), *(Finding("WARN", "tracking", problem) for problem in problems)]
 
 
 async def check_api(settings: Settings, *, project_id: str | None = None) -> Finding:

@@ -23,9 +23,10 @@ from snapworker.contract.models import SnapshotRequest
 from snapworker.errors import ConfigError, InvalidMessage, ResultTimeout, SnapworkerError
 from snapworker.settings import load_settings
 from snapworker.tools.broker import BrokerTools
-from snapworker.tools.check import Finding, check_api, check_broker, describe_settings
+from snapworker.tools.check import Finding, run_checks
 from snapworker.tools.publish import dry_run, publish_file, publish_one, request_from_options
-from snapworker.tools.results import follow_results
+from snapworker.tools.results import follow_results, result_json
+from snapworker.words import plural
 
 __all__ = ["check", "publish", "results"]
 
@@ -48,11 +49,11 @@ def _run(command: str, work: Coroutine[Any, Any, int], err: TextIO) -> int:
 
 def publish(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """``snapworker publish``: one request from ``--project``/``--desktop`` or many from ``--file``."""
-    one_request_only = (args.desktop, args.disk_type, args.wait, args.request_id, args.snapshot_name)
+    one_request_only = (args.desktop, args.disk_type, args.wait, args.request_id, args.snapshot_name, args.priority)
     if args.file is not None and (any(one_request_only) or args.description is not None or args.dry_run):
         err.write(
-            "snapworker publish: --desktop, --disk-type, --request-id, --snapshot-name, --description, --wait and "
-            "--dry-run go with --project, not --file\n"
+            "snapworker publish: --desktop, --disk-type, --request-id, --snapshot-name, --description, --priority, "
+            "--wait and --dry-run go with --project, not --file (a line of the file carries its own priority)\n"
         )
         return 2
     if args.file is None and not any(d.strip() for d in args.desktop or ()):
@@ -78,6 +79,7 @@ def publish(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sy
                 request_id=args.request_id,
                 snapshot_name=args.snapshot_name,
                 description=args.description,
+                priority=args.priority,
             )
         except ValidationError as exc:
             err.write("snapworker publish: invalid request:\n  " + "\n  ".join(validation_problems(exc)) + "\n")
@@ -108,7 +110,7 @@ def publish(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sy
             if result is None:
                 out.write(f"confirmed 1 message (correlation id {correlation_id})\n")
                 return 0
-            out.write(result.model_dump_json(indent=2) + "\n")
+            out.write(result_json(result, indent=2) + "\n")
             return 0 if result.status == "accepted" else 1
 
     return _run("publish", work(), err)
@@ -117,6 +119,9 @@ def publish(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sy
 def results(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """``snapworker results``: print and consume results until ``--count`` or ``--timeout``."""
     settings = load_settings()
+    if args.completions and not args.queue and not settings.completion_queue:
+        err.write("snapworker results: --completions reads SNAPWORKER_COMPLETION_QUEUE, which is not set\n")
+        return 2
     default = [settings.completion_queue] if args.completions else [settings.result_queue, settings.error_queue]
     queues: list[str] = args.queue or default
 
@@ -128,7 +133,8 @@ def results(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sy
                 broker, queues, out=out, err=err, jsonl=args.jsonl, count=args.count, max_seconds=args.timeout
             )
         if args.count is not None and read < args.count:
-            err.write(f"snapworker results: {read} of {args.count} results arrived within {args.timeout:g} s\n")
+            arrived = f"{read} of {plural(args.count, 'result')} arrived"
+            err.write(f"snapworker results: {arrived} within {args.timeout:g} s\n")
             return 1
         return 0
 
@@ -144,13 +150,11 @@ def check(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.
         return 1
 
     async def work() -> int:
-        findings = describe_settings(settings)
-        findings += await check_broker(settings, declare=args.declare)
-        findings.append(await check_api(settings, project_id=args.project))
+        findings = await run_checks(settings, declare=args.declare, project_id=args.project)
         for finding in findings:
             out.write(finding.line() + "\n")
         failures = sum(f.level == "FAIL" for f in findings)
-        out.write("all checks passed\n" if not failures else f"{failures} problem{'s' * (failures > 1)} found\n")
+        out.write("all checks passed\n" if not failures else f"{plural(failures, 'problem')} found\n")
         return 1 if failures else 0
 
     return _run("check", work(), err)

@@ -17,7 +17,7 @@ from snapworker.tools.broker import BrokerTools, ReceivedResult
 __all__ = ["HEADER", "completion_row", "follow_results", "result_json", "result_row"]
 
 # (title, width); the last column takes what is left of the line
-_COLUMNS = (("FINISHED (UTC)", 24), ("STATUS", 8), ("REQUEST ID", 36), ("PROJECT", 32), ("DESKTOPS", 8), ("JOBS", 4))
+_COLUMNS = (("FINISHED (UTC)", 24), ("STATUS", 9), ("REQUEST ID", 36), ("PROJECT", 32), ("DESKTOPS", 8), ("JOBS", 4))
 HEADER = "  ".join(f"{title:<{width}}" for title, width in _COLUMNS) + "  ERRORS"
 _ERROR_CHARS = 80
 

@@ -4,7 +4,7 @@ The crash test runs a worker process that kills itself (SIGKILL, through a failp
 answered and before the outcome is recorded, or right after it is recorded and before the results go out, or is
 killed at a random moment; round after round, each new process picking up what the last one held. The
 simulator's snapshots are the ground truth: no desktop may have two, and every request must get its result.
-``SNAPWORKER_TEST_IDEMPOTENCY_ROUNDS`` sets the rounds (5 by default; 20 for the figure in the README). The
+``SNAPWORKER_TEST_IDEMPOTENCY_ROUNDS`` sets the rounds (5 by default; 20 for the figure in docs/design.md). The
 rounds run once on each store: the embedded SQLite file and Redis (a fleet's; under CI a missing Redis fails).
 """
 

@@ -18,7 +18,8 @@ async def test_under_a_binding_rate_a_backlog_goes_out_in_full_batches(
 ) -> None:
     # 300 single-desktop requests, round-robin over 3 projects, published before the worker starts
     await probe.publish_many([{"project_id": f"p{i % 3}", "desktop_ids": [f"d{i}"]} for i in range(300)])
-    worker = await start_worker(rate_limit=1.0, rate_burst=1)
+    # one queue: partitioned, each partition's share of the window (PREFETCH / PARTITIONS = 62) is below MAX_BATCH
+    worker = await start_worker(rate_limit=1.0, rate_burst=1, partitions=0)
     results = await probe.wait_for(300, timeout=30)
     assert {r.result.status for r in results} == {"accepted"}
     assert simulator.stats()["calls_total"] == 3  # the minimum: one call of 100 per project
@@ -51,7 +52,8 @@ async def test_the_window_widens_as_more_merge_keys_are_active(
 ) -> None:
     await probe.publish_many([{"project_id": f"p{i % 40}", "desktop_ids": [f"d{i}"]} for i in range(800)])
     # 40 keys of 10-desktop batches want a window of 2 x 10 x 40 = 800 requests, 8 times PREFETCH
-    worker = await start_worker(prefetch=100, max_batch=10, rate_limit=20.0, rate_burst=5)
+    # one queue: the widening is judged on the whole window, which partition shares of 6 never fill
+    worker = await start_worker(prefetch=100, max_batch=10, rate_limit=20.0, rate_burst=5, partitions=0)
     results = await probe.wait_for(800, timeout=60)
     assert {r.result.status for r in results} == {"accepted"}
     assert worker.core.window is not None

@@ -10,6 +10,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from snapworker.amqp.partitioning import partition_queue
 from snapworker.amqp.session import REASON_HEADER
 from snapworker.amqp.topology import declare_topology
 from snapworker.settings import Settings
@@ -29,6 +30,8 @@ async def channel(settings: Settings) -> AsyncIterator[AbstractChannel]:
         yield ch
         for name in (settings.request_queue, settings.result_queue, settings.error_queue, settings.dead_letter_queue):
             await ch.queue_delete(name)
+        for partition in range(settings.partitions):  # declared too: partitions are on by default
+            await ch.queue_delete(partition_queue(settings.request_queue, partition))
     finally:
         await conn.close()
 

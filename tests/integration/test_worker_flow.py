@@ -152,7 +152,8 @@ async def test_a_full_prefetch_window_flushes_at_once_instead_of_waiting_for_lin
     for i in range(15):
         await probe.publish({"project_id": "p0" if i < 5 else "p1", "desktop_ids": [f"d{i}"]})
     # 10 held (5 + 5) fill the window: p0's batch goes at once; its acks let p1's last 5 in, which fill p1's batch
-    worker = await start_worker(max_batch=10, prefetch=10, prefetch_max=10, linger_ms=60_000)  # a window that stays
+    # one queue: partitions would split the window into a share per partition, and no share would fill it
+    worker = await start_worker(max_batch=10, prefetch=10, prefetch_max=10, linger_ms=60_000, partitions=0)
     results = await probe.wait_for(15, timeout=20)  # far below the 60 s linger
     assert {r.result.status for r in results} == {"accepted"}
     assert worker.stats.batches_by_reason["pressure"] == 1

@@ -13,6 +13,10 @@ The contract:
   and publishes nothing. Results are validated with :class:`~snapworker.contract.models.SnapshotResult`.
 * :meth:`SnapshotClient.publish` sends one persistent, mandatory message and returns once the broker has
   confirmed it: the request is then queued. No request queue raises BrokerError (nothing was queued).
+* A request's ``priority`` ("urgent" or "normal", see :mod:`snapworker.contract.priority`) is sent twice: in the
+  body, which wins where urgency is decided, and as the AMQP ``priority`` property (9 or 0), which a
+  priority-aware queue orders by. A request without one sets no priority (aio-pika's default 0, as before).
+  Urgent requests go to the request queue like the others (:meth:`SnapshotClient._routing_key` decides that).
 * :meth:`SnapshotClient.create_snapshots` sends with ``reply_to`` set to this client's private reply queue
   (exclusive, auto-delete, named by the broker, declared on first use, one consumer) and waits for the result
   with its ``correlation_id``. :class:`~snapworker.errors.ResultTimeout` when it does not come in time: the
@@ -53,6 +57,7 @@ from snapworker.contract.models import (
     SnapshotRequest,
     SnapshotResult,
 )
+from snapworker.contract.priority import Priority, amqp_priority
 from snapworker.errors import BrokerError, InvalidMessage, ResultTimeout
 from snapworker.settings import Settings
 
@@ -169,11 +174,12 @@ class SnapshotClient:
         """Queue ``request`` and wait for the broker's confirm; return its correlation id (a new UUID unless
         given). The AMQP message_id, which the worker uses as request_id unless the request has one, is the
         request's ``request_id`` or else that correlation id. The result goes to ``reply_to`` if set, else to
-        the result queue (accepted) or the error queue (anything else)."""
+        the result queue (accepted) or the error queue (anything else). The request's ``priority``, if any,
+        is also sent as the AMQP priority property."""
         body = self._encode(request)
         correlation_id = correlation_id or uuid.uuid4().hex
         _check_shortstr(correlation_id=correlation_id, reply_to=reply_to)
-        await self._send(body, request.request_id or correlation_id, correlation_id, reply_to)
+        await self._send(body, request, correlation_id, reply_to)
         return correlation_id
 
     async def create_snapshots(
@@ -185,10 +191,13 @@ class SnapshotClient:
         system_disk_snapshot: DiskSnapshotInfo | None = None,
         data_disk_snapshot: DiskSnapshotInfo | None = None,
         request_id: str | None = None,
+        priority: Priority | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 -- it bounds the wait for the result: ResultTimeout
     ) -> SnapshotResult:
         """Ask for snapshots and wait for the result (any status: accepted, partial, failed or invalid).
 
+        ``priority="urgent"`` marks an on-demand request, to be served before bulk ones (body field and AMQP
+        priority property, as :meth:`publish` sends them); None (the default) leaves the priority unsaid.
         ``timeout`` (seconds, default :attr:`result_timeout_s`) bounds publishing and waiting together.
         Raises InvalidMessage before publishing anything for invalid input, ResultTimeout when no result came
         in time, BrokerError when the broker refused the request or the connection was lost.
@@ -201,6 +210,7 @@ class SnapshotClient:
                 system_disk_snapshot=system_disk_snapshot,
                 data_disk_snapshot=data_disk_snapshot,
                 request_id=request_id,
+                priority=priority,
             )
         except ValidationError as exc:
             raise InvalidMessage(validation_problems(exc), project_id=project_id) from exc
@@ -214,7 +224,7 @@ class SnapshotClient:
         try:
             async with deadline:
                 reply_to = await self._reply_to()
-                await self._send(body, request.request_id or correlation_id, correlation_id, reply_to)
+                await self._send(body, request, correlation_id, reply_to)
                 return await future
         except TimeoutError as exc:
             if not deadline.expired():
@@ -270,17 +280,22 @@ class SnapshotClient:
             raise InvalidMessage([f"body is {len(body)} bytes, over MAX_MESSAGE_BYTES ({limit})"])
         return body
 
-    async def _send(self, body: bytes, message_id: str, correlation_id: str, reply_to: str | None) -> None:
+    def _routing_key(self, request: SnapshotRequest) -> str:
+        """The queue ``request`` is published to (default exchange): the request queue, urgent or not."""
+        return self.request_queue
+
+    async def _send(self, body: bytes, request: SnapshotRequest, correlation_id: str, reply_to: str | None) -> None:
         channel = await self._ready()
         message = aio_pika.Message(
             body,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message_id,
+            message_id=request.request_id or correlation_id,
             correlation_id=correlation_id,
             reply_to=reply_to,
+            priority=amqp_priority(request.priority),
         )
-        queue = self.request_queue
+        queue = self._routing_key(request)
         try:
             await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
         except aiormq.exceptions.PublishError as exc:

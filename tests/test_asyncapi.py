@@ -16,6 +16,7 @@ from snapworker.contract.models import (
     SnapshotRequest,
     SnapshotResult,
 )
+from snapworker.contract.priority import URGENT_AMQP_PRIORITY, URGENT_FROM, is_urgent
 from snapworker.contract.schemas import SCHEMA_FILES, render_schemas
 from snapworker.settings import Settings
 
@@ -125,3 +126,16 @@ def test_the_examples_are_valid_messages(doc: dict[str, Any]) -> None:
 def test_the_completion_status_header_lists_the_model_statuses(doc: dict[str, Any]) -> None:
     header = doc["components"]["messages"]["SnapshotCompletion"]["headers"]["properties"]["x-snapworker-status"]
     assert header["enum"] == list(get_args(CompletionStatus))
+
+
+def test_the_urgent_request_example_is_urgent(doc: dict[str, Any]) -> None:
+    examples = {e["name"]: e["payload"] for e in doc["components"]["messages"]["SnapshotRequest"]["examples"]}
+    request = SnapshotRequest.model_validate(examples["urgent"])
+    assert is_urgent(request.priority, None)
+
+
+def test_the_amqp_priority_property_is_described_with_the_threshold_and_the_value_sent(doc: dict[str, Any]) -> None:
+    [bullet] = [line for line in doc["info"]["description"].split("* ") if line.startswith("`priority`")]
+    assert f"{URGENT_FROM} or more marks the request urgent" in bullet
+    assert "wins over it" in bullet  # the body field
+    assert f"{URGENT_AMQP_PRIORITY} for urgent" in bullet

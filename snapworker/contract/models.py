@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator
 
+from snapworker.contract.priority import Priority
+
 __all__ = [
     "COMPLETION_TYPE",
     "INVALID_REQUEST_CODE",
@@ -73,6 +75,14 @@ class SnapshotRequest(BaseModel):
             min_length=1,
             max_length=128,
             description="Echoed in the result; defaults to the AMQP message_id, else a new UUID.",
+        ),
+    ] = None
+    priority: Annotated[
+        Priority | None,
+        Field(
+            description="urgent: an on-demand request, to be served before bulk ones; normal: a bulk request. "
+            "Given, it wins over the AMQP priority property; absent, the property decides (5 or more is urgent, "
+            "as a quorum queue's high priority), and without either the request is normal.",
         ),
     ] = None
 

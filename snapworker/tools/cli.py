@@ -198,6 +198,7 @@ def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "\nexamples:\n"
         "  snapworker publish --project P1 --desktop d1 --desktop d2 --wait\n"
         "  snapworker publish --project P1 --desktop d1 --snapshot-name pre-upgrade --request-id up-7 --dry-run\n"
+        "  snapworker publish --project P1 --desktop d1 --priority urgent --wait\n"
         '  snapworker publish --file requests.jsonl   # lines like {"project_id": "P1", "desktop_ids": ["d1"]}\n'
         "  producer | snapworker publish --file - --reply-to my-replies",
         formatter_class=raw,
@@ -212,6 +213,11 @@ def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--snapshot-name", metavar="NAME", help="name of the snapshots (of the disks --disk-type covers)"
     )
     publish.add_argument("--description", metavar="TEXT", help="description of the snapshots")
+    publish.add_argument(
+        "--priority",
+        choices=["normal", "urgent"],
+        help="urgent: served before bulk requests (sets the body field and the AMQP priority, 9; normal: 0)",
+    )
     publish.add_argument(
         "--dry-run", action="store_true", help="print the exact body and properties it would publish; publish nothing"
     )

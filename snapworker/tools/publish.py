@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from snapworker.client import SnapshotClient, _check_shortstr
 from snapworker.contract.intake import validation_problems
 from snapworker.contract.models import DiskType, SnapshotRequest, SnapshotResult
+from snapworker.contract.priority import Priority, amqp_priority
 from snapworker.errors import BrokerError, InvalidMessage
 from snapworker.settings import Settings
 from snapworker.words import plural
@@ -180,6 +181,7 @@ async def publish_one(
         system_disk_snapshot=request.system_disk_snapshot,
         data_disk_snapshot=request.data_disk_snapshot,
         request_id=request.request_id,
+        priority=request.priority,
         timeout=wait_s,
     )
     return result.correlation_id or "", result
@@ -193,6 +195,7 @@ def request_from_options(
     request_id: str | None = None,
     snapshot_name: str | None = None,
     description: str | None = None,
+    priority: Priority | None = None,
 ) -> SnapshotRequest:
     """The request ``publish --project`` sends; ValidationError when the contract refuses it.
 
@@ -201,7 +204,7 @@ def request_from_options(
     the data disks' (``data_disk_snapshot``) for DATA_DISKS, both for ALL.
     """
     fields: dict[str, object] = {"project_id": project, "desktop_ids": desktops}
-    fields |= {"disk_type": disk_type, "request_id": request_id}
+    fields |= {"disk_type": disk_type, "request_id": request_id, "priority": priority}
     if snapshot_name is not None or description is not None:
         # validated as part of the request, so a problem is named by its place (system_disk_snapshot.name)
         info = {"name": snapshot_name, "description": description}
@@ -214,8 +217,9 @@ def request_from_options(
 
 def dry_run(request: SnapshotRequest, settings: Settings, *, reply_to: str | None) -> str:
     """What :meth:`SnapshotClient.publish` would send for ``request``, as text: the queue, the AMQP properties
-    (JSON) and the exact body, a line each. Raises InvalidMessage as publishing would (a body over
-    MAX_MESSAGE_BYTES, a ``reply_to`` too long for AMQP), so a dry run that passes is one the client accepts."""
+    (JSON; ``priority`` only when the request has one) and the exact body, a line each. Raises InvalidMessage as
+    publishing would (a body over MAX_MESSAGE_BYTES, a ``reply_to`` too long for AMQP), so a dry run that passes is
+    one the client accepts."""
     # The client's own encoder and checks (package-internal), on a client that never connects: the body printed
     # is the one publish sends; the properties are those of SnapshotClient._send (a test compares the two).
     client = SnapshotClient(settings)
@@ -229,8 +233,11 @@ def dry_run(request: SnapshotRequest, settings: Settings, *, reply_to: str | Non
         "correlation_id": correlation_id,
         "reply_to": reply_to,
     }
+    priority = amqp_priority(request.priority)
+    if priority is not None:
+        properties["priority"] = priority
     return (
-        f"queue: {client.request_queue} (default exchange, mandatory, publisher-confirmed)\n"
+        f"queue: {client._routing_key(request)} (default exchange, mandatory, publisher-confirmed)\n"
         f"properties: {json.dumps(properties)}\n"
         f"body: {body.decode()}\n"
     )

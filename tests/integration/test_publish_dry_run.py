@@ -38,3 +38,18 @@ async def test_dry_run_prints_the_body_and_properties_that_publish_queues(
         "correlation_id": properties["correlation_id"],
         "reply_to": queued.reply_to,
     }
+
+
+async def test_dry_run_of_an_urgent_request_prints_the_field_and_the_priority_that_publish_queues(
+    probe: BrokerProbe, settings: Settings
+) -> None:
+    options = ("--project", "p1", "--desktop", "d1", "--priority", "urgent")
+    dry = await _snapworker("publish", *options, "--dry-run", env=_env(settings))
+    assert dry.code == 0, dry.err
+    printed = dict(line.split(": ", 1) for line in dry.out.splitlines())
+    assert json.loads(printed["body"])["priority"] == "urgent"
+    assert json.loads(printed["properties"])["priority"] == 9
+    ran = await _snapworker("publish", *options, env=_env(settings))
+    assert ran.code == 0, ran.err
+    queued = await (await probe.channel.get_queue(settings.request_queue)).get(no_ack=True)
+    assert (queued.body.decode(), queued.priority) == (printed["body"], 9)

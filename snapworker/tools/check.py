@@ -20,6 +20,7 @@ from snapworker.amqp.fleet import fleet_warning
 from snapworker.cloud.client import WorkspaceClient
 from snapworker.errors import (
     ApiAuthError,
+    ApiCredentialRefused,
     ApiError,
     ApiResponseLost,
     ApiResponseTimeout,
@@ -35,7 +36,15 @@ from snapworker.tools.check_setup import check_accounts, check_redis
 from snapworker.tools.findings import Finding, Level
 from snapworker.tracking.topology import tracking_queues
 
-__all__ = ["Finding", "Level", "check_api", "check_broker", "describe_settings", "run_checks"]
+__all__ = [
+    "Finding",
+    "Level",
+    "check_account_credentials",
+    "check_api",
+    "check_broker",
+    "describe_settings",
+    "run_checks",
+]
 
 #: Used when no --project is given: any well-formed project ID serves to test credentials.
 PLACEHOLDER_PROJECT = "0" * 32
@@ -48,6 +57,7 @@ async def run_checks(settings: Settings, *, declare: bool = False, project_id: s
     findings += check_accounts(settings)
     findings += await check_broker(settings, declare=declare)
     findings.append(await check_api(settings, project_id=project_id))
+    findings += await check_account_credentials(settings)
     return findings
 
 
@@ -175,7 +185,9 @@ async def _completion_rows(settings: Settings, broker: BrokerTools) -> list[Find
 
 
 async def check_api(settings: Settings, *, project_id: str | None = None) -> Finding:
-    """Query a job that does not exist, once (no retries: the answer itself is what we want)."""
+    """Query a job that does not exist, once (no retries: the answer itself is what we want), in ``project_id``,
+    else SNAPWORKER_PROJECT_ID, else a made-up project (enough to tell whether the gateway accepts the credential)."""
+    project_id = project_id or settings.project_id or None
     project = project_id or PLACEHOLDER_PROJECT
     job_id = f"snapworker-check-{uuid.uuid4().hex[:12]}"
     once = settings.model_copy(update={"retry_max_tries": 1})
@@ -198,7 +210,7 @@ def _classify(settings: Settings, exc: ApiError, *, project_given: bool) -> Find
     assert isinstance(exc, ApiStatusError)
     answer = f"{exc.http_status} {exc.error_code}: {exc}"
     gateway = exc.error_code.startswith("APIG.")  # said by the API gateway, not the Workspace service
-    if isinstance(exc, ApiAuthError) and exc.http_status == 401:
+    if isinstance(exc, ApiCredentialRefused):
         return Finding("FAIL", "api", f"credentials refused ({answer}): {_credential_settings(settings)}")
     if isinstance(exc, ApiAuthError):
         if project_given:
@@ -214,7 +226,34 @@ def _classify(settings: Settings, exc: ApiError, *, project_given: bool) -> Find
     return Finding("FAIL", "api", f"unexpected answer from {url}: {answer}")
 
 
+async def check_account_credentials(settings: Settings) -> list[Finding]:
+    """With ACCOUNTS_FILE: one row per account, its credential verified with one read in one of its projects (the
+    read a worker makes at start, :mod:`snapworker.cloud.probe`)."""
+    if not settings.accounts_file:
+        return []
+    from snapworker.cloud.accounts import AccountRouter
+    from snapworker.cloud.probe import check_credentials
+
+    try:
+        router = AccountRouter.from_settings(settings.model_copy(update={"retry_max_tries": 1}))
+    except ConfigError:
+        return []  # the accounts row says what is wrong with the file
+    try:
+        checks = await check_credentials(router, settings)
+    finally:
+        await router.close()
+    levels: dict[str, Level] = {"ok": "ok", "refused": "FAIL", "unknown": "WARN", "skipped": "WARN"}
+    return [
+        Finding(levels[c.status], "account", f"{c.who!r}: credential {c.status} (project {c.project_id}): {c.detail}")
+        for c in checks
+    ]
+
+
 def _credential_settings(settings: Settings) -> str:
+    if settings.auth_token_file:
+        return (
+            f"check the token in SNAPWORKER_AUTH_TOKEN_FILE {settings.auth_token_file!r} (IAM tokens expire after 24 h)"
+        )
     if settings.auth_mode == "token":
         return "check SNAPWORKER_AUTH_TOKEN (IAM tokens expire after 24 h)"
     if settings.auth_mode == "aksk":

@@ -228,3 +228,50 @@ async def test_completions_nobody_reads_are_a_warning(settings: Settings) -> Non
     assert ran.code == 0, ran.out
     [row] = _rows(ran, "WARN", "tracking")
     assert f"completion queue {tracked.completion_queue!r} holds 4 completions and no consumer reads it" in row
+
+
+# -- the credential
+
+
+async def test_a_refused_token_file_is_a_failure_naming_the_file(settings: Settings, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("expired\n")
+    env = _env(settings, auth_token_file=str(token_file))
+    del env["SNAPWORKER_AUTH_TOKEN"]
+    async with _declared(settings):
+        ran = await _snapworker("check", env=env)
+    assert ran.code == 1
+    [row] = _rows(ran, "FAIL", "api")
+    assert "credentials refused (401 APIG.0301" in row
+    assert f"SNAPWORKER_AUTH_TOKEN_FILE {str(token_file)!r}" in row
+
+
+async def test_an_accepted_token_file_is_ok(settings: Settings, tmp_path: Path) -> None:
+    assert settings.auth_token is not None
+    token_file = tmp_path / "token"
+    token_file.write_text(settings.auth_token.get_secret_value())
+    env = _env(settings, auth_token_file=str(token_file), project_id=GOOD_PROJECT)
+    del env["SNAPWORKER_AUTH_TOKEN"]
+    async with _declared(settings):
+        ran = await _snapworker("check", env=env)
+    assert _rows(ran, "FAIL", "api") == []
+    [row] = _rows(ran, "ok", "api")
+    assert "authenticated" in row
+
+
+async def test_each_account_s_credential_is_verified_in_one_of_its_projects(settings: Settings, tmp_path: Path) -> None:
+    assert settings.auth_token is not None
+    accounts = tmp_path / "accounts.toml"
+    token, url = settings.auth_token.get_secret_value(), settings.api_url
+    accounts.write_text(
+        f'[[account]]\nname = "good"\nprojects = ["{GOOD_PROJECT}"]\nauth_token = "{token}"\nendpoint = "{url}"\n'
+        f'[[account]]\nname = "stale"\nprojects = ["{"f" * 32}"]\nauth_token = "expired"\nendpoint = "{url}"\n'
+    )
+    async with _declared(settings):
+        ran = await _snapworker("check", env=_env(settings, accounts_file=str(accounts)))
+    assert ran.code == 1
+    [ok] = _rows(ran, "ok", "account")
+    assert "'good': credential ok" in ok
+    [refused] = _rows(ran, "FAIL", "account")
+    assert "'stale': credential refused" in refused
+    assert "APIG.0301" in refused

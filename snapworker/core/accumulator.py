@@ -22,16 +22,21 @@ Which key a granted call goes to, and when a key may take one (see :meth:`Accumu
   batches therefore shares calls with other projects' full batches, and cannot hold a small project's batch
   back for longer than ``starve_s``.
 
+**Urgent desktops** (a person waits for them) take a call at once and ahead of the rest, within a share that
+keeps the backlog moving: see :mod:`snapworker.core.urgency`.
+
 Time is only ever passed in.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import groupby, islice
 
 from snapworker.core.batch import Batch, FlushReason, MergeKey
+from snapworker.core.urgency import Urgency, by_request
 
 __all__ = ["Accumulator"]
 
@@ -79,6 +84,10 @@ class Accumulator:
         self._grants = 0
         self._last_id = 0
         self._buffered = 0
+        self._urgency = Urgency()
+        # the keys with urgent desktops (the same dict): empty unless urgent work is pending, so testing it is all
+        # the common path pays for urgency
+        self._urgent = self._urgency.by_key
 
     # -- what the runtime reads
     @property
@@ -94,6 +103,14 @@ class Accumulator:
     @property
     def has_full(self) -> bool:
         return bool(self._full)
+
+    @property
+    def has_urgent(self) -> bool:
+        """Whether an urgent desktop is pending (then a granted call has a key to go to)."""
+        return bool(self._urgent)
+
+    def is_urgent(self, key: MergeKey) -> bool:
+        return key in self._urgent
 
     def pending_count(self, key: MergeKey) -> int:
         pending = self._pending.get(key)
@@ -117,12 +134,25 @@ class Accumulator:
             self._full.add(key)
         return opened or filled
 
+    def urge(self, key: MergeKey, desktop_ids: Iterable[str]) -> bool:
+        """Make those of ``desktop_ids`` pending under ``key`` urgent (the others are cut already: their call is
+        made or under way); True if any is. A desktop already urgent keeps its place."""
+        pending = self._pending.get(key)
+        return pending is not None and self._urgency.urge(key, desktop_ids, pending.desktops)
+
+    def calm(self, key: MergeKey, desktop_ids: Iterable[str]) -> None:
+        """These desktops of ``key`` are no longer urgent (no urgent request waits for them any more)."""
+        if self._urgent:
+            self._urgency.forget(key, desktop_ids)
+
     def discard(self, key: MergeKey, desktop_id: str) -> bool:
         """Take a pending desktop out; False if it is not pending (already cut)."""
         pending = self._pending.get(key)
         if pending is None or pending.desktops.pop(desktop_id, None) is None:
             return False
         self._buffered -= 1
+        if self._urgent:
+            self._urgency.forget(key, (desktop_id,))
         if len(pending.desktops) < self.max_batch:
             self._full.discard(key)
         if not pending.desktops:
@@ -164,12 +194,18 @@ class Accumulator:
         if everything:
             return list(self._pending)
         scarce = self.scarce()
+        if self._urgent:
+            urgent = self._urgent
+            return [k for k, p in self._pending.items() if k in urgent or self._state(p, now, scarce) == 0.0]
         return [key for key, pending in self._pending.items() if self._state(pending, now, scarce) == 0.0]
 
     def next_change(self, now: float) -> float | None:
         """The earliest time after ``now`` at which a key not sendable now becomes so (None: no such time)."""
         scarce = self.scarce()
-        times = [t for p in self._pending.values() if (t := self._state(p, now, scarce)) > 0.0]
+        pending: Iterable[_Pending] = self._pending.values()
+        if self._urgent:  # urgent keys are sendable now
+            pending = [p for k, p in self._pending.items() if k not in self._urgent]
+        times = [t for p in pending if (t := self._state(p, now, scarce)) > 0.0]
         return min(times, default=None)
 
     def fullest(self) -> MergeKey | None:
@@ -179,10 +215,17 @@ class Accumulator:
 
     # -- cutting
     def choose(self, candidates: list[MergeKey], now: float) -> MergeKey | None:
-        """The key a granted call goes to: starving ones, then full ones round-robin over projects, then the
-        oldest."""
+        """The key a granted call goes to: urgent ones (within the share), then starving ones, then full ones
+        round-robin over projects, then the oldest. Call it once per granted call: it counts the urgent run."""
         if not candidates:
             return None
+        if self._urgent:
+            return self._urgency.choose(candidates, lambda keys: self._choose(keys, now))
+        if self._urgency.run:
+            self._urgency.run = 0  # this call goes to the backlog: the urgent run is over
+        return self._choose(candidates, now)
+
+    def _choose(self, candidates: list[MergeKey], now: float) -> MergeKey:
         starving_before = now - self.starve_s
 
         def rank(key: MergeKey) -> tuple[int, int, float]:
@@ -196,7 +239,10 @@ class Accumulator:
         return min(candidates, key=rank)
 
     def cut(self, key: MergeKey, reason: FlushReason) -> Batch:
-        """Take up to ``max_batch`` of ``key``'s oldest pending desktops as a batch to send now."""
+        """Take up to ``max_batch`` of ``key``'s oldest pending desktops as a batch to send now (its urgent ones
+        first, see :meth:`_cut_urgent`)."""
+        if self._urgent and key in self._urgent:
+            return self._cut_urgent(key, reason)
         pending = self._pending[key]
         opened_at = pending.opened_at
         taken = list(islice(pending.desktops.items(), self.max_batch))
@@ -207,14 +253,7 @@ class Accumulator:
             pending.desktops = dict(islice(pending.desktops.items(), self.max_batch, None))
         if len(pending.desktops) < self.max_batch or key not in self._pending:
             self._full.discard(key)
-        self._buffered -= len(taken)
-        self._grants += 1
-        self._served[key.project_id] = self._grants
-        if len(self._served) > 4 * len(self._pending) + 256:
-            # only projects with pending work take part in the round; forget the others
-            active = {k.project_id for k in self._pending}
-            self._served = {p: n for p, n in self._served.items() if p in active}
-        self._last_id += 1
+        self._granted(key, len(taken))
         segments = tuple(tuple(d for d, _ in run) for _, run in groupby(taken, key=lambda item: item[1][0]))
         return Batch(
             id=self._last_id,
@@ -224,3 +263,45 @@ class Accumulator:
             opened_at=opened_at,
             reason=reason,
         )
+
+    def _cut_urgent(self, key: MergeKey, reason: FlushReason) -> Batch:
+        """Take ``key``'s urgent desktops (up to ``max_batch``), then fill up with its oldest other ones.
+
+        ``desktop_ids`` are grouped by request, each request's segment once, in the order of its first desktop
+        taken: the requests that brought urgent desktops come first (a promoted desktop stays in the segment of the
+        request that brought it), and the segments still split ``desktop_ids`` along request boundaries.
+        """
+        pending = self._pending[key]
+        desktops = pending.desktops
+        urgent = self._urgency.first(key, self.max_batch)
+        taken = [(d, desktops.pop(d)) for d in urgent]
+        self._urgency.forget(key, urgent)
+        room = self.max_batch - len(taken)
+        taken += islice(desktops.items(), room)  # oldest first; no urgent one left if there is room
+        # rebuilt, as in cut(): keeps the rest in arrival order without deleted slots at the dict's head
+        pending.desktops = dict(islice(desktops.items(), room, None))
+        if not pending.desktops:
+            del self._pending[key]
+        if len(pending.desktops) < self.max_batch:
+            self._full.discard(key)
+        self._granted(key, len(taken))
+        segments = by_request(taken)
+        return Batch(
+            id=self._last_id,
+            key=key,
+            desktop_ids=tuple(d for run in segments for d in run),
+            segments=segments,
+            opened_at=min(at for _, (_, at) in taken),
+            reason=reason,
+        )
+
+    def _granted(self, key: MergeKey, taken: int) -> None:
+        """Account for a batch of ``taken`` desktops cut from ``key`` (its call's grant; the batch id)."""
+        self._buffered -= taken
+        self._grants += 1
+        self._served[key.project_id] = self._grants
+        if len(self._served) > 4 * len(self._pending) + 256:
+            # only projects with pending work take part in the round; forget the others
+            active = {k.project_id for k in self._pending}
+            self._served = {p: n for p, n in self._served.items() if p in active}
+        self._last_id += 1

@@ -12,8 +12,9 @@ from snapworker.domain.keys import MergeKey
 __all__ = ["Batch", "FlushReason", "MergeKey", "Outcome", "OutcomeEntry"]
 
 #: Why a batch was closed: it was full, its linger ran out, the worker's prefetch window was full (nothing more
-#: can arrive until something is answered, so waiting is pointless), or shutdown.
-FlushReason = Literal["full", "linger", "pressure", "shutdown"]
+#: can arrive until something is answered, so waiting is pointless), shutdown, or it carries urgent desktops (a
+#: person waits: they go at once, see :mod:`snapworker.core.accumulator`).
+FlushReason = Literal["full", "linger", "pressure", "shutdown", "urgent"]
 
 #: What became of some desktops of a batch: a created job or an error. A batch's outcome is a sequence of
 #: entries whose desktop_ids together cover the batch exactly once.

@@ -9,6 +9,11 @@ It never reads a clock, sleeps, or touches a network. The runtime feeds it and d
 
 Batches are cut only when a call is granted (late binding, see :mod:`snapworker.core.accumulator`), so every
 desktop that arrives while a key waits for a call rides on it.
+
+An **urgent** request (``submit(..., urgent=True)``: a person waits for it) makes its pending desktops urgent,
+including those an earlier request brought: its key may take a call at once and gets the next granted call, which
+carries the urgent desktops first and is filled up with the key's backlog. Urgent calls never take more than 3 in
+a row while other keys are ready (the share: see the accumulator).
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ class BatchingCore:
         self._in_flight: dict[int, Batch] = {}
         self._seq = 0
         self._closing = False
+        # open urgent requests (empty in the normal case: tested before any work on it)
+        self._urgent: set[Ticket] = set()
         #: The prefetch window in force (requests the broker lets this worker hold); None: unbounded.
         self.window = window
         #: Distinct desktops per request, a moving average (sizes the window: see WindowPolicy).
@@ -91,6 +98,11 @@ class BatchingCore:
         return self._acc.pending_count(key)
 
     @property
+    def urgent_waiting(self) -> int:
+        """Urgent requests open: submitted, not yet answered (nor dropped)."""
+        return len(self._urgent)
+
+    @property
     def active_keys(self) -> int:
         """Merge keys with desktops pending or in flight."""
         # O(batches in flight): the runtime asks often
@@ -108,7 +120,7 @@ class BatchingCore:
         """Whether a call granted now would carry a batch: acquire a call when True."""
         if self._acc.buffered == 0:
             return False
-        if self._closing or self._acc.has_full or self._pressure():
+        if self._closing or self._acc.has_full or self._acc.has_urgent or self._pressure():
             return True
         return bool(self._acc.sendable_keys(now))
 
@@ -134,8 +146,13 @@ class BatchingCore:
         request_id: str,
         correlation_id: str | None,
         now: float,
+        *,
+        urgent: bool = False,
     ) -> bool:
-        """Take a valid request. True when the sender should look again (a key opened or filled)."""
+        """Take a valid request. True when the sender should look again (a key opened or filled, or turned urgent).
+
+        ``urgent``: a person waits for it; its desktops still pending go first (see the module docstring). Those
+        already in a call are not sent again: their answer comes with that call's."""
         key = MergeKey.of(request)
         self._ledger.open(ticket, RequestMeta(request_id, correlation_id, request.project_id), request.desktop_ids)
         self._keys[ticket] = key
@@ -150,6 +167,9 @@ class BatchingCore:
                 waiting.append(ticket)
         self._seq += 1
         wake = self._acc.add(key, new, now, self._seq)
+        if urgent:
+            self._urgent.add(ticket)
+            wake = self._acc.urge(key, request.desktop_ids) or wake
         return wake or (self.window is not None and self.open_requests >= self.window)
 
     def take(self, now: float) -> Batch | None:
@@ -165,8 +185,11 @@ class BatchingCore:
         key = self._acc.choose(candidates, now)
         if key is None:
             return None
-        full = self._acc.pending_count(key) >= self._acc.max_batch
-        batch = self._acc.cut(key, "full" if full else reason)
+        if self._acc.has_urgent and self._acc.is_urgent(key):
+            reason = "urgent"
+        elif self._acc.pending_count(key) >= self._acc.max_batch:
+            reason = "full"
+        batch = self._acc.cut(key, reason)
         self._in_flight[batch.id] = batch
         return batch
 
@@ -203,6 +226,8 @@ class BatchingCore:
                 result = self._ledger.settle(ticket, desktop_id, entry, when)
                 if result is not None:
                     del self._keys[ticket]
+                    if self._urgent:
+                        self._urgent.discard(ticket)
                     finished.append(Finished(ticket, result))
         return finished
 
@@ -210,15 +235,23 @@ class BatchingCore:
         """Forget requests whose messages the broker will redeliver (their channel closed).
 
         Their desktops leave the open batches unless another request still waits for them; desktops already
-        sent stay in flight, and their outcome goes to whoever still waits.
+        sent stay in flight, and their outcome goes to whoever still waits. A dropped urgent request's desktops stay
+        urgent only while another urgent request waits for them.
         """
         for ticket in tickets:
             if ticket not in self._ledger:
                 continue
             key = self._keys.pop(ticket)
+            urgent = ticket in self._urgent
+            self._urgent.discard(ticket)
+            calmed: list[str] = []
             for desktop_id in self._ledger.unsettled(ticket):
                 waiting = self._waiters[(key, desktop_id)]
                 waiting.remove(ticket)
                 if not waiting and self._acc.discard(key, desktop_id):
                     del self._waiters[(key, desktop_id)]
+                elif urgent and not any(t in self._urgent for t in waiting):
+                    calmed.append(desktop_id)  # only bulk requests wait for it now
+            if calmed:
+                self._acc.calm(key, calmed)
             self._ledger.forget(ticket)

@@ -27,6 +27,9 @@ class BrokerlessSession(FakeSession):
     def consumer_attached(self) -> bool:
         return self.consuming and not self.lost.is_set()
 
+    async def consumers_of(self, queue: str) -> int:
+        return 0  # the only worker
+
     async def stop_consuming(self) -> None:
         self.consuming = False
 

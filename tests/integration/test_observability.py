@@ -26,7 +26,10 @@ pytestmark = pytest.mark.broker
 async def observed(settings: Settings, probe: BrokerProbe) -> AsyncIterator[tuple[Worker, str]]:
     """A worker serving metrics and health; yields it and the endpoint's base URL."""
     port = unused_loopback_port()
-    worker = Worker(settings.model_copy(update={"metrics_port": port, "consumer_check_s": 60.0}))
+    # unpartitioned: one consumer on the request queue, whose loss /readyz must show (a partitioned worker's router
+    # loses its session at once and reconnects, see test_partitions.py)
+    update = {"metrics_port": port, "consumer_check_s": 60.0, "partitions": 0}
+    worker = Worker(settings.model_copy(update=update))
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(worker.consuming.wait(), timeout=10)
     try:

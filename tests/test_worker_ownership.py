@@ -63,7 +63,8 @@ async def serving(
 def quiet(url: str, **overrides: Any) -> Settings:
     """The worker's settings for these tests: no store, no tracking, batches go at once."""
     # unpartitioned: the broker-free session has no partition queues to route to
-    return settings_for(url, idempotency_store="off", track_jobs=False, linger_ms=0, partitions=0, **overrides)
+    fields: dict[str, Any] = {"idempotency_store": "off", "track_jobs": False, "linger_ms": 0, "partitions": 0}
+    return settings_for(url, **(fields | overrides))
 
 
 async def test_a_throttled_batch_whose_session_was_lost_sends_no_further_try(

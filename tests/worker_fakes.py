@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 from snapworker.amqp.session import Delivery
@@ -36,10 +37,12 @@ class BrokerlessSession(FakeSession):
     async def widen(self, prefetch: int) -> None:
         self.prefetch = prefetch
 
-    def push(self, body: bytes, *, message_id: str | None = None) -> Delivery:
-        """Deliver ``body`` to the worker, as the broker would."""
+    def push(self, body: bytes, *, message_id: str | None = None, priority: int | None = None) -> Delivery:
+        """Deliver ``body`` (with the AMQP ``priority`` property, if given) to the worker, as the broker would."""
         assert self.on_delivery is not None, "the worker is not consuming yet"
         delivery = self.delivery(body, tag=len(self.deliveries) + 1, message_id=message_id)
+        if priority is not None:
+            delivery = dataclasses.replace(delivery, envelope=dataclasses.replace(delivery.envelope, priority=priority))
         self.deliveries.append(delivery)
         self.on_delivery(delivery)
         return delivery

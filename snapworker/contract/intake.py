@@ -21,12 +21,19 @@ _JSON_TYPES = frozenset({"application/json", "text/json"})
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """A request message as the broker delivered it."""
+    """A request message as the broker delivered it.
+
+    ``priority`` is its AMQP priority property (None: not set); ``from_urgent_queue`` says that it came from an
+    urgent queue (see docs/urgent.md). The request is urgent when it came from an urgent queue, or else when
+    :func:`~snapworker.contract.priority.is_urgent` says so from its body's ``priority`` and ``priority`` here.
+    """
 
     body: bytes
     content_type: str | None = None
     message_id: str | None = None
     correlation_id: str | None = None
+    priority: int | None = None
+    from_urgent_queue: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from snapworker.amqp.session import Delivery
 from snapworker.contract.intake import Accepted, Rejected, read_request
 from snapworker.contract.models import SnapshotResult
+from snapworker.contract.priority import is_urgent
 from snapworker.core import BatchingCore
 from snapworker.core.lifecycle import Lifecycle, State
 from snapworker.idempotency import Idempotency
@@ -95,9 +96,13 @@ class Intake:
     def submit(self, delivery: Delivery, read: Accepted) -> None:
         """Hand a valid request to the batching core."""
         loop = asyncio.get_running_loop()
+        envelope = delivery.envelope
+        # urgent when it came from an urgent queue, or its body or AMQP priority says so (contract/priority.py)
+        urgent = envelope.from_urgent_queue or is_urgent(read.request.priority, envelope.priority)
         try:
             self._life.move(delivery, State.BATCHED, owner="core")
-            if self._core.submit(delivery, read.request, read.request_id, read.correlation_id, loop.time()):
+            now = loop.time()
+            if self._core.submit(delivery, read.request, read.request_id, read.correlation_id, now, urgent=urgent):
                 self._wake.set()
         except Exception as exc:  # as in on_delivery: a bug must not leave the message held
             with contextlib.suppress(Exception):

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from snapworker.amqp.partitioning import partition_queue
+from snapworker.amqp.partitioning import partition_queue, request_queues
 from snapworker.amqp.topology import declare_topology
 from snapworker.settings import Settings
 
@@ -62,8 +62,8 @@ class Queues:
         return [self.request, *(partition_queue(self.request, p) for p in range(self.partitions))]
 
     def all(self) -> list[str]:
-        partitions = [partition_queue(self.request, p) for p in range(self.partitions)]
-        return [self.request, self.result, self.error, self.dead_letter, *partitions]
+        """Every queue declared for these (partitions and urgent twins too)."""
+        return [self.result, self.error, self.dead_letter, *request_queues(self.request, self.partitions)]
 
     def settings(self) -> dict[str, str]:
         """As SNAPWORKER_* settings (without the prefix)."""

@@ -72,6 +72,7 @@ from bench.broker import Queues, check_loopback, ctl_queue_state
 from bench.infra import SimProcess
 from bench.procs import Measured, kill_leftovers, machine_info, snapworker_env
 from snapworker.amqp.partitioning import partition_queue
+from snapworker.amqp.partitioning import request_queues as all_request_queues
 from snapworker.amqp.topology import declare_topology
 from snapworker.settings import Settings, redact_url
 from snapworker.tracking.loop import tracking_queues
@@ -630,7 +631,7 @@ async def run_soak(config: SoakConfig) -> SoakResult:
 
     sim = await _start_simulator(config, log_dir)
     fleet = Fleet(config, snapworker_env(config.worker_settings(queues, sim, log_dir / "state")), log_dir)
-    every_queue = [*queues.all(), *request_queues[1:], *tracking_queues(topology)]
+    every_queue = [*queues.all(), *all_request_queues(queues.request, config.partitions), *tracking_queues(topology)]
     publisher = Publisher(config.amqp_url, queues.request, rate=config.rate, projects=config.projects, rng=rng)
     collector = Collector()
     started = time.monotonic()

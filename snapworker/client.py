@@ -16,7 +16,7 @@ The contract:
 * A request's ``priority`` ("urgent" or "normal", see :mod:`snapworker.contract.priority`) is sent twice: in the
   body, which wins where urgency is decided, and as the AMQP ``priority`` property (9 or 0), which a
   priority-aware queue orders by. A request without one sets no priority (aio-pika's default 0, as before).
-  Urgent requests go to the request queue like the others (:meth:`SnapshotClient._routing_key` decides that).
+  Urgent requests go to the urgent queue ``<REQUEST_QUEUE>.urgent`` (:meth:`SnapshotClient._routing_key`).
 * :meth:`SnapshotClient.create_snapshots` sends with ``reply_to`` set to this client's private reply queue
   (exclusive, auto-delete, named by the broker, declared on first use, one consumer) and waits for the result
   with its ``correlation_id``. :class:`~snapworker.errors.ResultTimeout` when it does not come in time: the
@@ -48,6 +48,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from pydantic import SecretStr, ValidationError
 
 from snapworker.amqp.errors import CONNECTION_ERRORS, connect_error
+from snapworker.amqp.partitioning import urgent_queue
 from snapworker.contract.intake import validation_problems
 from snapworker.contract.models import (
     COMPLETION_TYPE,
@@ -281,8 +282,10 @@ class SnapshotClient:
         return body
 
     def _routing_key(self, request: SnapshotRequest) -> str:
-        """The queue ``request`` is published to (default exchange): the request queue, urgent or not."""
-        return self.request_queue
+        """The queue ``request`` is published to (default exchange): the urgent queue ``<REQUEST_QUEUE>.urgent``
+        for an urgent request, which workers read beside their backlog (see docs/urgent.md); else the request
+        queue."""
+        return urgent_queue(self.request_queue) if request.priority == "urgent" else self.request_queue
 
     async def _send(self, body: bytes, request: SnapshotRequest, correlation_id: str, reply_to: str | None) -> None:
         channel = await self._ready()

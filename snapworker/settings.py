@@ -66,6 +66,15 @@ class Settings(BaseSettings):
             "queue directly (a lone worker saves the router's hop; see docs/fleet.md)."
         ),
     )
+    urgent_prefetch: int = Field(
+        default=100,
+        ge=1,
+        le=65535,
+        description=(
+            "Unacked urgent requests one worker holds from each urgent queue it consumes, on top of PREFETCH (which "
+            "backlog fills): so an urgent request reaches a busy worker at once (see docs/urgent.md)."
+        ),
+    )
     max_message_bytes: int = Field(default=256 * 1024, ge=1024, description="Larger request bodies are invalid.")
     heartbeat_s: int = Field(default=15, ge=0, le=600)
     consumer_check_s: float = Field(default=10.0, gt=0, description="How often to check the consumer is attached.")

@@ -1,5 +1,6 @@
 """The prefetch window of a partitioned worker: the partition consumers' prefetch counts share it, and exceed it only
-to give each partition two batches (so a hot project's batch fills while its previous call is in flight).
+to give each partition two batches (so a hot project's batch fills while its previous call is in flight). Each
+consumed queue's urgent twin has URGENT_PREFETCH of its own, outside the window: see test_urgent_prefetch.py.
 
 RabbitMQ applies basic.qos (global=false) to consumers started after it, so the fake channel below gives each
 consumer the prefetch count set last, and keeps it until the consumer is cancelled.
@@ -14,9 +15,10 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
+from pamqp.header import ContentHeader
 
 from snapworker.amqp.partitioning import partition_queue
-from snapworker.amqp.session import AmqpSession
+from snapworker.amqp.session import AmqpSession, Delivery
 from snapworker.settings import Settings
 
 WINDOW = 1000
@@ -57,11 +59,19 @@ class FakeConsumeChannel:
     def queues(self) -> set[str]:
         return {queue for queue, _ in self.prefetch_of.values()}
 
+    def _window(self) -> list[int]:
+        """The prefetch counts of the consumers of request queues and partitions (not of their urgent twins)."""
+        return [prefetch for queue, prefetch in self.prefetch_of.values() if not queue.endswith(".urgent")]
+
     def total(self) -> int:
-        return sum(prefetch for _, prefetch in self.prefetch_of.values())
+        return sum(self._window())
 
     def shares(self) -> list[int]:
-        return sorted(prefetch for _, prefetch in self.prefetch_of.values())
+        return sorted(self._window())
+
+    def urgent(self) -> dict[str, int]:
+        """Urgent twin -> the prefetch count of its consumer."""
+        return {queue: prefetch for queue, prefetch in self.prefetch_of.values() if queue.endswith(".urgent")}
 
 
 class FakeAioPikaChannel:
@@ -160,7 +170,7 @@ async def test_a_claimed_partition_is_never_left_without_our_consumer_while_shar
     for queue in QUEUES[2:]:
         await session.detach(queue)
     await session.widen(2 * WINDOW)
-    assert channel.cancelled_last_of == QUEUES[2:]
+    assert [q for q in channel.cancelled_last_of if not q.endswith(".urgent")] == QUEUES[2:]
 
 
 async def test_a_window_ceiling_smaller_than_the_partitions_still_gives_each_one_request(
@@ -190,3 +200,110 @@ async def test_an_unpartitioned_worker_consumes_with_the_whole_window(channel: F
     )
     await s.consume(lambda _: None)
     assert channel.shares() == [WINDOW]
+
+
+# -- the urgent twins: consumed with their queue, at URGENT_PREFETCH each, outside the window
+
+URGENT_PREFETCH = Settings().urgent_prefetch
+
+
+def unpartitioned(channel: FakeConsumeChannel) -> AmqpSession:
+    return AmqpSession(
+        Settings(prefetch=WINDOW),
+        cast(AbstractConnection, FakeConnection()),
+        cast(AbstractConnection, FakeConnection()),
+        cast(AbstractChannel, FakeAioPikaChannel(channel)),
+        cast(AbstractChannel, FakeAioPikaChannel()),
+    )
+
+
+def message(tag: int, *, priority: int | None = None) -> DeliveredMessage:
+    body = b'{"project_id": "p1", "desktop_ids": ["d1"]}'
+    return DeliveredMessage(
+        delivery=spec.Basic.Deliver(consumer_tag="any", delivery_tag=tag),
+        header=ContentHeader(properties=spec.Basic.Properties(priority=priority), body_size=len(body)),
+        body=body,
+        channel=cast(Any, None),
+    )
+
+
+def consumer_of(channel: FakeConsumeChannel, queue: str) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
+    [tag] = [tag for tag, (q, _) in channel.prefetch_of.items() if q == queue]
+    return channel.consumers[tag]
+
+
+async def test_an_unpartitioned_worker_consumes_the_urgent_queue_with_its_own_prefetch(
+    channel: FakeConsumeChannel,
+) -> None:
+    await unpartitioned(channel).consume(lambda _: None)
+    assert channel.shares() == [WINDOW]
+    assert channel.urgent() == {"snapworker.requests.urgent": URGENT_PREFETCH}
+
+
+async def test_a_claimed_partitions_urgent_twin_is_consumed_outside_the_window_share(
+    session: AmqpSession, channel: FakeConsumeChannel
+) -> None:
+    for queue in QUEUES[:3]:
+        await session.attach(queue)
+    assert channel.shares() == [WINDOW // 3] * 3
+    assert channel.urgent() == {f"{queue}.urgent": URGENT_PREFETCH for queue in QUEUES[:3]}
+
+
+async def test_a_widening_leaves_the_urgent_consumers_as_they_are(
+    session: AmqpSession, channel: FakeConsumeChannel
+) -> None:
+    for queue in QUEUES[:4]:
+        await session.attach(queue)
+    before = {tag: owner for tag, owner in channel.prefetch_of.items() if owner[0].endswith(".urgent")}
+    await session.widen(2 * WINDOW)
+    after = {tag: owner for tag, owner in channel.prefetch_of.items() if owner[0].endswith(".urgent")}
+    assert after == before  # the same consumers (tags), each still at URGENT_PREFETCH
+
+
+async def test_shares_after_a_release_leave_the_urgent_consumers_as_they_are(
+    session: AmqpSession, channel: FakeConsumeChannel
+) -> None:
+    for queue in QUEUES[:4]:
+        await session.attach(queue)
+    await session.detach(QUEUES[0])
+    assert channel.shares() == [WINDOW // 3] * 3
+    assert channel.urgent() == {f"{queue}.urgent": URGENT_PREFETCH for queue in QUEUES[1:4]}
+
+
+async def test_a_released_partition_stops_its_urgent_twin_first(
+    session: AmqpSession, channel: FakeConsumeChannel
+) -> None:
+    # until the partition itself has no consumer of ours, no other worker claims it and its twin
+    await session.attach(QUEUES[0])
+    await session.detach(QUEUES[0])
+    assert channel.cancelled_last_of == [f"{QUEUES[0]}.urgent", QUEUES[0]]
+    assert session.attached() == frozenset()
+
+
+async def test_a_delivery_from_an_urgent_twin_is_marked_as_from_the_urgent_queue(
+    channel: FakeConsumeChannel,
+) -> None:
+    received: list[Delivery] = []
+    await unpartitioned(channel).consume(received.append)
+    await consumer_of(channel, "snapworker.requests.urgent")(message(1))
+    await consumer_of(channel, "snapworker.requests")(message(2))
+    assert [d.envelope.from_urgent_queue for d in received] == [True, False]
+
+
+async def test_a_delivery_carries_its_amqp_priority(channel: FakeConsumeChannel) -> None:
+    received: list[Delivery] = []
+    await unpartitioned(channel).consume(received.append)
+    await consumer_of(channel, "snapworker.requests")(message(1, priority=9))
+    await consumer_of(channel, "snapworker.requests")(message(2))
+    assert [d.envelope.priority for d in received] == [9, None]
+
+
+async def test_a_worker_whose_urgent_consumer_the_broker_cancelled_is_not_consuming(
+    channel: FakeConsumeChannel,
+) -> None:
+    session = unpartitioned(channel)
+    await session.consume(lambda _: None)
+    assert session.consumer_attached()
+    [tag] = [tag for tag, (queue, _) in channel.prefetch_of.items() if queue.endswith(".urgent")]
+    del channel.consumers[tag]  # what aiormq does on the broker's basic.cancel
+    assert not session.consumer_attached()

@@ -13,7 +13,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
-from snapworker.amqp.partitioning import ROUTER_MADE_ID
+from snapworker.amqp.partitioning import ROUTER_MADE_ID, partition_of, partition_queue, urgent_queue
 from snapworker.amqp.partitions import Partitions
 from snapworker.amqp.publish import Outgoing
 from snapworker.amqp.session import AmqpSession
@@ -24,19 +24,23 @@ Callback = Callable[[DeliveredMessage], Coroutine[Any, Any, None]]
 
 
 class FakeRouterChannel:
-    """The router's channel: records its consumer and the settlements sent on it."""
+    """The router's channel: records its consumers (each tagged with its queue's name, started under the prefetch
+    count set last) and the settlements sent on it."""
 
     def __init__(self) -> None:
         self.is_closed = False
         self.consumers: dict[str, Callback] = {}
+        self.prefetch_of: dict[str, int] = {}
         self.settled: list[tuple[str, int, bool]] = []
+        self._qos = 0
 
     async def basic_qos(self, *, prefetch_count: int) -> None:
-        pass
+        self._qos = prefetch_count
 
     async def basic_consume(self, queue: str, callback: Callback, no_ack: bool = False) -> spec.Basic.ConsumeOk:
-        self.consumers["router"] = callback
-        return spec.Basic.ConsumeOk(consumer_tag="router")
+        self.consumers[queue] = callback
+        self.prefetch_of[queue] = self._qos
+        return spec.Basic.ConsumeOk(consumer_tag=queue)
 
     async def basic_cancel(self, tag: str) -> None:
         self.consumers.pop(tag, None)
@@ -47,8 +51,8 @@ class FakeRouterChannel:
     async def basic_nack(self, tag: int, multiple: bool = False, requeue: bool = True, wait: bool = True) -> None:
         self.settled.append(("nack", tag, multiple))
 
-    async def deliver(self, message: DeliveredMessage) -> None:
-        await self.consumers["router"](message)
+    async def deliver(self, message: DeliveredMessage, queue: str = "snapworker.requests") -> None:
+        await self.consumers[queue](message)
 
 
 class FakeSession:
@@ -91,9 +95,13 @@ async def router(session: FakeSession) -> AsyncIterator[Partitions]:
     await partitions.stop(timeout_s=1.0)
 
 
-def request(tag: int, *, message_id: str | None = None, body: bytes | None = None) -> DeliveredMessage:
+def request(
+    tag: int, *, message_id: str | None = None, body: bytes | None = None, priority: int | None = None
+) -> DeliveredMessage:
     body = body if body is not None else json.dumps({"project_id": "p1", "desktop_ids": [f"d{tag}"]}).encode()
-    properties = spec.Basic.Properties(content_type="application/json", delivery_mode=2, message_id=message_id)
+    properties = spec.Basic.Properties(
+        content_type="application/json", delivery_mode=2, message_id=message_id, priority=priority
+    )
     return DeliveredMessage(
         delivery=spec.Basic.Deliver(consumer_tag="router", delivery_tag=tag, routing_key="snapworker.requests"),
         header=ContentHeader(properties=properties, body_size=len(body)),
@@ -175,3 +183,95 @@ async def test_two_messages_with_one_id_never_share_a_forward(session: FakeSessi
         ids = [o.properties.message_id for o in group]
         assert len(ids) == len(set(ids))
     assert sum(len(group) for group in session.forwarded) == 2
+
+
+# -- urgent requests: to the urgent twin of their partition, the urgent queue's before the backlog
+
+P1 = partition_queue("snapworker.requests", partition_of(request(1).body, 4))  # the partition of project p1
+
+
+def urgent_body(priority: str) -> bytes:
+    return json.dumps({"project_id": "p1", "desktop_ids": ["d1"], "priority": priority}).encode()
+
+
+def forwarded_to(session: FakeSession) -> list[str]:
+    return [o.queue for group in session.forwarded for o in group]
+
+
+async def test_the_router_consumes_the_urgent_queue_with_the_urgent_prefetch(
+    session: FakeSession, router: Partitions
+) -> None:
+    settings = Settings()
+    assert session.router.prefetch_of == {
+        "snapworker.requests": settings.prefetch,
+        "snapworker.requests.urgent": settings.urgent_prefetch,
+    }
+
+
+async def test_a_request_of_the_urgent_queue_goes_to_the_urgent_twin_of_its_partition(
+    session: FakeSession, router: Partitions
+) -> None:
+    await session.router.deliver(request(1), queue="snapworker.requests.urgent")
+    await until_idle()
+    assert forwarded_to(session) == [urgent_queue(P1)]
+
+
+async def test_a_request_with_amqp_priority_9_on_the_request_queue_goes_to_the_urgent_twin(
+    session: FakeSession, router: Partitions
+) -> None:
+    await session.router.deliver(request(1, priority=9))
+    await until_idle()
+    assert forwarded_to(session) == [urgent_queue(P1)]
+
+
+async def test_a_request_marked_urgent_in_its_body_goes_to_the_urgent_twin(
+    session: FakeSession, router: Partitions
+) -> None:
+    await session.router.deliver(request(1, body=urgent_body("urgent")))
+    await until_idle()
+    assert forwarded_to(session) == [urgent_queue(P1)]
+
+
+async def test_the_body_saying_normal_wins_over_amqp_priority_9(session: FakeSession, router: Partitions) -> None:
+    await session.router.deliver(request(1, body=urgent_body("normal"), priority=9))
+    await until_idle()
+    assert forwarded_to(session) == [P1]
+
+
+async def test_a_request_without_priority_goes_to_its_partition_as_before(
+    session: FakeSession, router: Partitions
+) -> None:
+    await session.router.deliver(request(1, priority=4))
+    await session.router.deliver(request(2))
+    await until_idle()
+    assert forwarded_to(session) == [P1, P1]
+
+
+async def test_the_urgent_queues_requests_overtake_the_backlog_the_router_holds(
+    session: FakeSession, router: Partitions
+) -> None:
+    for tag in range(1, 1201):  # more than two forward groups of backlog received first
+        await session.router.deliver(request(tag))
+    await session.router.deliver(request(1201), queue="snapworker.requests.urgent")
+    await until_idle()
+    assert [o.queue for o in session.forwarded[0]] == [urgent_queue(P1)]
+    assert sum(len(group) for group in session.forwarded) == 1201
+
+
+async def test_an_urgent_request_that_overtook_the_backlog_is_acked_alone(
+    session: FakeSession, router: Partitions
+) -> None:
+    # a multiple ack of its tag would ack the backlog received before it, not forwarded yet
+    for tag in range(1, 11):
+        await session.router.deliver(request(tag))
+    await session.router.deliver(request(11), queue="snapworker.requests.urgent")
+    await until_idle()
+    assert session.router.settled == [("ack", 11, False), ("ack", 10, True)]
+
+
+async def test_the_router_is_not_attached_once_the_broker_cancels_its_urgent_consumer(
+    session: FakeSession, router: Partitions
+) -> None:
+    assert router.attached()
+    del session.router.consumers["snapworker.requests.urgent"]
+    assert not router.attached()

@@ -19,7 +19,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["ROUTER_MADE_ID", "ClaimStep", "next_claim_step", "partition_of", "partition_queue"]
+from snapworker.contract.priority import is_urgent
+
+__all__ = [
+    "ROUTER_MADE_ID",
+    "ClaimStep",
+    "Route",
+    "next_claim_step",
+    "partition_of",
+    "partition_queue",
+    "request_queues",
+    "route_of",
+    "urgent_queue",
+]
 
 #: Header of a copy whose message_id the router made up (the request had none): the consumer reads such a copy as
 #: keyless, as it would the original. (A copy must carry a message_id: returns are matched to their publish by it.)
@@ -31,15 +43,48 @@ def partition_queue(request_queue: str, partition: int) -> str:
     return f"{request_queue}.p{partition:03d}"
 
 
-def partition_of(body: bytes, partitions: int) -> int:
-    """The partition of a request body: by its project_id, stable across processes and hosts (CRC-32, not
-    Python's salted ``hash``). A body without a readable project goes anywhere: its owner answers it invalid."""
+def urgent_queue(queue: str) -> str:
+    """The urgent twin of a queue of requests: ``<REQUEST_QUEUE>.urgent`` for the request queue, and
+    ``<partition queue>.urgent`` for a partition. Whoever consumes ``queue`` consumes its twin too."""
+    return f"{queue}.urgent"
+
+
+def request_queues(request_queue: str, partitions: int) -> list[str]:
+    """Every queue requests wait in: the request queue, its urgent twin, and each partition with its twin (what
+    the topology declares, and what a test or tool that declared it deletes)."""
+    queues = [request_queue, *(partition_queue(request_queue, p) for p in range(partitions))]
+    return [name for queue in queues for name in (queue, urgent_queue(queue))]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where the router sends a request: its partition, and whether to that partition's urgent twin."""
+
+    partition: int
+    urgent: bool
+
+
+def route_of(body: bytes, partitions: int, amqp_priority: int | None = None) -> Route:
+    """The route of a request, read from its body once: the partition by its project_id, stable across processes
+    and hosts (CRC-32, not Python's salted ``hash``; a body without a readable project goes anywhere: its owner
+    answers it invalid), urgent as :func:`~snapworker.contract.priority.is_urgent` says from the body's
+    ``priority`` field and the AMQP ``amqp_priority`` property. A ``priority`` field of another value counts as
+    absent here (the owner answers the request invalid anyway)."""
     try:
-        project = json.loads(body).get("project_id")
-    except (ValueError, RecursionError, AttributeError, TypeError):
-        project = None
+        data = json.loads(body)
+    except (ValueError, RecursionError, TypeError):
+        data = None
+    fields = data if isinstance(data, dict) else {}
+    project = fields.get("project_id")
     key = project.encode("utf-8", "surrogatepass") if isinstance(project, str) else body
-    return zlib.crc32(key) % partitions
+    field = fields.get("priority")
+    priority = field if field in ("normal", "urgent") else None
+    return Route(zlib.crc32(key) % partitions, is_urgent(priority, amqp_priority))
+
+
+def partition_of(body: bytes, partitions: int) -> int:
+    """The partition of a request body (see :func:`route_of`)."""
+    return route_of(body, partitions).partition
 
 
 @dataclass(frozen=True, slots=True)

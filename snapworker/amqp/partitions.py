@@ -4,6 +4,11 @@ claimer that keeps this worker consuming its share of them.
 Both live exactly as long as their :class:`AmqpSession`: a channel of theirs that closes under an error ends the
 session, and the worker opens a new one as for any broker failure. Nothing here holds a request: a routed request
 is acked on the request queue only once its copy in the partition is confirmed (at least once).
+
+Urgent requests (see docs/urgent.md) go to the urgent twin of their partition, which the partition's owner consumes
+beside it: every request of the urgent queue ``<REQUEST_QUEUE>.urgent``, which the router consumes too and
+forwards before the rest, and every request of the request queue that is urgent by its body's ``priority`` or its
+AMQP priority property (:func:`~snapworker.amqp.partitioning.route_of`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 
 from snapworker.amqp.errors import CHANNEL_ERRORS
-from snapworker.amqp.partitioning import ROUTER_MADE_ID, next_claim_step, partition_of, partition_queue
+from snapworker.amqp.partitioning import ROUTER_MADE_ID, next_claim_step, partition_queue, route_of, urgent_queue
 from snapworker.amqp.publish import Outgoing
 from snapworker.amqp.session import AmqpSession
 from snapworker.errors import BrokerError
@@ -56,37 +61,59 @@ class Partitions:
         self._claim_interval_s = claim_interval_s
         self._order = random.sample(range(self._count), self._count)
         self._router: aiormq.Channel | None = None
-        self._router_tag: str | None = None
+        self._router_tags: list[str] = []
         self._inbox: list[DeliveredMessage] = []
+        # from the urgent queue: forwarded before the inbox (their own prefetch, URGENT_PREFETCH)
+        self._urgent_inbox: list[DeliveredMessage] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Start routing at once and claiming partitions after one interval (when the fleet's routers show)."""
+        """Start routing, and take one claim step at once (a lone worker claims every partition in it); further
+        steps follow every claim interval, as the fleet's routers show."""
         router = self._router = await self._session.open_channel()
+        queue = self._settings.request_queue
         try:
             await router.basic_qos(prefetch_count=self._settings.prefetch)
-            ok = await router.basic_consume(self._settings.request_queue, self._on_request, no_ack=False)
+            ok = await router.basic_consume(queue, self._on_request, no_ack=False)
+            assert ok.consumer_tag is not None
+            self._router_tags.append(ok.consumer_tag)
+            await router.basic_qos(prefetch_count=self._settings.urgent_prefetch)
+            ok = await router.basic_consume(urgent_queue(queue), self._on_urgent_request, no_ack=False)
+            assert ok.consumer_tag is not None
+            self._router_tags.append(ok.consumer_tag)
         except CHANNEL_ERRORS as exc:
-            raise BrokerError(f"cannot route from {self._settings.request_queue!r}: {exc!r}") from exc
-        self._router_tag = ok.consumer_tag
+            raise BrokerError(f"cannot route from {queue!r}: {exc!r}") from exc
         probe = await self._session.open_channel()
+        # The first claim step at once, before the worker says it consumes: a lone worker (the default setup)
+        # takes every partition now, so that /readyz and the first requests do not wait a claim interval for it.
+        try:
+            await self._claim_step(probe)
+        except CHANNEL_ERRORS as exc:
+            raise BrokerError(f"cannot read the partitions' consumers: {exc!r}") from exc
         self._tasks = [asyncio.create_task(self._route()), asyncio.create_task(self._claim(probe))]
 
     def attached(self) -> bool:
-        """Whether the router still consumes the request queue (the broker may cancel it on its own)."""
+        """Whether the router still consumes the request queue and the urgent queue (the broker may cancel a
+        consumer on its own)."""
         router = self._router
-        return router is not None and not router.is_closed and self._router_tag in router.consumers
+        return (
+            router is not None
+            and not router.is_closed
+            and bool(self._router_tags)
+            and all(tag in router.consumers for tag in self._router_tags)
+        )
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop routing and claiming: no new requests; those received are forwarded within ``timeout_s``, or
         return to the request queue with the router's channel."""
         router = self._router
-        if router is not None and self._router_tag is not None and not router.is_closed:
+        if router is not None and not router.is_closed:
             with contextlib.suppress(*CHANNEL_ERRORS):
-                await router.basic_cancel(self._router_tag)
+                for tag in self._router_tags:
+                    await router.basic_cancel(tag)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await self._idle.wait()
@@ -102,54 +129,71 @@ class Partitions:
         self._idle.clear()
         self._wake.set()
 
+    async def _on_urgent_request(self, message: DeliveredMessage) -> None:
+        self._urgent_inbox.append(message)
+        self._idle.clear()
+        self._wake.set()
+
     async def _route(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._inbox:
+            while self._urgent_inbox or self._inbox:
                 if self._session.lost.is_set():
                     # Checked before every forward, not after: the broker returns every request still unsettled
                     # on the router's channel when the session's connection closes, so a copy forwarded now
                     # would be a second one of a request that is redelivered anyway.
+                    self._urgent_inbox.clear()
                     self._inbox.clear()
                     break
-                group, outgoing = self._next_group()
-                if not await self._forward(group, outgoing):
+                # The urgent queue's requests first, whatever the backlog in the inbox.
+                urgent = bool(self._urgent_inbox)
+                group, outgoing = self._next_group(self._urgent_inbox if urgent else self._inbox, urgent)
+                # A group of the inbox follows every urgent request received before it, settled (forwarded
+                # first), so it holds every unsettled tag up to its last: a multiple ack covers exactly it. An
+                # urgent group may overtake requests of the inbox: each is acked alone.
+                if not await self._forward(group, outgoing, in_order=not urgent):
                     await asyncio.sleep(_REFUSED_PAUSE_S)
             self._idle.set()
 
-    def _next_group(self) -> tuple[list[DeliveredMessage], list[Outgoing]]:
-        """Take the next requests to forward together off the inbox, with their copies: at most _FORWARD_GROUP,
+    def _next_group(
+        self, inbox: list[DeliveredMessage], from_urgent_queue: bool
+    ) -> tuple[list[DeliveredMessage], list[Outgoing]]:
+        """Take the next requests to forward together off ``inbox``, with their copies: at most _FORWARD_GROUP,
         and no two with the same message_id (the channel matches a returned message to its confirm by its
         message_id: two equal ones in one write could report a returned copy confirmed, its request then acked)."""
         group: list[DeliveredMessage] = []
         outgoing: list[Outgoing] = []
         ids: set[str | None] = set()
-        for message in self._inbox[:_FORWARD_GROUP]:
-            copied = self._copy_of(message)
+        for message in inbox[:_FORWARD_GROUP]:
+            copied = self._copy_of(message, from_urgent_queue)
             if copied.properties.message_id in ids:
                 break
             ids.add(copied.properties.message_id)
             group.append(message)
             outgoing.append(copied)
-        del self._inbox[: len(group)]
+        del inbox[: len(group)]
         return group, outgoing
 
-    def _copy_of(self, message: DeliveredMessage) -> Outgoing:
-        """The copy of a request for its partition: its body and properties, in new properties of its own (the
-        publish path writes a message_id into those it is given when there is none; see ROUTER_MADE_ID)."""
+    def _copy_of(self, message: DeliveredMessage, from_urgent_queue: bool) -> Outgoing:
+        """The copy of a request for its partition, or that partition's urgent twin when the request came from the
+        urgent queue or is urgent itself: its body and properties, in new properties of its own (the publish path
+        writes a message_id into those it is given when there is none; see ROUTER_MADE_ID)."""
         properties = copy.copy(message.header.properties)
+        route = route_of(message.body, self._count, properties.priority)
         if not properties.message_id:
             # A keyless request stays keyless (at least once, as unpartitioned): an id derived from the body would
             # make two requests published alike one request, and answer the second from the first one's record.
             properties.message_id = uuid.uuid4().hex
             properties.headers = {**(properties.headers or {}), ROUTER_MADE_ID: True}
-        queue = partition_queue(self._settings.request_queue, partition_of(message.body, self._count))
+        queue = partition_queue(self._settings.request_queue, route.partition)
+        if from_urgent_queue or route.urgent:
+            queue = urgent_queue(queue)
         return Outgoing(message.body, queue, properties)
 
-    async def _forward(self, group: list[DeliveredMessage], outgoing: list[Outgoing]) -> bool:
+    async def _forward(self, group: list[DeliveredMessage], outgoing: list[Outgoing], *, in_order: bool) -> bool:
         """Forward the copies of ``group`` (delivery-tag order) and settle it on the router channel; False if any
-        was refused."""
+        was refused. ``in_order``: every delivery before the group's last is settled or in the group."""
         router = self._router
         if router is None:
             return True
@@ -158,7 +202,7 @@ class Partitions:
             return True  # the broker returns what we held on its own
         refused = [(m, o) for m, o in zip(group, outcomes, strict=True) if o is not None]
         try:
-            if not refused:
+            if not refused and in_order:
                 # Every earlier group is settled already, so one multiple ack covers exactly this group.
                 await router.basic_ack(group[-1].delivery_tag or 0, multiple=True, wait=False)
                 return True
@@ -169,6 +213,8 @@ class Partitions:
                     await router.basic_nack(message.delivery_tag or 0, requeue=True, wait=False)
         except CHANNEL_ERRORS as exc:
             log.warning("the router's channel failed (%r): unsettled requests return to the queue", exc)
+            return True
+        if not refused:
             return True
         log.error("%d requests could not be routed (%s); they return to the queue", len(refused), refused[0][1])
         return False

@@ -27,7 +27,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
 from snapworker.amqp.errors import CHANNEL_ERRORS, connect_error
-from snapworker.amqp.partitioning import ROUTER_MADE_ID
+from snapworker.amqp.partitioning import ROUTER_MADE_ID, urgent_queue
 from snapworker.amqp.publish import Outgoing, publish_confirmed
 from snapworker.amqp.settler import Settler
 from snapworker.amqp.topology import declare_topology
@@ -51,6 +51,8 @@ def connection_name(role: str) -> str:
     management UI): its role, process and host, so an operator can tell which worker holds what."""
     return f"snapworker-{role} pid {os.getpid()} on {socket.gethostname()}"
 
+
+_Callback = Callable[[DeliveredMessage], Coroutine[Any, Any, None]]
 
 # a publish fails with these when the channel, or the connection under it, breaks
 _PUBLISH_ERRORS: tuple[type[BaseException], ...] = (*CHANNEL_ERRORS, ConnectionError)
@@ -99,9 +101,12 @@ class AmqpSession:
         self._consumers: dict[str, str] = {}
         # consumer tag -> the prefetch count it was started under (basic.qos binds a consumer when it starts)
         self._prefetch_of: dict[str, int] = {}
+        # queue in _consumers -> consumer tag on its urgent twin: URGENT_PREFETCH each, outside the window's share
+        self._urgent: dict[str, str] = {}
         self._consumer_lock = asyncio.Lock()
         self._consuming = False
-        self._on_message: Callable[[DeliveredMessage], Coroutine[Any, Any, None]] | None = None
+        self._on_message: _Callback | None = None
+        self._on_urgent: _Callback | None = None
         self.prefetch = settings.prefetch
         self._underlay: aiormq.Channel | None = None
         self._publish_underlay: aiormq.Channel | None = None
@@ -167,30 +172,36 @@ class AmqpSession:
         """Start delivering request messages to ``on_delivery`` in delivery order.
 
         ``queues`` defaults to the request queue; a partitioned worker passes none and :meth:`attach`-es the
-        partitions it owns later. The hot path speaks aiormq (aio-pika's own transport) directly: aio-pika's
-        per-message wrapper and the extra task it spawns per delivery cost more than the rest of our work on a
-        message (profiled). ``on_delivery`` is called synchronously, so deliveries reach the core in the order
-        the broker sent them.
+        partitions it owns later. Each queue's urgent twin is consumed with it (see :meth:`attach`); a delivery
+        from a twin has ``envelope.from_urgent_queue`` set. The hot path speaks aiormq (aio-pika's own
+        transport) directly: aio-pika's per-message wrapper and the extra task it spawns per delivery cost more
+        than the rest of our work on a message (profiled). ``on_delivery`` is called synchronously, so deliveries
+        reach the core in the order the broker sent them.
         """
 
-        async def callback(message: DeliveredMessage) -> None:
-            props = message.header.properties
-            delivery = Delivery(
-                envelope=Envelope(
-                    body=message.body,
-                    content_type=props.content_type,
-                    # a message_id the partition router made up is no key: the request came without one
-                    message_id=None if (props.headers or {}).get(ROUTER_MADE_ID) else props.message_id,
-                    correlation_id=props.correlation_id,
-                ),
-                reply_to=props.reply_to or None,
-                tag=message.delivery_tag or 0,
-                session=self,
-            )
-            self._settler.hold(delivery)
-            on_delivery(delivery)
+        def callback_for(from_urgent_queue: bool) -> _Callback:
+            async def callback(message: DeliveredMessage) -> None:
+                props = message.header.properties
+                delivery = Delivery(
+                    envelope=Envelope(
+                        body=message.body,
+                        content_type=props.content_type,
+                        # a message_id the partition router made up is no key: the request came without one
+                        message_id=None if (props.headers or {}).get(ROUTER_MADE_ID) else props.message_id,
+                        correlation_id=props.correlation_id,
+                        priority=props.priority,
+                        from_urgent_queue=from_urgent_queue,
+                    ),
+                    reply_to=props.reply_to or None,
+                    tag=message.delivery_tag or 0,
+                    session=self,
+                )
+                self._settler.hold(delivery)
+                on_delivery(delivery)
 
-        self._on_message = callback
+            return callback
+
+        self._on_message, self._on_urgent = callback_for(False), callback_for(True)
         try:
             self._underlay = cast(aiormq.Channel, await self._consume_channel.get_underlay_channel())
         except CHANNEL_ERRORS as exc:
@@ -200,15 +211,17 @@ class AmqpSession:
             await self.attach(queue)
 
     async def attach(self, queue: str) -> None:
-        """Consume ``queue`` too, the window shared equally with the other queues consumed.
+        """Consume ``queue`` and its urgent twin too, ``queue`` sharing the window equally with the others.
 
         Every queue's consumer gets ``prefetch // queues`` (at least 1): the prefetch counts of this channel's
-        consumers sum to at most the window after each attach, detach and widening (see :meth:`_reshare` for the
-        one round trip of each consumer swap).
+        consumers of those queues sum to at most the window after each attach, detach and widening (see
+        :meth:`_reshare` for the one round trip of each consumer swap). The twin's consumer gets URGENT_PREFETCH,
+        on top of the window and never changed: the backlog fills the window, and an urgent request must still
+        get through (see docs/urgent.md).
         """
         async with self._consumer_lock:
-            underlay, callback = self._underlay, self._on_message
-            if underlay is None or callback is None or queue in self._consumers:
+            underlay, callback, urgent = self._underlay, self._on_message, self._on_urgent
+            if underlay is None or callback is None or urgent is None or queue in self._consumers:
                 return
             try:
                 # The others give up their part before the new consumer takes its own: started first, it would
@@ -217,25 +230,33 @@ class AmqpSession:
                 await self._reshare(underlay, callback, share)
                 await underlay.basic_qos(prefetch_count=share)
                 ok = await underlay.basic_consume(queue, callback, no_ack=False)
+                assert ok.consumer_tag is not None
+                self._consumers[queue] = ok.consumer_tag
+                self._prefetch_of[ok.consumer_tag] = share
+                await underlay.basic_qos(prefetch_count=self._settings.urgent_prefetch)
+                twin = await underlay.basic_consume(urgent_queue(queue), urgent, no_ack=False)
+                assert twin.consumer_tag is not None
+                self._urgent[queue] = twin.consumer_tag
             except CHANNEL_ERRORS as exc:
                 # a channel closed before or while we asked is a broker failure like any other, not a bug
                 raise BrokerError(f"cannot consume from {queue!r}: {exc!r}") from exc
-            assert ok.consumer_tag is not None
-            self._consumers[queue] = ok.consumer_tag
-            self._prefetch_of[ok.consumer_tag] = share
 
     async def detach(self, queue: str) -> None:
-        """Stop consuming ``queue``; the queues still consumed share its part of the window. What it delivered
-        stays held until settled."""
+        """Stop consuming ``queue`` and its urgent twin; the queues still consumed share its part of the window.
+        What they delivered stays held until settled."""
         async with self._consumer_lock:
             tag = self._consumers.pop(queue, None)
             if tag is None:
                 return
+            twin = self._urgent.pop(queue, None)
             self._prefetch_of.pop(tag, None)
             underlay, callback = self._underlay, self._on_message
             if underlay is None or callback is None or self.lost.is_set():
                 return
             try:
+                # The twin first: until ``queue`` has no consumer of ours, no other worker claims it (and its twin).
+                if twin is not None:
+                    await underlay.basic_cancel(twin)
                 await underlay.basic_cancel(tag)
                 if self._consuming:  # not while stopping: the others are about to be cancelled too
                     await self._reshare(underlay, callback, self._share(len(self._consumers)))
@@ -254,13 +275,9 @@ class AmqpSession:
             share = max(share, min(2 * self._settings.max_batch, self._settings.prefetch_max // consumers))
         return max(1, share)
 
-    async def _reshare(
-        self,
-        underlay: aiormq.Channel,
-        callback: Callable[[DeliveredMessage], Coroutine[Any, Any, None]],
-        share: int,
-    ) -> None:
+    async def _reshare(self, underlay: aiormq.Channel, callback: _Callback, share: int) -> None:
         """Give every consumer whose prefetch count is not ``share`` a successor with it (under the consumer lock).
+        The urgent twins' consumers are not among them: their count is URGENT_PREFETCH, whatever the window.
 
         RabbitMQ applies basic.qos (global=false) only to consumers started after it, and quorum queues refuse the
         channel-wide kind, so a consumer's count changes only by replacing it: the successor starts, then the old
@@ -284,8 +301,8 @@ class AmqpSession:
     async def widen(self, prefetch: int) -> None:
         """Let the broker deliver up to ``prefetch`` unacked requests (only ever widened within a session).
 
-        Every consumer is replaced by one with its share of the wider window (see :meth:`_reshare`): the queues'
-        prefetch counts then sum to at most ``prefetch``.
+        Every consumer but the urgent twins' is replaced by one with its share of the wider window (see
+        :meth:`_reshare`): those queues' prefetch counts then sum to at most ``prefetch``.
         """
         async with self._consumer_lock:
             underlay, callback = self._underlay, self._on_message
@@ -318,7 +335,7 @@ class AmqpSession:
             return False
         if not self._consumers and self._settings.partitions == 0:
             return False
-        return all(tag in underlay.consumers for tag in self._consumers.values())
+        return all(tag in underlay.consumers for tag in [*self._consumers.values(), *self._urgent.values()])
 
     @property
     def consumer_lock(self) -> asyncio.Lock:
@@ -327,7 +344,7 @@ class AmqpSession:
         return self._consumer_lock
 
     def attached(self) -> frozenset[str]:
-        """The queues this session consumes."""
+        """The queues this session consumes (the request queue or partitions; their urgent twins go with them)."""
         return frozenset(self._consumers)
 
     async def open_channel(self) -> aiormq.Channel:

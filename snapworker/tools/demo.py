@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from snapworker.amqp.partitioning import partition_queue
+from snapworker.amqp.partitioning import request_queues
 from snapworker.contract.models import SnapshotCompletion, SnapshotRequest, SnapshotResult
 from snapworker.core import MergeKey
 from snapworker.runtime.worker import Worker
@@ -239,11 +239,10 @@ async def _clean_up(settings: Settings, sim: Simulator) -> None:
         async with BrokerTools(settings, connection_name="snapworker-demo-cleanup") as broker:
             await broker.delete_queues(
                 [
-                    settings.request_queue,
                     settings.result_queue,
                     settings.error_queue,
                     settings.dead_letter_queue,
-                    *(partition_queue(settings.request_queue, n) for n in range(settings.partitions)),
+                    *request_queues(settings.request_queue, settings.partitions),  # partitions, urgent twins
                     *tracking_queues(settings),
                 ]
             )

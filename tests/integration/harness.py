@@ -24,7 +24,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from pydantic import SecretStr
 
-from snapworker.amqp.partitioning import partition_queue
+from snapworker.amqp.partitioning import request_queues
 from snapworker.amqp.topology import declare_topology
 from snapworker.contract.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult
 from snapworker.settings import Settings
@@ -68,8 +68,8 @@ class BrokerProbe:
         await self._connect()
         await declare_topology(self.channel, self.settings)
         s = self.settings
-        self._declared |= {s.request_queue, s.result_queue, s.error_queue, s.dead_letter_queue}
-        self._declared |= {partition_queue(s.request_queue, p) for p in range(s.partitions)}
+        self._declared |= {s.result_queue, s.error_queue, s.dead_letter_queue}
+        self._declared |= set(request_queues(s.request_queue, s.partitions))  # partitions and urgent twins too
         for queue in (s.result_queue, s.error_queue, s.dead_letter_queue):
             await self.watch(queue, declare=False)
         if s.track_jobs:  # the tracking loop's queues: declared like a worker would, deleted at the end
@@ -212,6 +212,25 @@ class BrokerProbe:
     async def queue_depth(self, queue: str) -> int:
         declared = await self.channel.declare_queue(queue, passive=True)
         return int(declared.declaration_result.message_count or 0)
+
+    async def requests_waiting(self) -> int:
+        """Requests waiting in any queue requests wait in: the request queue, the partitions and their urgent twins
+        (a missing one counts 0). A worker's router moves requests from the first to the others at once."""
+        assert self._conn is not None
+        channel = await self._conn.channel()  # a passive declare of a missing queue closes its channel
+        waiting = 0
+        try:
+            for queue in request_queues(self.settings.request_queue, self.settings.partitions):
+                try:
+                    declared = await channel.declare_queue(queue, passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    channel = await self._conn.channel()
+                    continue
+                waiting += int(declared.declaration_result.message_count or 0)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return waiting
 
     async def consumers(self, queue: str) -> int | None:
         """Consumers the broker counts on ``queue``; None when the queue does not exist."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from snapworker.amqp.partitioning import partition_queue
+from snapworker.amqp.partitioning import request_queues
 from snapworker.amqp.topology import declare_topology
 from snapworker.settings import Settings
 from snapworker.tracking.topology import declare_tracking_topology, tracking_queues
@@ -33,8 +33,8 @@ async def _declared(settings: Settings) -> AsyncIterator[aio_pika.abc.AbstractCh
     no consumer; a channel to publish with; all deleted at the end."""
     async with await aio_pika.connect(settings.amqp_url.get_secret_value()) as conn:
         channel = await conn.channel()
-        names = [settings.request_queue, settings.result_queue, settings.error_queue, settings.dead_letter_queue]
-        names += [partition_queue(settings.request_queue, p) for p in range(settings.partitions)]
+        names = [settings.result_queue, settings.error_queue, settings.dead_letter_queue]
+        names += request_queues(settings.request_queue, settings.partitions)  # partitions and urgent twins too
         try:
             await declare_topology(channel, settings)
             if settings.track_jobs:

@@ -8,6 +8,7 @@ import json
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
+from snapworker.amqp.partitioning import urgent_queue
 from snapworker.client import SnapshotClient
 from snapworker.contract.models import SnapshotRequest
 from snapworker.contract.priority import is_urgent
@@ -33,7 +34,7 @@ async def test_publish_sends_an_urgent_request_with_the_field_and_priority_9(
 ) -> None:
     async with SnapshotClient(settings) as client:
         await client.publish(SnapshotRequest(project_id="p1", desktop_ids=("d1",), priority="urgent"))
-    queued = await _queued(probe, settings.request_queue)
+    queued = await _queued(probe, urgent_queue(settings.request_queue))  # the urgent queue: see docs/urgent.md
     assert json.loads(queued.body)["priority"] == "urgent"
     assert queued.priority == 9
     assert _urgent(queued)
@@ -66,7 +67,7 @@ async def test_create_snapshots_sends_its_priority_as_field_and_property(
     async with SnapshotClient(settings) as client:
         with pytest.raises(ResultTimeout):  # nobody consumes: only what was queued matters here
             await client.create_snapshots("p1", ["d1"], priority="urgent", timeout=0.5)
-    queued = await _queued(probe, settings.request_queue)
+    queued = await _queued(probe, urgent_queue(settings.request_queue))
     assert (json.loads(queued.body)["priority"], queued.priority) == ("urgent", 9)
 
 
@@ -74,21 +75,6 @@ async def test_the_worker_accepts_an_urgent_request(worker: Worker, settings: Se
     async with SnapshotClient(settings) as client:
         result = await client.create_snapshots("p1", ["d1"], priority="urgent", timeout=30)
     assert result.status == "accepted"
-
-
-async def test_a_priority_queue_delivers_the_urgent_request_before_the_bulk_ones_queued_earlier(
-    probe: BrokerProbe, settings: Settings, unique_name: str
-) -> None:
-    # A classic queue with x-max-priority: the broker here may predate quorum-queue priorities (RabbitMQ 4).
-    queue = f"{unique_name}.priority-requests"
-    await probe.channel.declare_queue(queue, durable=True, arguments={"x-max-priority": 9})
-    probe.forget_at_exit(queue)
-    async with SnapshotClient(settings.model_copy(update={"request_queue": queue})) as client:
-        for desktop in ("bulk-1", "bulk-2"):
-            await client.publish(SnapshotRequest(project_id="p1", desktop_ids=(desktop,)))
-        await client.publish(SnapshotRequest(project_id="p1", desktop_ids=("on-demand",), priority="urgent"))
-    order = [SnapshotRequest.model_validate_json((await _queued(probe, queue)).body).desktop_ids for _ in range(3)]
-    assert order == [("on-demand",), ("bulk-1",), ("bulk-2",)]
 
 
 async def test_publish_file_sets_each_lines_priority_as_the_amqp_property(
@@ -101,5 +87,6 @@ async def test_publish_file_sets_each_lines_priority_as_the_amqp_property(
     stdin = "".join(json.dumps(line) + "\n" for line in lines).encode()
     ran = await _snapworker("publish", "--file", "-", "--in-flight", "1", env=_env(settings), stdin=stdin)
     assert ran.code == 0, ran.err
-    queued = [await _queued(probe, settings.request_queue) for _ in lines]
-    assert [(json.loads(m.body).get("priority"), m.priority) for m in queued] == [("urgent", 9), (None, 0)]
+    urgent = await _queued(probe, urgent_queue(settings.request_queue))
+    bulk = await _queued(probe, settings.request_queue)
+    assert [(json.loads(m.body).get("priority"), m.priority) for m in (urgent, bulk)] == [("urgent", 9), (None, 0)]

@@ -128,7 +128,7 @@ async def test_api_answering_5xx_beyond_the_retry_budget_fails_each_request_retr
     assert later.status == "accepted"
 
     await worker.close()  # what is still unacked would go back to the queue now
-    assert await probe.queue_depth(settings.request_queue) == 0
+    assert await probe.requests_waiting() == 0
 
 
 async def test_api_unreachable_fails_each_request_retryable_and_the_worker_serves_again_once_it_is_back(
@@ -158,7 +158,7 @@ async def test_api_unreachable_fails_each_request_retryable_and_the_worker_serve
         [later] = [r for r in probe.results() if r.request_id == "later"]
         assert later.status == "accepted"
         assert worker.consuming.is_set()
-    assert await probe.queue_depth(settings.request_queue) == 0
+    assert await probe.requests_waiting() == 0
 
 
 # ------------------------------------------------------------------------------------------ the broker restarts
@@ -242,7 +242,7 @@ async def test_a_broker_restart_mid_stream_loses_no_request_and_settles_nothing_
         assert set(answered) == set(ids)
         assert {r.status for r in probe.results()} == {"accepted"}
 
-    assert await probe.queue_depth(settings.request_queue) == 0  # every request acked, none left behind
+    assert await probe.requests_waiting() == 0  # every request acked, none left behind
     # exactly one session lost, the restart's: a settle on the wrong channel would have cost another
     lost = [r.getMessage() for r in caplog.records if "broker session lost" in r.getMessage()]
     assert len(lost) == 1, lost
@@ -277,7 +277,7 @@ async def test_kill_9_mid_stream_then_a_new_worker_answers_every_request(
     )
     assert set(answered) == set(ids), "lost requests"
     assert {r.status for r in probe.results()} == {"accepted"}
-    assert await probe.queue_depth(settings.request_queue) == 0
+    assert await probe.requests_waiting() == 0
 
 
 # ------------------------------------------------------------------------------------------ SIGTERM
@@ -293,7 +293,7 @@ async def test_sigterm_flushes_every_open_batch_at_once_and_exits_0(
         await probe.publish_many(bodies)
 
         async def all_delivered() -> bool:
-            return await probe.queue_depth(settings.request_queue) == 0
+            return await probe.requests_waiting() == 0
 
         await probe.wait_until("every request delivered to the worker", all_delivered, timeout=10)
         await asyncio.sleep(0.5)  # held and lingering
@@ -316,7 +316,7 @@ async def test_sigterm_flushes_every_open_batch_at_once_and_exits_0(
     assert sum(answered.values()) == 50
     assert {r.status for r in probe.results()} == {"accepted"}
     assert simulator.stats()["batch_sizes"] == {"10": 5}
-    assert await probe.queue_depth(settings.request_queue) == 0
+    assert await probe.requests_waiting() == 0
     log = child.log()
     assert "SIGTERM received" in log
     assert "drained" in log
@@ -338,7 +338,7 @@ async def test_sigterm_with_calls_outlasting_the_shutdown_timeout_requeues_them_
 
         async def all_held_and_calls_in_flight() -> bool:
             sent = simulator.stats()["distinct_desktops"] == len(bodies)
-            return sent and await probe.queue_depth(settings.request_queue) == 0
+            return sent and await probe.requests_waiting() == 0
 
         await probe.wait_until("every request delivered and sent", all_held_and_calls_in_flight, timeout=10)
         started = time.monotonic()
@@ -352,7 +352,7 @@ async def test_sigterm_with_calls_outlasting_the_shutdown_timeout_requeues_them_
     assert probe.received == []
 
     async def requeued() -> bool:
-        return await probe.queue_depth(settings.request_queue) == len(bodies)
+        return await probe.requests_waiting() == len(bodies)
 
     await probe.wait_until("the requests back on the queue", requeued, timeout=5)
 
@@ -376,7 +376,7 @@ async def test_a_graceful_stop_acks_every_answered_request_before_it_disconnects
         async with running_worker(settings):
             await probe.publish({"project_id": "p1", "desktop_ids": [f"d{round_}"], "request_id": f"r{round_}"})
             await probe.wait_for_requests([f"r{round_}"], timeout=10)
-        assert await probe.queue_depth(settings.request_queue) == 0, f"round {round_}: an answer was not acked"
+        assert await probe.requests_waiting() == 0, f"round {round_}: an answer was not acked"
     await asyncio.sleep(0.2)  # a redelivered request would be answered again by the next round's worker
     assert probe.request_ids() == Counter({f"r{i}": 1 for i in range(20)})
 

@@ -15,7 +15,7 @@ from tests.integration.harness import BrokerProbe
 async def _nothing_held(worker: Worker, probe: BrokerProbe, settings: Settings) -> None:
     async def settled() -> bool:
         session = worker._sessions.current
-        return session is not None and not session.held() and await probe.queue_depth(settings.request_queue) == 0
+        return session is not None and not session.held() and await probe.requests_waiting() == 0
 
     await probe.wait_until("the request settled: neither held nor back in the queue", settled, timeout=10)
 

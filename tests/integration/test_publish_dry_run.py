@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from snapworker.amqp.partitioning import urgent_queue
 from snapworker.settings import Settings
 from tests.integration.harness import BrokerProbe
 from tests.integration.test_tools import _env, _snapworker
@@ -51,5 +52,5 @@ async def test_dry_run_of_an_urgent_request_prints_the_field_and_the_priority_th
     assert json.loads(printed["properties"])["priority"] == 9
     ran = await _snapworker("publish", *options, env=_env(settings))
     assert ran.code == 0, ran.err
-    queued = await (await probe.channel.get_queue(settings.request_queue)).get(no_ack=True)
+    queued = await (await probe.channel.get_queue(urgent_queue(settings.request_queue))).get(no_ack=True)
     assert (queued.body.decode(), queued.priority) == (printed["body"], 9)

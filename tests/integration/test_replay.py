@@ -10,7 +10,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from snapworker.amqp.partitioning import partition_queue
+from snapworker.amqp.partitioning import request_queues
 from snapworker.amqp.session import REASON_HEADER
 from snapworker.amqp.topology import declare_topology
 from snapworker.settings import Settings
@@ -28,10 +28,10 @@ async def channel(settings: Settings) -> AsyncIterator[AbstractChannel]:
         ch = await conn.channel()
         await declare_topology(ch, settings)
         yield ch
-        for name in (settings.request_queue, settings.result_queue, settings.error_queue, settings.dead_letter_queue):
+        for name in (settings.result_queue, settings.error_queue, settings.dead_letter_queue):
             await ch.queue_delete(name)
-        for partition in range(settings.partitions):  # declared too: partitions are on by default
-            await ch.queue_delete(partition_queue(settings.request_queue, partition))
+        for name in request_queues(settings.request_queue, settings.partitions):  # partitions and urgent twins
+            await ch.queue_delete(name)
     finally:
         await conn.close()
 

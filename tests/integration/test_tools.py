@@ -15,7 +15,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from snapworker.amqp.partitioning import partition_queue
+from snapworker.amqp.partitioning import request_queues
 from snapworker.contract.models import SnapshotResult
 from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings
@@ -239,5 +239,5 @@ async def test_check_declare_declares_the_queues(settings: Settings, amqp_url: s
             for name in (settings.request_queue, settings.result_queue, settings.error_queue):
                 await channel.queue_delete(name)
             await channel.queue_delete(settings.dead_letter_queue)
-            for partition in range(settings.partitions):  # declared too: partitions are on by default
-                await channel.queue_delete(partition_queue(settings.request_queue, partition))
+            for name in request_queues(settings.request_queue, settings.partitions):  # partitions, urgent twins
+                await channel.queue_delete(name)

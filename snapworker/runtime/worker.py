@@ -39,7 +39,6 @@ from snapworker.settings import Settings, redact_url
 
 if TYPE_CHECKING:
     from snapworker.ops.metrics import ApiMetrics
-    from snapworker.tracking.loop import Tracker
 
 __all__ = ["Worker"]
 
@@ -238,30 +237,12 @@ class Worker:
         return observer
 
     async def _open_api(self, stack: AsyncExitStack, observer: ApiMetrics | None, loops: Supervisor) -> SnapshotApi:
-        """The API given to the worker, else one client (and rate budget) per account, else one client."""
+        """The API given to the worker, else the Workspace API (see :func:`.api_edge.open_api`)."""
         if self._api is not None:
             return self._api
-        if self.settings.accounts_file:
-            from snapworker.cloud.accounts import AccountRouter
+        from snapworker.runtime.api_edge import open_api
 
-            # several accounts or regions: a client and a rate budget per account, routed by project
-            router = AccountRouter.from_settings(
-                self.settings, observer=observer, loops=loops, credential_watch=self._credentials
-            )
-            stack.push_async_callback(router.close)
-            return router
-        from snapworker.cloud.client import WorkspaceClient
-        from snapworker.cloud.shared_limiter import build_limiter
-
-        client = WorkspaceClient(
-            self.settings,
-            limiter=build_limiter(self.settings, loops=loops),
-            observer=observer,
-            credential_watch=self._credentials,
-        )
-        stack.push_async_callback(client.limiter.close)
-        stack.push_async_callback(client.close)
-        return client
+        return open_api(self.settings, stack, observer=observer, loops=loops, credential_watch=self._credentials)
 
     def _share_rate(self, workers: int) -> None:
         # Without Redis no budget is shared: the routing workers (the fleet, as the request queue's consumers
@@ -306,30 +287,9 @@ class Worker:
         self._sessions.stop_sending = lambda: loops.stop("send loop")
 
     def _start_tracking(self, stack: AsyncExitStack, loops: Supervisor, api: SnapshotApi) -> None:
+        from snapworker.runtime.tracking_run import TrackingRun
         from snapworker.tracking import tracker_for
 
         tracker = self._outcomes.tracker = tracker_for(self.settings, api)
-        if tracker is None:
-            return
-        loops.start("tracking", lambda: self._track_once_consuming(tracker))
-        stack.push_async_callback(self._close_tracking, tracker, loops)
-
-    async def _track_once_consuming(self, tracker: Tracker) -> None:
-        # Tracking connects once the first session consumes: a start the broker refuses ends with one line of
-        # its own, not with a tracking connection retrying beside it. Results (and so tracking) need a session.
-        consuming = asyncio.ensure_future(self.consuming.wait())
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({consuming, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            consuming.cancel()
-            stopping.cancel()
-        if self._sessions.served:
-            await tracker.run()
-
-    async def _close_tracking(self, tracker: Tracker, loops: Supervisor) -> None:
-        # after the drain (the results it published started their tracking), within what is left of the one
-        # shutdown budget: a SIGTERM never takes more than SHUTDOWN_TIMEOUT_S plus the last round trips
-        self._stopping.set()  # the sessions ended, also when the start failed: tracking that never began ends too
-        await tracker.close(deadline=self._sessions.shutdown_deadline)
-        await loops.retire("tracking")
+        if tracker is not None:
+            TrackingRun(tracker, self._sessions, consuming=self.consuming, stopping=self._stopping).start(loops, stack)

@@ -54,6 +54,10 @@ class FakeRouterChannel:
     async def deliver(self, message: DeliveredMessage, queue: str = "snapworker.requests") -> None:
         await self.consumers[queue](message)
 
+    async def queue_declare(self, queue: str, *, passive: bool = False) -> spec.Queue.DeclareOk:
+        # the claimer's count: every partition is another worker's, so the router's own claim step claims none
+        return spec.Queue.DeclareOk(queue, message_count=0, consumer_count=1)
+
 
 class FakeSession:
     """The parts of AmqpSession the router uses; ``forward`` records what it is given and confirms it all.
@@ -72,6 +76,9 @@ class FakeSession:
     async def open_channel(self) -> FakeRouterChannel:
         return self.router
 
+    def attached(self) -> frozenset[str]:
+        return frozenset()  # no partition of this worker's
+
     async def forward(self, messages: Sequence[Outgoing]) -> list[BrokerError | None]:
         for message in messages:
             if not message.properties.message_id:
@@ -88,7 +95,7 @@ def session() -> FakeSession:
 
 @pytest.fixture
 async def router(session: FakeSession) -> AsyncIterator[Partitions]:
-    # the claimer never runs: its first step is an hour away
+    # the claimer's first step (at start) claims nothing, and its next one is an hour away
     partitions = Partitions(cast(AmqpSession, session), Settings(partitions=4), claim_interval_s=3600.0)
     await partitions.start()
     yield partitions

@@ -394,8 +394,12 @@ async def test_a_consumer_cancelled_by_the_broker_is_noticed_and_a_new_session_c
     started = time.monotonic()
     await probe.channel.queue_delete(settings.request_queue)  # the broker sends basic.cancel to our consumer
     await wait_consumers(probe, 1, timeout=10)  # the queue is back, declared by a new session
+
+    async def consuming() -> bool:  # its router consumes first; the worker consumes once its partitions are claimed
+        return worker.consuming.is_set()
+
+    await probe.wait_until("the new session to consume", consuming, timeout=10)
     recovered_s = time.monotonic() - started
-    assert worker.consuming.is_set()
     print(f"\nconsumer cancelled: consuming again after {recovered_s:.2f} s")
 
     await probe.publish({"project_id": "p1", "desktop_ids": ["d2"], "request_id": "after"})

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import fleet, limited, ratebound, recovery, scenarios, steady, tracking
+from bench import fleet, limited, ratebound, recovery, scenarios, steady, tracking, urgent
 from bench.broker import Broker, check_loopback
 from bench.infra import SimProcess
 from bench.procs import kill_leftovers, machine_info
@@ -31,7 +31,16 @@ from bench.summary import summarize
 #: The worker's own cost against an unlimited API (bench settings, RATE_LIMIT 1000).
 UNLIMITED_FIGURES = ("throughput", "economy", "latency", "memory", "rate", "cpu")
 #: The rate-bound regime: worker defaults against a simulator enforcing the real limit (bench/README.md).
-BOUND_FIGURES = ("ratebound", "ratebound100", "throttled", "fleet", "latency_defaults", "tracking", "recovery")
+BOUND_FIGURES = (
+    "ratebound",
+    "ratebound100",
+    "throttled",
+    "fleet",
+    "latency_defaults",
+    "tracking",
+    "recovery",
+    "urgent",
+)
 FIGURES = UNLIMITED_FIGURES + BOUND_FIGURES
 Scenario = Callable[[Context, int], Awaitable[dict[str, Any]]]
 BOUND_SCENARIOS: dict[str, Scenario] = {
@@ -42,6 +51,7 @@ BOUND_SCENARIOS: dict[str, Scenario] = {
     "latency_defaults": steady.latency_defaults,
     "tracking": tracking.tracking,
     "recovery": recovery.recovery,
+    "urgent": urgent.urgent,
 }
 
 
@@ -104,6 +114,8 @@ def _brief(name: str, data: dict[str, Any]) -> str:
         return tracking.brief(data)
     if name == "recovery":
         return recovery.brief(data)
+    if name == "urgent":
+        return urgent.brief(data)
     if name == "latency_defaults":
         lat = data["latency_ms"]
         p50, p99 = lat["p50"] or 0, lat["p99"] or 0

@@ -16,7 +16,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,17 +167,21 @@ async def run_bound(
     timeout_s: float,
     before_spawn: Callable[[], Awaitable[Any]] | None = None,
     while_running: Callable[[], Awaitable[Any]] | None = None,
+    during: Callable[[Queues, str], Coroutine[Any, Any, Any]] | None = None,
 ) -> dict[str, Any]:
     """Publish ``workload``, run one worker per entry of ``workers`` (its SNAPWORKER_* overrides; the rest
     default) against a simulator limited to ``per_minute``, until every result is in; everything measured.
 
     ``before_spawn`` and ``while_running`` (async callables, optional) run just before the first spawn and
     just after the last result is in (e.g. to flush Redis, and to read what the workers left there).
+    ``during(queues, tag)`` runs beside the workers from their spawn (``tag`` names the workload's projects,
+    ``p000-<tag>``...); what it returns is ``data["during"]`` once the last result is in.
     """
     # the partition queues of the workers (their setting, or its default), to delete them too
     partitions = max((int(w.get("partitions", DEFAULT_PARTITIONS)) for w in workers), default=DEFAULT_PARTITIONS)
     queues = Queues.fresh(name, partitions)
-    messages = workload.messages(uuid.uuid4().hex[:6])
+    tag = uuid.uuid4().hex[:6]
+    messages = workload.messages(tag)
     data: dict[str, Any] = {"requests": workload.n, "projects": workload.projects, "variants": workload.variants}
     data["merge_keys"] = workload.keys
     data["settings_overrides"] = [dict(w) for w in workers]
@@ -195,10 +199,14 @@ async def run_bound(
             if before_spawn is not None:
                 data["before_spawn"] = await before_spawn()
             procs: list[Measured] = []
+            beside: asyncio.Task[Any] | None = None
             try:
                 for j, overrides in enumerate(workers):
                     procs.append(ctx.spawn("worker", queues, f"{name}-worker{j}", overrides, sim=sim, base={}))
+                beside = asyncio.create_task(during(queues, tag)) if during is not None else None
                 data |= await _until_done(ctx.broker, queues, procs, workload.n, timeout_s)
+                if beside is not None:
+                    data["during"] = await beside
                 if data["outcome"] == "ok":
                     data["request_queue_after"] = await verify_drained(queues.request)
                 if while_running is not None:
@@ -209,6 +217,8 @@ async def run_bound(
                 data["peak_rss_sampled_mb"] = [round(p.peak_rss_sampled_mb, 1) for p in procs]
                 data["cpu_s"] = [p.cpu_s() for p in procs]
             finally:
+                if beside is not None:
+                    beside.cancel()
                 data["exit_codes"] = list(await asyncio.gather(*(p.stop() for p in procs)))
             after = await sim.stats()
             data["calls_after_stop"] = int(after.get("calls_total") or 0) - int(data["sim"]["calls_total"] or 0)

@@ -69,6 +69,9 @@ class Sizes:
     light_rate: float = 1.0
     light_seconds: float = 30.0
     light_projects: int = 5
+    # urgent requests past a backlog of bulk ones (bench/urgent.py)
+    urgent_backlog: int = 25_000
+    urgent_projects: int = 3
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -84,6 +87,7 @@ class Sizes:
             fleet_defaults_projects=30,
             throttled_requests=1_000,
             light_seconds=10.0,
+            urgent_backlog=6_000,
         )
 
 

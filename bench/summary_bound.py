@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.limited import answered_once, lost
 from bench.report import P99_MARGIN_MS, Row, spread, verdict
+from bench.urgent import urgent_rows
 
 __all__ = [
     "ECONOMY_FLEET",
@@ -282,4 +283,6 @@ def bound_rows(scenarios: Mapping[str, Runs], medians: dict[str, Any]) -> list[R
         rows += _latency_defaults(scenarios["latency_defaults"], medians)
     if scenarios.get("recovery"):
         rows += _recovery(scenarios["recovery"], medians)
+    if scenarios.get("urgent"):
+        rows += urgent_rows(scenarios["urgent"], medians)
     return rows

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from bench import urgent
+from bench.__main__ import BOUND_FIGURES, plan
 from bench.broker import check_loopback
 from bench.fleet import fleet_budget, fleet_settings
 from bench.infra import parse_settings_line, parse_totals
@@ -476,3 +478,61 @@ def test_outcome_row_tells_unfinished_from_lost() -> None:
     assert rows[3].verdict == "FAIL"
     rows, _ = summarize({"ratebound": [_bound_run()]})
     assert rows[3].verdict == "PASS"
+
+
+def _urgent_run(**overrides: object) -> dict[str, object]:
+    run = _bound_run(
+        requests=25_000,
+        projects=3,
+        variants=1,
+        calls_total=255,
+        calls_minimum=253,
+        economy=253 / 255,
+        urgent_p100_s={"backlog project": 1.2, "new project": 2.1},
+        urgent_statuses=["accepted"] * 6,
+        batches_urgent=2,
+        workers=1,
+    )
+    run.update(overrides)
+    return run
+
+
+def test_the_urgent_scenario_is_registered_and_names_its_targets() -> None:
+    assert "urgent" in BOUND_FIGURES
+    assert plan({"urgent"}) == {"urgent": urgent.urgent}
+    assert urgent.TARGET_P100_S == {"single": 3.0, "fleet": 5.0}
+    runs = [{"modes": ["single", "fleet"], "single": _urgent_run(), "fleet": _urgent_run(workers=3)}]
+    rows, medians = summarize({"urgent": runs})
+    targets = {(row.figure, row.target) for row in rows}
+    for group in ("backlog project", "new project"):
+        assert (f"  urgent p100, 3 requests, {group} (s)", "<= 3") in targets
+        assert (f"  urgent p100, 3 requests, {group} (s)", "<= 5") in targets
+    assert sum(row.target == ">= 0.97" for row in rows) == 2  # the economy of each mode
+    assert {row.verdict for row in rows if row.target} == {"PASS"}
+    assert medians["urgent_single_p100_s"]["new project"]["median"] == 2.1
+
+
+def test_an_urgent_group_over_its_target_or_unanswered_fails() -> None:
+    slow = _urgent_run(urgent_p100_s={"backlog project": 1.2, "new project": 3.5})
+    rows, _ = summarize({"urgent": [{"modes": ["single"], "single": slow}]})
+    assert [row.verdict for row in rows if "urgent p100" in row.figure] == ["PASS", "FAIL"]
+    lost = _urgent_run(urgent_p100_s={"backlog project": None, "new project": 2.0})
+    rows, _ = summarize({"urgent": [{"modes": ["fleet"], "fleet": lost}]})
+    assert [row.verdict for row in rows if "urgent p100" in row.figure] == ["FAIL", "PASS"]
+
+
+def test_the_urgent_requests_are_three_for_a_backlog_project_and_three_for_a_new_one() -> None:
+    sent = urgent.urgent_bodies("t")
+    projects = [(group, body["project_id"]) for group, body in sent]
+    assert projects == [("backlog project", "p000-t")] * 3 + [("new project", "pnew-t")] * 3
+    assert {body["priority"] for _, body in sent} == {"urgent"}
+    assert len({d for _, body in sent for d in body["desktop_ids"]}) == 6
+    assert urgent.urgent_settings("single", "redis://127.0.0.1:6379/13") == [{}]  # the worker's defaults
+    fleet_workers = urgent.urgent_settings("fleet", "redis://127.0.0.1:6379/13")
+    assert fleet_workers == [{"redis_url": "redis://127.0.0.1:6379/13", "partitions": "16"}] * 3
+
+
+def test_an_urgent_groups_worst_latency_is_none_when_one_got_no_result() -> None:
+    sent = [{"group": "backlog project", "seconds": s} for s in (0.5, 1.5, 0.9)]
+    sent += [{"group": "new project", "seconds": 0.4}, {"group": "new project", "seconds": None}]
+    assert urgent.p100_by_group(sent) == {"backlog project": 1.5, "new project": None}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from rich.console import Console
 
@@ -20,6 +21,7 @@ def _busy_frame() -> Frame:
         WorkerRow(
             f"http://snapworker-{n}.snapworker.prod.svc.cluster.local:9108/metrics",
             held=12_345,
+            urgent=n,
             in_flight=8,
             requests_per_s=1_234.5,
             calls_per_s=12.3,
@@ -86,18 +88,34 @@ def test_a_long_worker_name_keeps_what_tells_it_apart_at_80_columns() -> None:
 
 def test_the_requests_a_worker_holds_are_shown_with_their_total() -> None:
     cells = _cells(_text(_busy_frame()), "all")
-    assert cells[1:3] == ["37,035", "24"]  # HELD, BATCHES of the three workers that answered
+    assert cells[1:4] == ["37,035", "3", "24"]  # HELD, URG, BATCHES of the three workers that answered
+
+
+def test_the_urgent_requests_each_worker_holds_are_shown() -> None:
+    text = _text(_busy_frame())
+    urgent = [line.split("│")[2].strip() for line in text.splitlines() if re.search(r"-\d:9108 ", line)]
+    assert urgent == ["0", "1", "2"]
+
+
+def test_the_urgent_column_is_drawn_only_while_a_worker_holds_urgent_requests() -> None:
+    busy = _busy_frame()
+    calm = replace(busy, workers=tuple(replace(w, urgent=0) for w in busy.workers))
+    text = _text(calm)
+    assert "URG" not in text
+    assert re.search(r"\s+│\s+".join(h for h in WORKER_HEADERS if h != "URG"), text), text
+    names = _names(text)
+    assert names[names.index("WORKER") + 1 :][:3] == [f"…worker-{n}:9108" for n in range(3)]  # the room is theirs
 
 
 def test_a_throttled_worker_says_so() -> None:
     text = _text(_busy_frame())
-    states = [line.split("│")[-1].strip() for line in text.splitlines() if "worker-" in line]
+    states = [line.split("│")[-1].strip() for line in text.splitlines() if re.search(r"-\d:9108 ", line)]
     assert states == ["ok", "throttled", "ok"]
 
 
 def test_a_worker_that_does_not_answer_is_down_with_no_figures() -> None:
-    cells = _cells(_text(_busy_frame()), "10.0.0.9:9108")
-    assert cells[1:] == ["-"] * 6 + ["down"]
+    cells = _cells(_text(_busy_frame(), width=120), "10.0.0.9:9108")
+    assert cells[1:] == ["-"] * 7 + ["down"]
 
 
 def test_unacked_counts_are_unknown_not_zero_without_the_management_api() -> None:

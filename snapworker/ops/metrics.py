@@ -96,7 +96,7 @@ class WorkerCollector(Collector):
         yield requests
         yield desktops
         batches = CounterMetricFamily("snapworker_batches", "Batches sent, by flush reason.", labels=["reason"])
-        for reason in ("full", "linger", "pressure", "shutdown"):
+        for reason in ("full", "linger", "pressure", "urgent", "shutdown"):
             batches.add_metric([reason], stats.batches_by_reason[reason])
         yield batches
         yield _fill_histogram(stats.batch_sizes)
@@ -138,6 +138,18 @@ class WorkerCollector(Collector):
         )
         yield GaugeMetricFamily(
             "snapworker_merge_keys_active", "Merge keys with desktops pending or in flight.", value=core.active_keys
+        )
+        yield GaugeMetricFamily(
+            "snapworker_urgent_requests_waiting",
+            "Urgent requests held, awaiting results (served before the backlog, see docs/urgent.md).",
+            value=core.urgent_waiting,
+        )
+        urgent = stats.urgent
+        yield HistogramMetricFamily(
+            "snapworker_urgent_request_seconds",
+            "Urgent requests, from the worker holding one to its result confirmed by the broker.",
+            buckets=urgent.buckets(),
+            sum_value=urgent.sum_s,
         )
         yield GaugeMetricFamily("snapworker_consuming", "1 while the consumer is attached.", value=self._worker.ready())
         limiter = self._worker.limiter

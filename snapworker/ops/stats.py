@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from snapworker.contract.models import SnapshotResult
 from snapworker.core import Batch, FlushReason
+from snapworker.ops.urgent_latency import UrgentLatency
 
 __all__ = ["WorkerStats"]
 
@@ -26,6 +27,8 @@ class WorkerStats:
     #: messages the last-resort guard settled (see guard.py), by reason: "internal" or "unpublishable"
     failures_by_reason: Counter[str] = field(default_factory=Counter)
     results_truncated: int = 0
+    #: urgent requests timed from arrival to their result confirmed (snapworker_urgent_request_seconds)
+    urgent: UrgentLatency = field(default_factory=UrgentLatency)
 
     def count_batch(self, batch: Batch) -> None:
         self.batches_by_reason[batch.reason] += 1

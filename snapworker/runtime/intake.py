@@ -102,6 +102,8 @@ class Intake:
         try:
             self._life.move(delivery, State.BATCHED, owner="core")
             now = loop.time()
+            if urgent:
+                self._stats.urgent.arrived(delivery, now)
             if self._core.submit(delivery, read.request, read.request_id, read.correlation_id, now, urgent=urgent):
                 self._wake.set()
         except Exception as exc:  # as in on_delivery: a bug must not leave the message held

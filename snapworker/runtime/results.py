@@ -98,6 +98,8 @@ class ResultPublisher:
                 self._stats.dead_lettered += await session.dead_letter([(d, _reason(r)) for d, r in published])
             else:
                 session.settle([d for d, _ in published], settle)
+            if self._stats.urgent.timing:  # only while urgent requests are held
+                self._stats.urgent.answered((d for d, _ in published), asyncio.get_running_loop().time())
             if refused:
                 self._stats.failures_by_reason["unpublishable"] += len(refused)
                 self._stats.dead_lettered += await session.dead_letter(refused)

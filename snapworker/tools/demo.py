@@ -63,8 +63,8 @@ class DemoReport:
             ("calls per desktop", f"{self.api_calls / max(1, self.desktops_requested):.3f}"),
             ("batch fill (desktops per accepted call)", self._fill()),
             (
-                "batches flushed: full / linger / pressure / shutdown",
-                "/".join(str(self.flushes[r]) for r in ("full", "linger", "pressure", "shutdown")),
+                "batches flushed: full / linger / pressure / urgent / shutdown",
+                "/".join(str(self.flushes[r]) for r in ("full", "linger", "pressure", "urgent", "shutdown")),
             ),
             ("wall time", f"{self.seconds:.1f} s"),
             ("completions received (every job followed to its end)", str(len(self.completions))),

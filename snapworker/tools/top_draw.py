@@ -5,7 +5,8 @@ the tables have no outer border, numbers are short, and only the first column (q
 way, losing the *start* of a long name (``…ker.requests.p003``), since names differ at their ends. A worker is
 named by its host's first label and its port (``snapworker-1:9108`` for
 ``http://snapworker-1.snapworker.prod.svc:9108/metrics``). A missing figure is ``-``; a figure nobody can know
-without the management API is ``?``.
+without the management API is ``?``. The URG column (urgent requests held) is drawn only while a worker holds
+some: the rest of the time, the names keep its room.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from snapworker.tools.top_figures import Frame, QueueRow, WorkerRow
 __all__ = ["QUEUE_HEADERS", "WORKER_HEADERS", "draw"]
 
 QUEUE_HEADERS = ("QUEUE", "READY", "UNACKED", "CONSUMERS", "READY/S")
-WORKER_HEADERS = ("WORKER", "HELD", "BATCHES", "REQ/S", "CALLS/S", "D/CALL", "RATE", "STATE")
+WORKER_HEADERS = ("WORKER", "HELD", "URG", "BATCHES", "REQ/S", "CALLS/S", "D/CALL", "RATE", "STATE")
+_URG = WORKER_HEADERS.index("URG")
 _NONE = "-"
 _MIN_NAME = 8
 # " │ " between columns, no outer edge or padding
@@ -50,8 +52,13 @@ def draw(frame: Frame, width: int) -> RenderableType:
         rows = [_worker_cells(w) for w in frame.workers]
         if len(frame.workers) > 1:
             rows.append(_total_cells(frame.workers))
+        headers = list(WORKER_HEADERS)
+        if not any(w.urgent for w in frame.workers):  # URG only while urgent requests wait: names keep the room
+            del headers[_URG]
+            for cells in rows:
+                del cells[_URG]
         parts.append(Text(""))
-        parts.append(_table(WORKER_HEADERS, rows, width))
+        parts.append(_table(headers, rows, width))
     return Group(*parts)
 
 
@@ -81,7 +88,7 @@ def _worker_cells(row: WorkerRow) -> list[str]:
         state = row.problem if row.problem.startswith("HTTP") else "bad data"
         if row.problem.startswith("unreachable"):
             state = "down"
-        return [name, _NONE, _NONE, _NONE, _NONE, _NONE, _NONE, state]
+        return [name, _NONE, _NONE, _NONE, _NONE, _NONE, _NONE, _NONE, state]
     if row.throttled:
         state = "[yellow]throttled[/yellow]"
     elif row.consuming is False:
@@ -91,6 +98,7 @@ def _worker_cells(row: WorkerRow) -> list[str]:
     return [
         name,
         f"{row.held:,}",
+        f"{row.urgent:,}",
         f"{row.in_flight:,}",
         _number(row.requests_per_s),
         _number(row.calls_per_s),
@@ -105,6 +113,7 @@ def _total_cells(rows: Sequence[WorkerRow]) -> list[str]:
     return [
         "all",
         f"{sum(r.held for r in up):,}",
+        f"{sum(r.urgent for r in up):,}",
         f"{sum(r.in_flight for r in up):,}",
         _number(sum(r.requests_per_s or 0.0 for r in up)),
         _number(sum(r.calls_per_s or 0.0 for r in up)),

@@ -45,6 +45,8 @@ class WorkerMetrics:
     throttles: float = 0.0
     held: float = 0.0
     """Requests the worker holds (delivered to it, not yet answered and acked)."""
+    urgent: float = 0.0
+    """Urgent requests among them (served before the backlog)."""
     in_flight: float = 0.0
     """Batches cut for a granted API call and not yet answered."""
     rate: float | None = None
@@ -66,6 +68,7 @@ def parse_metrics(text: str) -> WorkerMetrics:
         desktops_in_calls=values.get("snapworker_batch_fill_desktops_sum", 0.0),
         throttles=values.get("snapworker_api_throttles_total", 0.0),
         held=values.get("snapworker_requests_open", 0.0),
+        urgent=values.get("snapworker_urgent_requests_waiting", 0.0),
         in_flight=values.get("snapworker_batches_in_flight", 0.0),
         rate=values.get("snapworker_limiter_rate_calls_per_second"),
         max_rate=values.get("snapworker_limiter_max_rate_calls_per_second"),
@@ -101,6 +104,8 @@ class WorkerRow:
     problem: str | None = None
     """Set when the scrape failed; every figure is then absent."""
     held: int = 0
+    urgent: int = 0
+    """Urgent requests among those held."""
     in_flight: int = 0
     requests_per_s: float | None = None
     calls_per_s: float | None = None
@@ -246,6 +251,7 @@ class Figures:
         return WorkerRow(
             url,
             held=int(sample.held),
+            urgent=int(sample.urgent),
             in_flight=int(sample.in_flight),
             requests_per_s=_per_second(sample.requests, requests_before, seconds),
             calls_per_s=_per_second(sample.calls, calls_before, seconds),

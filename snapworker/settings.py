@@ -200,6 +200,12 @@ class Settings(BaseSettings):
     # -- tracking jobs to their end (snapworker/tracking)
     track_jobs: bool = Field(default=True, description="Follow every created job and publish completions.")
     tracking_queue: str = Field(default="snapworker.tracking", min_length=1, max_length=200)
+    tracking_queue_type: Literal["quorum", "classic"] = Field(
+        default="quorum",
+        description="quorum (RabbitMQ 3.10+): the tracking queue and its wait queues are quorum queues that "
+        "dead-letter at least once, so a broker node crashing mid-move loses no tracking message; classic: the "
+        "wait queues dead-letter at most once (for brokers before 3.10).",
+    )
     completion_queue: str = Field(
         default="",
         max_length=255,

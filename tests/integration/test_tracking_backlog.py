@@ -13,6 +13,7 @@ import pytest
 from snapworker.cloud.jobs import JobReader
 from snapworker.settings import Settings
 from snapworker.tracking.loop import Tracker, tracking_queues
+from snapworker.tracking.topology import wait_queue
 from tests.tracking.test_state import result
 
 
@@ -39,7 +40,7 @@ async def channel(settings: Settings) -> AsyncIterator[aio_pika.abc.AbstractChan
 
 
 async def waiting_in_first_queue(channel: aio_pika.abc.AbstractChannel, settings: Settings) -> int:
-    queue = await channel.declare_queue(f"{settings.tracking_queue}.wait.60000ms", passive=True)
+    queue = await channel.declare_queue(wait_queue(settings, 60.0), passive=True)
     count = queue.declaration_result.message_count
     assert count is not None
     return count

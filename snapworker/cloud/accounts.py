@@ -15,11 +15,15 @@ slows another), and every call is routed by its project ID. The file is TOML::
     access_key = "..."
     secret_key = "..."
     rate_limit = 1.0               # optional: RATE_LIMIT / RATE_BURST of this credential (default: the settings')
+    read_rate_limit = 3.0          # optional: READ_RATE_LIMIT / READ_RATE_BURST of this credential (the same)
 
 Each account is the worker's Settings with these fields replaced, validated like them (empty secrets, two kinds
 of credentials, ...). The worker's sender still asks one limiter for a call before it cuts a batch (late binding):
-that gate admits the sum of the accounts' rates; the call then waits for its own account's limiter. Snapshot
-listings (reconciliation) go through the project's account too, under that account's read budget.
+that gate admits the sum of the accounts' rates; the call then waits for its own account's limiter. Reads go
+through the project's account too, under that account's read budget: snapshot listings (reconciliation) and
+job reads (tracking: :class:`~snapworker.cloud.jobs.JobReader` over the router, by :meth:`AccountRouter.client_for`).
+With REDIS_URL each account's budgets (batch-create's and the reads') are shared by the fleet, keyed by the
+account's credential.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ _FIELDS = {
     "security_token",
     "rate_limit",
     "rate_burst",
+    "read_rate_limit",
+    "read_rate_burst",
 }
 
 
@@ -156,12 +162,14 @@ class AccountRouter:
         every = [*accounts, *([default] if default is not None else [])]
         self._clients: dict[str, WorkspaceClient] = dict(clients or {})
         if not self._clients:
+            from snapworker.cloud.read_budget import build_read_limiter
             from snapworker.cloud.shared_limiter import build_limiter
 
             for account in every:
                 self._clients[account.name] = WorkspaceClient(
                     account.settings,
                     limiter=build_limiter(account.settings, loops=loops),
+                    read_limiter=build_read_limiter(account.settings, loops=loops),
                     observer=observer,
                     credential_watch=credential_watch,
                     who=account.name,

@@ -4,9 +4,11 @@
 (read its docstring), so a client takes either; :func:`build_limiter` picks one from the settings. Contract:
 
 * **Shared**: the bucket (tokens, rate, throttle pause, ``last_cut``, ``calm_since``) is one Redis hash,
-  ``snapworker:rate:<credential_id>``, changed only by one Lua script: atomic, on Redis's clock (hosts with
-  skewed clocks agree). ``credential_id`` is a short sha256 of the AK or token, never the secret. Over any ``T``
-  seconds the whole fleet gets at most ``burst + rate * T`` grants. Idle, the key expires.
+  ``snapworker:<budget>:<credential_id>`` (``rate``: batch-create's; ``read``: the reads', see
+  :mod:`~snapworker.cloud.read_budget`), changed only by one Lua script: atomic, on Redis's clock (hosts with
+  skewed clocks agree; the keys and scripts: :mod:`~snapworker.cloud.redis_bucket`). ``credential_id`` is a
+  short sha256 of the AK or token, never the secret. Over any ``T`` seconds the whole fleet gets at most
+  ``burst + rate * T`` grants. Idle, the key expires.
 * **AIMD, fleet-wide**: a throttle anywhere cuts the shared rate once per overload (shared grants carry
   ``granted_at`` in Redis time, so a call granted before the last cut does not cut again) and pauses every
   worker; calm periods add the rate back. Concurrency and the waiting queue stay in the process.
@@ -14,8 +16,8 @@
 * **Fallback**: when Redis errs or does not answer (short timeouts, no retries), calls go on under a local
   RateLimiter at this process's share, ``rate / live workers`` as last seen in Redis: ``degraded`` is True, a
   WARNING is logged and ``fallbacks_total`` counted once per episode. Redis is probed every ``heartbeat_s`` and
-  used again once it answers (INFO). Live workers: each limiter heartbeats its id into the sorted set
-  ``snapworker:workers:<credential_id>``, scored by Redis time; stale ids are pruned.
+  used again once it answers (INFO). Live workers: each limiter heartbeats its id into its budget's sorted set
+  (``snapworker:workers:<credential_id>`` for batch-create's), scored by Redis time; stale ids are pruned.
 """
 
 from __future__ import annotations
@@ -30,33 +32,34 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
-from importlib.resources import files
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from snapworker.cloud.limiter import RateLimiter, log_throttle_episode
 from snapworker.cloud.pause import ThrottlePause
+from snapworker.cloud.redis_bucket import RedisBucket
 from snapworker.cloud.waiters import Grant, Waiters
 from snapworker.errors import ConfigError
 from snapworker.settings import Settings, redact_url
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
-
-__all__ = ["Loops", "SharedRateLimiter", "build_limiter", "credential_id"]
+__all__ = ["Loops", "SharedRateLimiter", "build_limiter", "credential_id", "settings_credential_id"]
 
 log = logging.getLogger("snapworker.cloud")
 
-# The two Lua scripts (one atomic step each, on Redis's clock) live beside this module; each says its contract.
-_BUCKET_LUA = (files("snapworker.cloud") / "shared_bucket.lua").read_text(encoding="utf-8")
-_HEARTBEAT_LUA = (files("snapworker.cloud") / "shared_workers.lua").read_text(encoding="utf-8")
+_T = TypeVar("_T")
 
 
 def credential_id(secret: str) -> str:
     """A short, stable, one-way id for a credential: names its keys without revealing it."""
     return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def settings_credential_id(settings: Settings) -> str:
+    """The :func:`credential_id` of the credential ``settings`` call with (AK, else token); unauthenticated (a
+    simulator), one per endpoint."""
+    secret = settings.access_key or settings.auth_token
+    return credential_id(secret.get_secret_value() if secret else f"none:{settings.api_url}")
 
 
 class Loops(Protocol):
@@ -94,38 +97,26 @@ class SharedRateLimiter:
         pause_range_s: tuple[float, float] = (2.0, 5.0),
         max_pause_s: float = 60.0,
         key_prefix: str = "snapworker",
+        budget: str = "rate",
         heartbeat_s: float = 3.0,
         redis_timeout_s: float = 0.5,
         rng: random.Random | None = None,
         loops: Loops | None = None,
     ) -> None:
-        """``credential`` is a :func:`credential_id` (never the secret itself). ``loops`` runs the grant loop and
-        the heartbeat (None: plain tasks of the limiter's own)."""
-        try:  # lazily: snapworker runs without the extra when no REDIS_URL is set
-            from redis.asyncio import Redis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-        except ImportError as exc:
-            raise ConfigError("REDIS_URL is set but redis is not installed: pip install 'snapworker[redis]'") from exc
+        """``credential`` is a :func:`credential_id` (never the secret itself); ``budget`` names which of its
+        budgets this is (``rate``: batch-create's, ``read``: the reads'), each on keys of its own
+        (:class:`~snapworker.cloud.redis_bucket.RedisBucket`). ``loops`` runs the grant loop and the heartbeat
+        (None: plain tasks of the limiter's own)."""
         self._min_rate = min(min_rate, rate)
         self._recovery_step = recovery_step if recovery_step is not None else rate / 10
         self._aimd: dict[str, Any] = {"decrease_factor": decrease_factor, "recovery_period_s": recovery_period_s}
         self._aimd |= {"pause_range_s": pause_range_s, "max_pause_s": max_pause_s}
         RateLimiter(rate, burst, max_concurrency, min_rate=min_rate, **self._aimd)  # the same checks of the values
         self._url = redact_url(redis_url)
-        # No retries and short timeouts: an unanswered Redis must turn into the local fallback, not a stall.
-        self._redis: Redis = Redis.from_url(
-            redis_url,
-            decode_responses=True,
-            socket_timeout=redis_timeout_s,
-            socket_connect_timeout=redis_timeout_s,
-            retry=Retry(NoBackoff(), 0),
+        self._store = RedisBucket(
+            redis_url, credential, budget=budget, key_prefix=key_prefix, timeout_s=redis_timeout_s
         )
-        self._call_timeout_s = 3 * redis_timeout_s  # belt and braces around the client's own timeouts
-        self._bucket_lua: AsyncScript = self._redis.register_script(_BUCKET_LUA)
-        self._heartbeat_lua: AsyncScript = self._redis.register_script(_HEARTBEAT_LUA)
-        self._bucket_key = f"{key_prefix}:rate:{credential}"
-        self._workers_key = f"{key_prefix}:workers:{credential}"
+        self._bucket_key, self._workers_key = self._store.bucket_key, self._store.workers_key
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._rng = rng or random.Random()
         self._max_rate, self._burst, self._max_concurrency = rate, burst, max_concurrency
@@ -136,8 +127,6 @@ class SharedRateLimiter:
         recovery_s = recovery_period_s * math.ceil((rate - self._min_rate) / self._recovery_step)
         self._ttl_ms = int(1000 * min(max_pause_s + recovery_s + burst / self._min_rate + 60, 86400))
         self._config = [rate, burst, self._min_rate, decrease_factor, recovery_period_s, self._recovery_step]
-
-        self._offset = time.time() - time.monotonic()  # Redis clock ~= monotonic + offset, re-measured per reply
         self._rate, self._blocked_until, self._last_cut = rate, 0.0, 0.0  # the bucket as last seen in Redis
         self._live_workers = 0  # 0: never seen
         self._paused_until = 0.0  # monotonic: a throttle seen here, before Redis has it
@@ -148,7 +137,9 @@ class SharedRateLimiter:
         self._interrupt = asyncio.Event()  # the mode changed or we are closing: stop any nap
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops = loops
-        self._loop_names = (f"rate limiter {credential[:8]} grants", f"rate limiter {credential[:8]} heartbeat")
+        # unique per limiter: two accounts may share a credential (one per region), each with its own limiters
+        name = f"{budget} limiter {credential[:8]}:{self._worker_id[-4:]}"
+        self._loop_names = (f"{name} grants", f"{name} heartbeat")
         self._started = self._closed = False
         self._wait_seconds_total, self._throttles_total, self._fallbacks_total = 0.0, 0, 0
 
@@ -157,11 +148,8 @@ class SharedRateLimiter:
         """REDIS_URL, the credential, RATE_LIMIT, RATE_BURST and MAX_CONCURRENCY from ``settings``."""
         if settings.redis_url is None:
             raise ConfigError("SharedRateLimiter needs REDIS_URL")
-        secret = settings.access_key or settings.auth_token
-        # Unauthenticated (a simulator): one budget per endpoint.
-        credential = credential_id(secret.get_secret_value() if secret else f"none:{settings.api_url}")
         limits = (settings.rate_limit, settings.rate_burst, settings.max_concurrency)
-        return cls(settings.redis_url.get_secret_value(), credential, *limits, **kwargs)
+        return cls(settings.redis_url.get_secret_value(), settings_credential_id(settings), *limits, **kwargs)
 
     # -- metrics
     @property
@@ -265,14 +253,10 @@ class SharedRateLimiter:
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=2 * self._call_timeout_s)
+            await asyncio.wait(set(self._tasks), timeout=2 * self._store.call_timeout_s)
         self._waiters.cancel_all()
-        with suppress(Exception):  # best effort: a stale id is pruned by the others anyway
-            async with asyncio.timeout(self._call_timeout_s):
-                await self._redis.zrem(self._workers_key, self._worker_id)
-        with suppress(Exception):
-            async with asyncio.timeout(self._call_timeout_s):
-                await self._redis.aclose()
+        await self._store.leave(self._worker_id)
+        await self._store.close()
 
     # -- internals
     def _start(self) -> None:
@@ -293,22 +277,18 @@ class SharedRateLimiter:
         task.add_done_callback(self._tasks.discard)
 
     def _clock(self) -> float:
-        return time.monotonic() + self._offset
+        return self._store.clock()
 
-    async def _call(self, script: AsyncScript, key: str, args: Sequence[str | int | float]) -> list[Any] | None:
-        """Run a script; on any failure switch to the local share and return None."""
-        sent = time.monotonic()
+    async def _call(self, call: Awaitable[_T]) -> _T | None:
+        """``call``'s answer; on any failure switch to the local share and return None."""
         try:
-            async with asyncio.timeout(self._call_timeout_s):
-                reply: list[Any] = await script(keys=[key], args=args)
-            self._offset = float(reply[-1 if script is self._heartbeat_lua else 2]) - (sent + time.monotonic()) / 2
+            return await call
         except Exception as exc:  # Redis down, timed out, refused or broken: never lose or stall a call for it
             self._degrade(exc)
             return None
-        return reply
 
     async def _bucket_call(self, op: str, *args: str | int | float) -> list[Any] | None:
-        reply = await self._call(self._bucket_lua, self._bucket_key, [op, *self._config, self._ttl_ms, *args])
+        reply = await self._call(self._store.bucket([op, *self._config, self._ttl_ms, *args]))
         if reply is not None:
             self._rate, self._blocked_until, self._last_cut = (float(x) for x in reply[3:6])
         return reply
@@ -334,14 +314,11 @@ class SharedRateLimiter:
         """Join the live-worker set every heartbeat_s and refresh the cached bucket; while degraded, this probes."""
         while not self._closed:  # not only cancellation: a client library may swallow a CancelledError
             was_degraded = self._local is not None
-            beat: list[str | int | float] = [
-                self._worker_id,
-                3 * self._heartbeat_s,
-                int(30_000 * self._heartbeat_s),
-            ]  # stale after 3 beats
-            reply = await self._call(self._heartbeat_lua, self._workers_key, beat)
-            if reply is not None:
-                self._live_workers = int(reply[0])
+            # stale after 3 beats
+            live = await self._call(self._store.heartbeat(self._worker_id, 3 * self._heartbeat_s,
+                                                          int(30_000 * self._heartbeat_s)))  # fmt: skip
+            if live is not None:
+                self._live_workers = live
                 if was_degraded and self._local is not None:
                     self._local = None
                     self._interrupt.set()

@@ -17,7 +17,8 @@ see that module for what stays ambiguous):
 listing takes the queue's first desktops (up to ``LISTING_DESKTOPS``) only once the read budget granted it (late
 binding, as the sender cuts a batch), so every desktop asked about while it waited rides along. After a crash,
 5,000 single-desktop requests cost about 50 listings, each a read of the credential's ``READ_RATE_LIMIT`` that job
-tracking shares; at most ``parallel`` listings per project are in flight.
+tracking shares (and, with REDIS_URL, the whole fleet: the budget is the source's ``read_limiter``, see
+:mod:`snapworker.cloud.read_budget`); at most ``parallel`` listings per project are in flight.
 """
 
 from __future__ import annotations

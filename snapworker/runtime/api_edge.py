@@ -1,7 +1,7 @@
-"""The worker's edge to the Workspace API: one client and rate budget per credential, closed with the worker.
+"""The worker's edge to the Workspace API: one client and rate budgets per credential, closed with the worker.
 
-Built once per run: one :class:`~snapworker.cloud.client.WorkspaceClient` (its batch-create budget shared by a
-fleet through Redis when REDIS_URL is set), or, with ACCOUNTS_FILE, one per account behind an
+Built once per run: one :class:`~snapworker.cloud.client.WorkspaceClient` (its batch-create budget and its read
+budget each shared by a fleet through Redis when REDIS_URL is set), or, with ACCOUNTS_FILE, one per account behind an
 :class:`~snapworker.cloud.accounts.AccountRouter` that routes by project. Every client reports a refused credential
 to ``credential_watch`` (the worker pauses, see :mod:`.credential_pause`).
 """
@@ -41,10 +41,15 @@ def open_api(
         stack.push_async_callback(router.close)
         return router
     from snapworker.cloud.client import WorkspaceClient
+    from snapworker.cloud.read_budget import build_read_limiter
     from snapworker.cloud.shared_limiter import build_limiter
 
     client = WorkspaceClient(
-        settings, limiter=build_limiter(settings, loops=loops), observer=observer, credential_watch=credential_watch
+        settings,
+        limiter=build_limiter(settings, loops=loops),
+        read_limiter=build_read_limiter(settings, loops=loops),  # closed by the client
+        observer=observer,
+        credential_watch=credential_watch,
     )
     stack.push_async_callback(client.limiter.close)
     stack.push_async_callback(client.close)

@@ -18,11 +18,24 @@ __all__ = ["tracker_for"]
 
 
 def tracker_for(settings: Settings, api: object) -> Tracker | None:
-    """The worker's tracker: None when TRACK_JOBS is off or ``api`` cannot read jobs (a test double)."""
+    """The worker's tracker: None when TRACK_JOBS is off or ``api`` cannot read jobs (a test double).
+
+    ``api`` is the worker's: one WorkspaceClient, or with ACCOUNTS_FILE the AccountRouter, whose jobs are each
+    read with the client of their project's account (its credential and read budget). A job of a project that
+    no account serves (any more: the file changed since the job was created) is not declared lost: its read
+    fails with SNAPWORKER.NO_ACCOUNT, logged as a failed read, and it is looked at again later, by whichever
+    worker takes the unit (one whose file serves the project reads it), until TRACK_DEADLINE_S ends it
+    ``unknown``.
+    """
+    from snapworker.cloud.accounts import AccountRouter
     from snapworker.cloud.client import WorkspaceClient
     from snapworker.cloud.jobs import JobReader
+    from snapworker.cloud.snapshots import SharedListings, SnapshotReader
     from snapworker.tracking.loop import Tracker
 
-    if not settings.track_jobs or not isinstance(api, WorkspaceClient):
+    if not settings.track_jobs or not isinstance(api, WorkspaceClient | AccountRouter):
         return None
-    return Tracker(settings, JobReader(api))
+    reader = JobReader(api)
+    # desktops answered from reconciliation are followed by their snapshot's status, under the same read budgets
+    reader.listings = SharedListings(api if isinstance(api, AccountRouter) else SnapshotReader(api))
+    return Tracker(settings, reader)

@@ -11,12 +11,20 @@ themselves sorted, until a page ends with a snapshot older than anything asked a
 allowed): a desktop with years of nightly snapshots costs a page, not hundreds. The name filter is not used:
 whether ``snapshot_name`` matches exactly or by part is not documented, and the generated name holds more than the
 given name.
+
+:class:`SharedListings` lets many askers (job tracking's looks, one per tracking unit) share listings: the desktops
+asked about are queued per project, and a listing takes the first :data:`LISTING_DESKTOPS` of them only once the
+read budget granted it, so every desktop asked about while it waited rides along.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 from urllib.parse import quote, urlencode
@@ -24,7 +32,15 @@ from urllib.parse import quote, urlencode
 from snapworker.cloud.limiter import Grant, Limiter
 from snapworker.domain.snapshots import SKEW_S, SnapshotView
 
-__all__ = ["LISTING_DESKTOPS", "ListingUnreadable", "SnapshotReader", "listing_path", "parse_listing"]
+__all__ = [
+    "LISTING_DESKTOPS",
+    "ListingUnreadable",
+    "SharedListings",
+    "SnapshotReader",
+    "SnapshotSource",
+    "listing_path",
+    "parse_listing",
+]
 
 #: Desktops asked about in one listing (its query then stays near 5 kB, as a batch-create body of 100 would).
 LISTING_DESKTOPS: Final = 100
@@ -144,3 +160,124 @@ class SnapshotReader:
             f"more than {MAX_PAGES * _PAGE} snapshots listed for {len(desktop_ids)} desktops since "
             f"{datetime.fromtimestamp(since, UTC):%Y-%m-%dT%H:%M:%SZ}, or not sorted by create_time"
         )
+
+
+class SnapshotSource(Protocol):
+    """The snapshot listing per project: SnapshotReader (one credential) or AccountRouter (one per account)."""
+
+    def read_limiter(self, project_id: str) -> Limiter: ...
+
+    async def list_snapshots(
+        self, project_id: str, desktop_ids: Sequence[str], *, since: float, grant: Grant | None = None
+    ) -> Mapping[str, list[SnapshotView]]: ...
+
+
+@dataclass(slots=True)
+class _Ask:
+    desktop_id: str
+    since: float
+    answer: asyncio.Future[list[SnapshotView]]
+
+
+class SharedListings:
+    """Listings of ``source`` shared by whoever asks at the same time (see the module docstring): at most
+    ``parallel`` listings per project in flight, each of up to LISTING_DESKTOPS desktops, each waiting for a read
+    of the project's budget first. ``listings`` counts the listings made (each one or more pages)."""
+
+    def __init__(self, source: SnapshotSource, *, parallel: int = 2) -> None:
+        self._source = source
+        self._parallel = parallel
+        self._queues: dict[str, deque[_Ask]] = {}
+        self._listing: dict[str, int] = {}  # project -> listings in flight
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.listings = 0
+
+    async def listed(
+        self, project_id: str, desktop_ids: Sequence[str], *, since: float
+    ) -> dict[str, list[SnapshotView]]:
+        """The snapshots of each of ``desktop_ids`` (any number) created since ``since`` (POSIX, less the clock skew
+        allowed), newest first, as :meth:`SnapshotReader.list_snapshots` lists them: every desktop asked about is a
+        key, its list complete for that span. Raises what the listing of any of them raised (the API's error,
+        ListingUnreadable, or the budget's refusal)."""
+        if not desktop_ids:
+            return {}
+        loop = asyncio.get_running_loop()
+        asks = [_Ask(d, since, loop.create_future()) for d in dict.fromkeys(desktop_ids)]
+        self._queues.setdefault(project_id, deque()).extend(asks)
+        self._start(project_id)
+        try:
+            return {ask.desktop_id: await ask.answer for ask in asks}
+        finally:
+            for ask in asks:  # failed or cancelled: nobody waits for the rest any more
+                if not ask.answer.done():
+                    ask.answer.cancel()
+
+    def _start(self, project_id: str) -> None:
+        while self._listing.get(project_id, 0) < min(self._parallel, len(self._queues.get(project_id, ()))):
+            self._listing[project_id] = self._listing.get(project_id, 0) + 1
+            task = asyncio.create_task(self._drain(project_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, project_id: str) -> None:
+        """List the project's queued desktops, a listing at a time, until its queue is empty."""
+        try:
+            while self._queues.get(project_id):
+                try:
+                    grant = await self._source.read_limiter(project_id).acquire(project_id)
+                except Exception as exc:  # no budget for this project (no account serves it): nobody can list
+                    self._fail(self._take(project_id, everything=True), exc)
+                    continue
+                taken = self._take(project_id)  # late: every desktop asked about while the budget was awaited
+                if not taken:
+                    self._source.read_limiter(project_id).release()
+                    continue
+                since = min(ask.since for asks in taken.values() for ask in asks)
+                self.listings += 1
+                try:
+                    found = await self._source.list_snapshots(project_id, list(taken), since=since, grant=grant)
+                except Exception as exc:
+                    self._fail(taken, exc)
+                    continue
+                for desktop_id, asks in taken.items():
+                    for ask in asks:
+                        if not ask.answer.done():
+                            ask.answer.set_result(list(found.get(desktop_id, ())))
+        finally:
+            self._listing[project_id] -= 1
+            if not self._listing[project_id]:
+                del self._listing[project_id]
+                if not self._queues.get(project_id):
+                    self._queues.pop(project_id, None)
+
+    def _take(self, project_id: str, *, everything: bool = False) -> dict[str, list[_Ask]]:
+        """The asks of the first LISTING_DESKTOPS distinct desktops queued (all asks of each), skipping those
+        nobody waits for any more."""
+        queue = self._queues.get(project_id, deque())
+        taken: dict[str, list[_Ask]] = {}
+        kept: deque[_Ask] = deque()
+        while queue:
+            ask = queue.popleft()
+            if ask.answer.done():
+                continue
+            if ask.desktop_id in taken or everything or len(taken) < LISTING_DESKTOPS:
+                taken.setdefault(ask.desktop_id, []).append(ask)
+            else:
+                kept.append(ask)
+        queue.extend(kept)
+        return taken
+
+    @staticmethod
+    def _fail(taken: Mapping[str, list[_Ask]], exc: Exception) -> None:
+        for asks in taken.values():
+            for ask in asks:
+                if not ask.answer.done():
+                    ask.answer.set_exception(exc)
+                    with contextlib.suppress(BaseException):
+                        ask.answer.exception()  # retrieved: a waiter gone meanwhile logs nothing
+
+    async def close(self) -> None:
+        """Cancel the listings in flight (their waiters see the cancellation)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

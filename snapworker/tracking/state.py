@@ -5,6 +5,11 @@ the body of one durable tracking message (see :mod:`snapworker.tracking.loop`), 
 and whoever holds the message owns it. The requests of one unit are those one batch outcome finished, and their
 jobs: one read of a job serves every request of the unit that has desktops in it.
 
+A desktop answered from reconciliation (``job_id`` ``reconciled:<snapshot_id>``: the listing names no job) is
+followed by its snapshot instead: the project's snapshot listing gives its status, ``creating`` (still running),
+then ``create_success`` (succeeded) or ``create_failed`` (failed). One listing serves every desktop of a project
+it asks about (:meth:`TrackingUnit.snapshots_to_read`), in this unit and in others looking at the same time.
+
 Nothing here reads a clock, sleeps or talks to the network: ``now`` (timezone-aware UTC) and a random source
 are passed in, and the tests drive it with a fake clock.
 """
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -27,7 +32,8 @@ from snapworker.contract.models import (
     SnapshotResult,
 )
 from snapworker.domain.jobs import JobView, classify
-from snapworker.domain.snapshots import RECONCILED_PREFIX
+from snapworker.domain.snapshots import RECONCILED_PREFIX, SnapshotView
+from snapworker.tracking.snapshot_status import SNAPSHOT_LOOKBACK_S, snapshot_outcome
 
 __all__ = ["Schedule", "TrackedDesktop", "TrackedRequest", "TrackingUnit", "completion_queue_of", "start_unit"]
 
@@ -57,6 +63,11 @@ class TrackedDesktop(BaseModel):
         self.outcome, self.finished_at = outcome, finished_at
         if fail_reason is not None:
             self.fail_reason = fail_reason
+
+    @property
+    def snapshot_id(self) -> str | None:
+        """The snapshot reconciliation found for it (followed through the listing), else None (a job to read)."""
+        return self.job_id.removeprefix(RECONCILED_PREFIX) if self.job_id.startswith(RECONCILED_PREFIX) else None
 
 
 class TrackedRequest(BaseModel):
@@ -141,6 +152,34 @@ class TrackingUnit(BaseModel):
             elif ended and view.complete:
                 desktop.settle("unknown", now, f"job {view.job_id} ended {view.status} without a sub-job for it")
 
+    def snapshots_to_read(self) -> dict[str, list[str]]:
+        """Project ID -> the desktops (each once) whose snapshot found by reconciliation some desktop still waits
+        for: one listing of a project's snapshots of up to 100 desktops serves them all."""
+        wanted: dict[str, dict[str, None]] = {}
+        for request in self.requests:
+            for desktop in request.desktops:
+                if desktop.outcome is None and desktop.snapshot_id is not None:
+                    wanted.setdefault(request.project_id, {})[desktop.desktop_id] = None
+        return {project: list(desktops) for project, desktops in wanted.items()}
+
+    def snapshots_since(self) -> datetime:
+        """How far back the listings of :meth:`snapshots_to_read` must reach (see SNAPSHOT_LOOKBACK_S)."""
+        return self.created_at - timedelta(seconds=SNAPSHOT_LOOKBACK_S)
+
+    def observe_snapshots(self, project_id: str, listed: Mapping[str, Sequence[SnapshotView]], now: datetime) -> None:
+        """Take what one listing of ``project_id``'s snapshots told: ``listed`` holds, for each desktop it asked
+        about, every snapshot created since :meth:`snapshots_since`. Each waiting desktop of those gets the
+        outcome of :func:`~snapworker.tracking.snapshot_status.snapshot_outcome` (``creating``: it waits on);
+        desktops the listing did not ask about are left as they are."""
+        since = self.snapshots_since()
+        for request in self.requests:
+            for desktop in request.desktops if request.project_id == project_id else ():
+                snapshot_id = desktop.snapshot_id
+                if desktop.outcome is None and snapshot_id is not None and desktop.desktop_id in listed:
+                    outcome, reason = snapshot_outcome(snapshot_id, listed[desktop.desktop_id], since)
+                    if outcome is not None:
+                        desktop.settle(outcome, now, reason)
+
     def job_lost(self, job_id: str, now: datetime, reason: str) -> None:
         """The API does not know the job (any more): its waiting desktops end ``unknown``."""
         for desktop in self._waiting(job_id):
@@ -187,18 +226,15 @@ class TrackingUnit(BaseModel):
 
 
 def start_unit(results: Iterable[tuple[SnapshotResult, str | None]], now: datetime) -> TrackingUnit | None:
-    """The unit following the jobs of ``results`` (each with its request's reply_to); None if none has a job."""
+    """The unit following the jobs of ``results`` (each with its request's reply_to), and the snapshots of the
+    desktops answered from reconciliation; None if none has a job."""
     jobs: dict[str, str] = {}
     requests: list[TrackedRequest] = []
     for result, reply_to in results:
         if not result.jobs or result.project_id is None:
             continue
         desktops = [TrackedDesktop(desktop_id=d, job_id=job.job_id) for job in result.jobs for d in job.desktop_ids]
-        for desktop in desktops:
-            if desktop.job_id.startswith(RECONCILED_PREFIX):
-                # found by reconciliation: no job ID to read (the listing names none), so no read is spent on it
-                snapshot = desktop.job_id.removeprefix(RECONCILED_PREFIX)
-                desktop.settle("unknown", now, f"its snapshot {snapshot} was found by reconciliation; no job to follow")
+        # found by reconciliation: no job to read (the listing names none); followed through the listing instead
         jobs |= {job.job_id: result.project_id for job in result.jobs if not job.job_id.startswith(RECONCILED_PREFIX)}
         requests.append(
             TrackedRequest(

@@ -12,7 +12,8 @@ import pytest
 from snapworker.contract.models import JobEntry, SnapshotResult
 from snapworker.domain import jobs as views
 from snapworker.domain.jobs import JobView, SubJobView
-from snapworker.tracking import state
+from snapworker.domain.snapshots import SnapshotView
+from snapworker.tracking import snapshot_status, state
 from snapworker.tracking.state import Schedule, TrackingUnit, start_unit
 
 T0 = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
@@ -166,7 +167,7 @@ def test_a_delay_waits_in_the_smallest_tier_that_holds_it(delay: float, tier: fl
     assert Schedule(first_s=10, max_s=60, deadline_s=3600).tier_for(delay) == tier
 
 
-@pytest.mark.parametrize("module", [state, views])
+@pytest.mark.parametrize("module", [state, snapshot_status, views])
 def test_the_decisions_import_no_io(module: object) -> None:
     tree = ast.parse(Path(getattr(module, "__file__", "")).read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
@@ -175,11 +176,99 @@ def test_the_decisions_import_no_io(module: object) -> None:
     assert imported.isdisjoint(io)
 
 
-def test_a_desktop_found_by_reconciliation_reads_no_job_and_completes_unknown_with_its_snapshot() -> None:
+# -- desktops answered from reconciliation (job_id reconciled:<snapshot_id>): followed by their snapshot's status
+
+
+def snap(snapshot_id: str, desktop: str, status: str | None) -> SnapshotView:
+    return SnapshotView(snapshot_id, "desk-nightly-20261201020000", desktop, None, True, status, "snapworker:a", None)
+
+
+def test_a_desktop_found_by_reconciliation_reads_no_job_and_waits_for_its_snapshot() -> None:
     u = unit(result("r1", ("reconciled:snap-1", ("d1",)), ("j2", ("d2",))))
-    assert u.jobs_to_read() == {"j2": PROJECT}
     u.observe(view("j2", "SUCCESS", {"d2": "SUCCESS"}), T0)
+    assert u.jobs_to_read() == {}
+    assert u.snapshots_to_read() == {PROJECT: ["d1"]}
+    assert u.take_completions(T0) == []
+
+
+def test_its_snapshot_created_makes_it_succeeded_with_the_snapshot_named() -> None:
+    u = unit(result("r1", ("reconciled:snap-1", ("d1",))))
+    u.observe_snapshots(
+        PROJECT, {"d1": [snap("other", "d1", "create_failed"), snap("snap-1", "d1", "create_success")]}, T0
+    )
     [(completion, _)] = u.take_completions(T0)
-    d1 = completion.desktops[0]
-    assert (d1.outcome, d1.job_id) == ("unknown", "reconciled:snap-1")
-    assert "snap-1" in (d1.fail_reason or "")
+    assert completion.status == "succeeded"
+    assert [(d.desktop_id, d.job_id, d.outcome, d.fail_reason) for d in completion.desktops] == [
+        ("d1", "reconciled:snap-1", "succeeded", None)
+    ]
+
+
+def test_its_snapshot_failed_makes_it_failed_saying_so() -> None:
+    u = unit(result("r1", ("reconciled:snap-1", ("d1",))))
+    u.observe_snapshots(PROJECT, {"d1": [snap("snap-1", "d1", "create_failed")]}, T0)
+    [(completion, _)] = u.take_completions(T0)
+    assert completion.status == "failed"
+    assert "snap-1" in (completion.desktops[0].fail_reason or "")
+    assert "create_failed" in (completion.desktops[0].fail_reason or "")
+
+
+def test_its_snapshot_still_creating_keeps_it_waiting() -> None:
+    u = unit(result("r1", ("reconciled:snap-1", ("d1",))))
+    u.observe_snapshots(PROJECT, {"d1": [snap("snap-1", "d1", "creating")]}, T0)
+    assert u.take_completions(T0) == []
+    assert u.snapshots_to_read() == {PROJECT: ["d1"]}
+
+
+def test_a_snapshot_status_nobody_documented_keeps_it_waiting() -> None:
+    u = unit(result("r1", ("reconciled:snap-1", ("d1",))))
+    u.observe_snapshots(PROJECT, {"d1": [snap("snap-1", "d1", "frozen_by_someone")]}, T0)
+    assert u.take_completions(T0) == []
+
+
+def test_a_snapshot_restored_from_since_was_created() -> None:
+    u = unit(result("r1", ("reconciled:snap-1", ("d1",))))
+    u.observe_snapshots(PROJECT, {"d1": [snap("snap-1", "d1", "restoring")]}, T0)
+    assert u.take_completions(T0)[0][0].status == "succeeded"
+
+
+def test_its_snapshot_missing_from_the_listing_makes_it_unknown_at_once() -> None:
+    u = unit(result("r1", ("reconciled:snap-1", ("d1",))))
+    u.observe_snapshots(PROJECT, {"d1": [snap("another", "d1", "create_success")]}, T0 + timedelta(seconds=30))
+    [(completion, _)] = u.take_completions(T0 + timedelta(seconds=30))
+    [d1] = completion.desktops
+    assert (completion.status, d1.outcome, d1.finished_at) == ("unknown", "unknown", T0 + timedelta(seconds=30))
+    assert "snap-1 is not listed" in (d1.fail_reason or "")
+
+
+def test_a_listing_that_did_not_ask_about_the_desktop_leaves_it_waiting() -> None:
+    u = unit(result("r1", ("reconciled:snap-1", ("d1",))))
+    u.observe_snapshots(PROJECT, {"d2": []}, T0)
+    u.observe_snapshots("another-project", {"d1": []}, T0)
+    assert u.take_completions(T0) == []
+
+
+def test_one_desktop_in_two_requests_is_listed_once_and_each_gets_its_own_snapshot() -> None:
+    u = unit(result("r1", ("reconciled:snap-1", ("d1",))), result("r2", ("reconciled:snap-2", ("d1",))))
+    assert u.snapshots_to_read() == {PROJECT: ["d1"]}
+    u.observe_snapshots(PROJECT, {"d1": [snap("snap-2", "d1", "create_success"), snap("snap-1", "d1", "creating")]}, T0)
+    [(completion, _)] = u.take_completions(T0)
+    assert (completion.request_id, completion.status) == ("r2", "succeeded")
+    assert u.snapshots_to_read() == {PROJECT: ["d1"]}
+
+
+def test_its_snapshot_is_looked_for_a_day_before_the_unit_began() -> None:
+    u = unit(result("r1", ("reconciled:snap-1", ("d1",))))
+    assert u.snapshots_since() == T0 - timedelta(days=1)
+
+
+def test_a_snapshot_still_creating_past_the_deadline_is_unknown() -> None:
+    u = unit(result("r1", ("reconciled:snap-1", ("d1",))))
+    u.observe_snapshots(PROJECT, {"d1": [snap("snap-1", "d1", "creating")]}, T0)
+    assert u.expire(T0 + timedelta(seconds=60), deadline_s=60)
+    [(completion, _)] = u.take_completions(T0 + timedelta(seconds=60))
+    assert completion.desktops[0].outcome == "unknown"
+
+
+def test_a_unit_waiting_for_a_snapshot_survives_its_message_body() -> None:
+    u = unit(result("r1", ("reconciled:snap-1", ("d1",))))
+    assert TrackingUnit.model_validate_json(u.model_dump_json()).snapshots_to_read() == {PROJECT: ["d1"]}

@@ -6,21 +6,24 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import cast
 
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 
+from snapworker.cloud.jobs import JobReader
 from snapworker.ops.health import HealthServer
 from snapworker.ops.metrics import build_registry
 from snapworker.runtime.worker import Worker
 from snapworker.settings import Settings
+from snapworker.tracking.loop import Tracker
 
 DASHBOARD = Path(__file__).parent.parent / "deploy" / "grafana-dashboard.json"
 _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
-def _exposed_names() -> set[str]:
-    registry, _ = build_registry(Worker(Settings()))
+def _exposed_names(worker: Worker | None = None) -> set[str]:
+    registry, _ = build_registry(worker or Worker(Settings()))
     names = set()
     for line in generate_latest(registry).decode().splitlines():
         if line and not line.startswith("#"):
@@ -44,6 +47,10 @@ def test_every_metric_the_dashboard_queries_exists() -> None:
     # the limiter's series appear once the worker runs: they are part of the contract all the same
     names |= {"snapworker_limiter_rate_calls_per_second", "snapworker_api_call_seconds_bucket"}
     names |= {"snapworker_api_call_seconds_count", "snapworker_api_throttles_total"}
+    # and the tracker's once it has started (TRACK_JOBS on)
+    tracking = Worker(Settings())
+    tracking._outcomes.tracker = Tracker(Settings(), cast(JobReader, object()))
+    names |= _exposed_names(tracking)
     dashboard = json.loads(DASHBOARD.read_text())
     queried = {
         metric

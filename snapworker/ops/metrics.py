@@ -22,6 +22,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from snapworker.ops.tracking_metrics import TrackerView, tracking_metrics
+
 if TYPE_CHECKING:
     from snapworker.cloud.limiter import Limiter
     from snapworker.core import BatchingCore
@@ -48,6 +50,8 @@ class WorkerView(Protocol):
     def limiter(self) -> Limiter | None: ...
     @property
     def idempotency(self) -> StoreView | None: ...
+    @property
+    def tracker(self) -> TrackerView | None: ...
     def ready(self) -> bool: ...
 
 
@@ -181,6 +185,9 @@ class WorkerCollector(Collector):
         idem = self._worker.idempotency
         if idem is not None:
             yield from _idempotency_metrics(idem.health)
+        tracker = self._worker.tracker
+        if tracker is not None:  # TRACK_JOBS on, once the worker runs
+            yield from tracking_metrics(tracker)
 
 
 def _idempotency_metrics(health: StoreHealth) -> Iterator[Metric]:

@@ -39,6 +39,7 @@ from snapworker.settings import Settings, redact_url
 
 if TYPE_CHECKING:
     from snapworker.ops.metrics import ApiMetrics
+    from snapworker.tracking.loop import Tracker
 
 __all__ = ["Worker"]
 
@@ -197,6 +198,11 @@ class Worker:
     def idempotency(self) -> Idempotency | None:
         """The idempotency store's handle (read-only use: metrics); None when IDEMPOTENCY_STORE=off."""
         return self._idem
+
+    @property
+    def tracker(self) -> Tracker | None:
+        """The job tracker (read-only use: metrics); None when TRACK_JOBS is off, and until ``run`` starts it."""
+        return self._outcomes.tracker
 
     def problems(self) -> dict[str, str]:
         """What keeps the worker from serving now, with why (empty when nothing does): a background loop down, or

@@ -16,8 +16,12 @@ finishes. A tracking message is never held across a wait, so the broker's acknow
 and before its ack reached the broker (normally well under a millisecond, at most a network round trip) leaves
 both the old message and the new ones: a request's completion may then be published twice. Each completion's
 AMQP ``message_id`` is ``completion:<request_id>:<unit_id>``, the same both times, so consumers deduplicate by it.
-Classic queues dead-letter at most once: a broker node that crashes while a message moves from a wait queue to
-the tracking queue can lose it (and so that unit's completions); quorum queues would close that, at a cost.
+With TRACKING_QUEUE_TYPE=quorum (the default) the wait queues dead-letter at least once, so a broker node that
+crashes while a message moves from a wait queue to the tracking queue does not lose it; classic queues
+dead-letter at most once (see docs/queues.md).
+
+A look's completions and its next tracking message go out in one confirmed write
+(:mod:`snapworker.tracking.publisher`).
 """
 
 from __future__ import annotations
@@ -28,31 +32,37 @@ import logging
 import random
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from pydantic import ValidationError
 
 from snapworker.amqp.errors import CONNECTION_ERRORS
+from snapworker.amqp.publish import Outgoing
 from snapworker.amqp.reconnect import keep_serving
 from snapworker.amqp.session import connection_name
-from snapworker.cloud.jobs import JobReader, job_not_found
-from snapworker.contract.models import COMPLETION_TYPE, SnapshotCompletion, SnapshotResult
-from snapworker.domain.jobs import JobView
-from snapworker.errors import ApiCredentialRefused, ApiError, BrokerError
+from snapworker.cloud.jobs import JobReader
+from snapworker.contract.models import SnapshotCompletion, SnapshotResult
+from snapworker.errors import BrokerError
 from snapworker.settings import Settings
 from snapworker.tracking.backlog import Backlog
+from snapworker.tracking.look import look
+from snapworker.tracking.publisher import (
+    TRACKING_TYPE,
+    TrackingPublisher,
+    Unroutable,
+    completion_message,
+    tracking_message,
+)
 from snapworker.tracking.state import TrackingUnit, completion_queue_of, start_unit
+from snapworker.tracking.stats import TrackingStats
 from snapworker.tracking.topology import declare_tracking_topology, schedule_of, tracking_queues, wait_queue
 
 __all__ = ["TRACKING_TYPE", "Tracker", "declare_tracking_topology", "schedule_of", "tracking_queues"]
 
 log = logging.getLogger("snapworker.tracking")
-
-#: AMQP ``type`` of a tracking message.
-TRACKING_TYPE = "snapworker.tracking"
 
 
 # a look's commit (its publishes and the ack) fails with these
@@ -68,7 +78,7 @@ class Tracker:
         self._reader = reader
         self._schedule = schedule_of(settings)
         self._rng = rng or random.Random()
-        self._publish: AbstractChannel | None = None
+        self._publish: TrackingPublisher | None = None
         self._ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._deadline = 0.0  # on the loop's clock, set by close(): when looks and catching up must have ended
@@ -79,6 +89,7 @@ class Tracker:
         self.completions_published = 0
         self.requests_untracked = 0  # requests with jobs whose completion nobody asked for: not tracked at all
         self.completions_undeliverable = 0  # reply_to gone and no COMPLETION_QUEUE to fall back to: dropped
+        self.stats = TrackingStats(held=self._handling)  # what the metrics read besides the counters above
 
     @property
     def reads(self) -> int:
@@ -188,7 +199,7 @@ class Tracker:
     async def _serve(self, conn: AbstractConnection) -> None:
         publish = await conn.channel(publisher_confirms=True, on_return_raises=True)
         await declare_tracking_topology(publish, self._settings)
-        self._publish = publish
+        self._publish = TrackingPublisher(cast(aiormq.Channel, await publish.get_underlay_channel()))
         lost = asyncio.Event()
         conn.close_callbacks.add(lambda *_: lost.set())
         if self._stopping.is_set():  # connected again only to publish the backlog
@@ -257,10 +268,7 @@ class Tracker:
         unit.polls += 1
         done = unit.take_completions(now)
         try:
-            sends = [self._send_completion(c, reply_to, unit.unit_id) for c, reply_to in done]
-            if unit.requests:
-                sends.append(self._send_next(unit))
-            delivered = await asyncio.gather(*sends)
+            published = await self._commit(unit, done)
             await message.ack()
         except _COMMIT_ERRORS as exc:
             # Not committed: the message stays unacked and returns to the queue with this connection, or is
@@ -269,93 +277,66 @@ class Tracker:
             with contextlib.suppress(*CONNECTION_ERRORS):
                 await message.nack(requeue=True)
             return
-        published = sum(1 for ok in delivered[: len(done)] if ok)
         self.completions_published += published
         self.completions_undeliverable += len(done) - published
+        if not unit.requests:
+            self.stats.units_finished += 1  # no next tracking message: the unit ended here
 
     async def _look(self, unit: TrackingUnit) -> None:
-        """Read every job some desktop of ``unit`` waits for, at once (the read limiter paces them)."""
-        jobs = unit.jobs_to_read()
-        views = await asyncio.gather(
-            *(self._reader.read(project, job_id) for job_id, project in jobs.items()), return_exceptions=True
-        )
-        now = datetime.now(UTC)
-        for job_id, view in zip(jobs, views, strict=True):
-            if isinstance(view, JobView):
-                unit.observe(view, now)
-            elif isinstance(view, ApiError) and job_not_found(view):
-                unit.job_lost(job_id, now, f"the API does not know job {job_id} ({view.error_code})")
-            elif isinstance(view, ApiCredentialRefused):
-                pass  # the worker's one ERROR line says so and it pauses; the job is looked at again later
-            elif isinstance(view, ApiError):
-                log.warning("reading job %s failed (%s); looking again later", job_id, view, extra={"job_id": job_id})
-            elif isinstance(view, BaseException):
-                raise view
+        await look(unit, self._reader, self.stats)
 
     # -- publishing
-    async def _send_first(self, unit: TrackingUnit) -> None:
-        await self._send_next(unit)
-        self.units_started += 1
+    async def _commit(self, unit: TrackingUnit, done: list[tuple[SnapshotCompletion, str | None]]) -> int:
+        """Publish the completions in ``done`` and, if any request is left, ``unit`` as the next tracking message,
+        in one confirmed write; how many completions were delivered. Raises BrokerError if anything that must
+        be kept was not confirmed (the look is then not committed and is done again).
 
-    async def _send_next(self, unit: TrackingUnit) -> bool:
-        delay = self._schedule.delay(unit, datetime.now(UTC), self._rng)
-        message = aio_pika.Message(
-            unit.model_dump_json().encode(),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=f"{unit.unit_id}:{unit.polls}",
-            type=TRACKING_TYPE,
-            expiration=max(delay, 0.001),  # 0 would mean "no expiration"
-        )
-        await self._publish_to(message, wait_queue(self._settings, self._schedule.tier_for(delay)))
-        return True
-
-    async def _send_completion(self, completion: SnapshotCompletion, reply_to: str | None, unit_id: str) -> bool:
-        """Publish the completion to its queue (:func:`completion_queue_of`; the unit kept only requests that
-        have one); whether it was. A reply_to queue that is gone falls back to COMPLETION_QUEUE if set; else the
-        completion is dropped with a warning (False)."""
-
-        def build(headers: dict[str, Any]) -> aio_pika.Message:
-            return aio_pika.Message(
-                completion.model_dump_json().encode(),
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=f"completion:{completion.request_id}:{unit_id}",
-                correlation_id=completion.correlation_id,
-                type=COMPLETION_TYPE,
-                headers={"x-snapworker-status": completion.status, **headers},
-            )
-
+        A completion whose reply_to queue is gone goes to COMPLETION_QUEUE if set (a second write), else it is
+        dropped with a warning (not delivered). A completion addressed to COMPLETION_QUEUE itself that is
+        returned, or any message refused, fails the commit."""
         fallback = self._settings.completion_queue
-        queue = completion_queue_of(reply_to, fallback)
-        if queue is None:  # forget_unaddressed took such requests out of the unit
-            return False
-        try:
-            await self._publish_to(build({}), queue)
-        except _Unroutable:
-            if reply_to is None:  # the completion queue itself is gone: not committed, looked at again
-                raise
+        sent = [(c, q) for c, reply_to in done if (q := completion_queue_of(reply_to, fallback)) is not None]
+        # (None: forget_unaddressed took such requests out of the unit)
+        messages = [completion_message(c, queue, unit.unit_id) for c, queue in sent]
+        if unit.requests:
+            messages.append(self._next_message(unit))
+        outcomes = await self._publisher().publish(messages)
+        if unit.requests and outcomes[-1] is not None:
+            raise outcomes[-1]  # the unit's next state was not kept
+        detours: list[Outgoing] = []
+        dropped = 0
+        for (completion, queue), outcome in zip(sent, outcomes, strict=False):
+            if outcome is None:
+                continue
+            if not isinstance(outcome, Unroutable) or queue == fallback:
+                raise outcome  # refused, or the completion queue itself is gone: looked at again
             if not fallback:
+                dropped += 1
                 log.warning("reply_to queue %r does not exist and SNAPWORKER_COMPLETION_QUEUE is not set: the "
                             "completion of request %s is dropped", queue, completion.request_id)  # fmt: skip
-                return False
+                continue
             log.warning("reply_to queue %r does not exist: the completion goes to the completion queue", queue)
-            await self._publish_to(build({"x-snapworker-undeliverable-reply-to": queue}), fallback)
-        return True
+            detours.append(completion_message(completion, fallback, unit.unit_id, undeliverable_reply_to=queue))
+        for outcome in await self._publisher().publish(detours):
+            if outcome is not None:
+                raise outcome
+        # without a fallback a returned completion was dropped; with one it went there (else we raised above)
+        delivered = [c for (c, _), outcome in zip(sent, outcomes, strict=False) if outcome is None or fallback]
+        self.stats.count_published(delivered, unit.created_at, datetime.now(UTC))
+        return len(sent) - dropped
 
-    async def _publish_to(self, message: aio_pika.Message, queue: str) -> None:
-        channel = self._publish
-        if channel is None:
+    def _next_message(self, unit: TrackingUnit) -> Outgoing:
+        delay = self._schedule.delay(unit, datetime.now(UTC), self._rng)
+        return tracking_message(unit, wait_queue(self._settings, self._schedule.tier_for(delay)), delay)
+
+    async def _send_first(self, unit: TrackingUnit) -> None:
+        (outcome,) = await self._publisher().publish([self._next_message(unit)])
+        if outcome is not None:
+            raise outcome
+        self.units_started += 1
+
+    def _publisher(self) -> TrackingPublisher:
+        publisher = self._publish
+        if publisher is None:
             raise BrokerError("the tracking connection is not open")
-        try:
-            await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
-        except aiormq.exceptions.PublishError as exc:
-            raise _Unroutable(f"no queue {queue!r}") from exc
-        except aiormq.exceptions.DeliveryError as exc:
-            raise BrokerError(f"the broker refused a message for {queue!r}: {exc!r}") from exc
-        except CONNECTION_ERRORS as exc:
-            raise BrokerError(f"publishing to {queue!r} failed: {exc!r}") from exc
-
-
-class _Unroutable(BrokerError):
-    """Returned by the broker: no such queue."""
+        return publisher

@@ -15,17 +15,20 @@ import pytest
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
+from snapworker.amqp.publish import Outgoing
 from snapworker.cloud.jobs import JobReader
 from snapworker.settings import Settings
+from snapworker.tracking import publisher
 from snapworker.tracking.loop import Tracker
 from snapworker.tracking.state import TrackingUnit
+from snapworker.tracking.topology import wait_queue
 from tests.tracking.test_state import result
 
 # a completion queue named: these requests have no reply_to, and would not be tracked without one
 SETTINGS = Settings(
     api_url="http://127.0.0.1:9", auth_token="t", track_first_poll_s=10.0, completion_queue="snapworker.completions"
 )
-FIRST_WAIT_QUEUE = f"{SETTINGS.tracking_queue}.wait.10000ms"
+FIRST_WAIT_QUEUE = wait_queue(SETTINGS, 10.0)
 
 
 class _Reader:
@@ -33,7 +36,8 @@ class _Reader:
 
 
 class FakeBroker:
-    """What the tracker uses of aio-pika. ``connect`` waits until ``up`` is set (no backoff sleeps in tests);
+    """What the tracker uses of aio-pika and ``publish_confirmed``. ``connect`` waits until ``up`` is set (no
+    backoff sleeps in tests);
     the next ``fail_publishes`` publishes fail as a closed channel does; a publish to a queue in ``missing`` is
     returned as unroutable. ``on_message``: the tracker's consumer, to deliver tracking messages to."""
 
@@ -41,13 +45,30 @@ class FakeBroker:
         self.up = asyncio.Event()
         self.fail_publishes = 0
         self.missing: set[str] = set()
-        self.published: list[tuple[str, aio_pika.Message]] = []
+        self.published: list[tuple[str, Outgoing]] = []
+        self.writes: list[int] = []  # messages per publish_confirmed call: one write each
         self.consuming = False
         self.on_message: Callable[[Any], Any] | None = None
 
     async def connect(self, *_args: Any, **_kwargs: Any) -> _Conn:
         await self.up.wait()
         return _Conn(self)
+
+    async def publish_confirmed(self, _channel: Any, messages: list[Outgoing]) -> list[BaseException | None]:
+        if self.fail_publishes > 0:
+            self.fail_publishes -= 1
+            raise aio_pika.exceptions.ChannelInvalidStateError("channel closed")
+        self.writes.append(len(messages))
+        outcomes: list[BaseException | None] = []
+        for message in messages:
+            if message.queue in self.missing:
+                returned = Basic.Return(reply_code=312, reply_text="NO_ROUTE", exchange="", routing_key=message.queue)
+                delivered = aiormq.abc.DeliveredMessage(returned, ContentHeader(), message.body, cast(Any, None))
+                outcomes.append(aiormq.exceptions.PublishError(delivered, returned))
+            else:
+                self.published.append((message.queue, message))
+                outcomes.append(None)
+        return outcomes
 
     def units(self) -> list[TrackingUnit]:
         return [TrackingUnit.model_validate_json(m.body) for _, m in self.published]
@@ -87,21 +108,15 @@ class _Channel:
     async def cancel(self, _tag: str) -> None:
         pass
 
-    async def publish(self, message: aio_pika.Message, routing_key: str, **_kwargs: Any) -> None:
-        if self.broker.fail_publishes > 0:
-            self.broker.fail_publishes -= 1
-            raise aio_pika.exceptions.ChannelInvalidStateError("channel closed")
-        if routing_key in self.broker.missing:
-            returned = Basic.Return(reply_code=312, reply_text="NO_ROUTE", exchange="", routing_key=routing_key)
-            delivered = aiormq.abc.DeliveredMessage(returned, ContentHeader(), message.body, cast(Any, None))
-            raise aiormq.exceptions.PublishError(delivered, returned)
-        self.broker.published.append((routing_key, message))
+    async def get_underlay_channel(self) -> _Channel:
+        return self
 
 
 @pytest.fixture
 def broker(monkeypatch: pytest.MonkeyPatch) -> FakeBroker:
     fake = FakeBroker()
     monkeypatch.setattr(aio_pika, "connect", fake.connect)
+    monkeypatch.setattr(publisher, "publish_confirmed", fake.publish_confirmed)
     return fake
 
 

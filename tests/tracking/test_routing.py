@@ -15,13 +15,14 @@ from snapworker.cloud.jobs import JobReader
 from snapworker.domain.jobs import JobView
 from snapworker.tracking.loop import Tracker
 from snapworker.tracking.state import TrackingUnit, completion_queue_of, start_unit
+from snapworker.tracking.topology import wait_queue
 from tests.tracking.test_loop_backlog import SETTINGS, FakeBroker, broker, stop, until
 from tests.tracking.test_state import result, view
 
 __all__ = ["broker"]  # the fixture, shared with the backlog tests
 
 COMPLETIONS = "test.completions"
-FIRST_WAIT_QUEUE = f"{SETTINGS.tracking_queue}.wait.10000ms"
+FIRST_WAIT_QUEUE = wait_queue(SETTINGS, 10.0)
 
 
 class _Reader:
@@ -162,6 +163,34 @@ async def test_a_completion_whose_reply_to_is_gone_goes_to_the_completion_queue_
     await deliver(broker, answered("r1", "gone"))
     [(queue, completion)] = broker.published
     assert queue == COMPLETIONS
-    assert (completion.headers or {})["x-snapworker-undeliverable-reply-to"] == "gone"
+    assert (completion.properties.headers or {})["x-snapworker-undeliverable-reply-to"] == "gone"
     assert (tracker.completions_undeliverable, tracker.completions_published) == (0, 1)
+    await stop(tracker, running)
+
+
+async def test_the_completions_of_a_look_go_out_in_one_confirmed_write(broker: FakeBroker) -> None:
+    tracker, _, running = await running_tracker(broker, completion_queue=COMPLETIONS)
+    message = await deliver(broker, *(answered(f"r{i}", None) for i in range(3)))
+    assert broker.writes == [3]
+    assert [queue for queue, _ in broker.published] == [COMPLETIONS] * 3
+    assert (message.settled, tracker.completions_published) == ("ack", 3)
+    await stop(tracker, running)
+
+
+async def test_a_completion_carries_its_status_type_and_a_message_id_stable_across_looks(broker: FakeBroker) -> None:
+    tracker, _, running = await running_tracker(broker, completion_queue=COMPLETIONS)
+    await deliver(broker, answered("r1", None))
+    [(_, completion)] = broker.published
+    properties = completion.properties
+    assert (properties.message_type, properties.delivery_mode) == ("snapworker.completion", 2)
+    assert (properties.message_id or "").startswith("completion:r1:")
+    assert (properties.headers or {})["x-snapworker-status"] == "succeeded"
+    await stop(tracker, running)
+
+
+async def test_a_look_whose_write_fails_is_not_committed(broker: FakeBroker) -> None:
+    tracker, _, running = await running_tracker(broker, completion_queue=COMPLETIONS)
+    broker.fail_publishes = 1
+    message = await deliver(broker, answered("r1", None))
+    assert (message.settled, broker.published, tracker.completions_published) == ("nack", [], 0)
     await stop(tracker, running)

@@ -240,25 +240,43 @@ class Partitions:
             self._on_workers(workers or 1)
         owned = frozenset(p for p, name in enumerate(names) if name in attached)
         consumers = {p: c or 0 for p, c in counts.items()}
+        if (workers or 1) == 1:
+            await self._claim_every_free(names, owned, consumers)
+            return
         step = next_claim_step(owned, consumers, workers or 1, self._order, random.random())
-        while step is not None:
-            if step.action == "claim":
-                await self._session.attach(names[step.partition])
-                owned, consumers[step.partition] = owned | {step.partition}, consumers[step.partition] + 1
-            else:
-                await self._session.detach(names[step.partition])
-                owned, consumers[step.partition] = owned - {step.partition}, consumers[step.partition] - 1
-            log.info(
-                "%s partition %s (%d routing workers; this worker now owns %d of %d)",
-                "claimed" if step.action == "claim" else "released",
-                names[step.partition],
-                workers or 1,
-                len(owned),
-                self._count,
-            )
-            # A lone worker (the only router) claims every free partition at once: it is the default (PARTITIONS
-            # is on), and one claim a second would leave a lone worker's requests waiting in unclaimed partitions
-            # for seconds after each start. In a fleet, one step at a time (see next_claim_step).
-            if step.action != "claim" or (workers or 1) > 1:
-                return
-            step = next_claim_step(owned, consumers, 1, self._order, random.random())
+        if step is None:
+            return
+        if step.action == "claim":
+            await self._session.attach(names[step.partition])
+            owned = owned | {step.partition}
+        else:
+            await self._session.detach(names[step.partition])
+            owned = owned - {step.partition}
+        log.info(
+            "%s partition %s (%d routing workers; this worker now owns %d of %d)",
+            "claimed" if step.action == "claim" else "released",
+            names[step.partition],
+            workers or 1,
+            len(owned),
+            self._count,
+        )
+
+    async def _claim_every_free(self, names: list[str], owned: frozenset[int], consumers: dict[int, int]) -> None:
+        """The only router claims every partition nobody consumes, at once: it is the default (PARTITIONS is
+        on), and one claim a step would leave a lone worker's requests waiting in unclaimed partitions for
+        seconds after each start. (A partition that two workers consume goes through next_claim_step's coin.)"""
+        step = next_claim_step(owned, consumers, 1, self._order, random.random())
+        if step is not None and step.action == "release":
+            await self._session.detach(names[step.partition])
+            log.info("released partition %s (contested)", names[step.partition])
+            return
+        free = [p for p in self._order if p not in owned and consumers.get(p, 0) == 0]
+        if not free:
+            return
+        await self._session.attach_many([names[p] for p in free])
+        log.info(
+            "claimed partitions %s (the only routing worker; it now owns %d of %d)",
+            ", ".join(names[p].rsplit(".", 1)[-1] for p in free),
+            len(owned) + len(free),
+            self._count,
+        )

@@ -211,7 +211,15 @@ class AmqpSession:
             await self.attach(queue)
 
     async def attach(self, queue: str) -> None:
-        """Consume ``queue`` and its urgent twin too, ``queue`` sharing the window equally with the others.
+        """Consume ``queue`` and its urgent twin too (see :meth:`attach_many`)."""
+        await self.attach_many([queue])
+
+    async def attach_many(self, queues: Sequence[str]) -> None:
+        """Consume ``queues`` and their urgent twins too, each sharing the window equally with the others.
+
+        All at once: the consumers already there are reshared once, to the final share, and the new ones start
+        with it (a lone worker claiming 16 partitions one attach at a time swapped consumers 136 times, 3.6 s
+        of round trips while requests waited in unclaimed partitions).
 
         Every queue's consumer gets ``prefetch // queues`` (at least 1): the prefetch counts of this channel's
         consumers of those queues sum to at most the window after each attach, detach and widening (see
@@ -221,22 +229,26 @@ class AmqpSession:
         """
         async with self._consumer_lock:
             underlay, callback, urgent = self._underlay, self._on_message, self._on_urgent
-            if underlay is None or callback is None or urgent is None or queue in self._consumers:
+            new = [q for q in dict.fromkeys(queues) if q not in self._consumers]
+            if underlay is None or callback is None or urgent is None or not new:
                 return
+            queue = new[0]
             try:
-                # The others give up their part before the new consumer takes its own: started first, it would
-                # add its share to a window the others already fill.
-                share = self._share(len(self._consumers) + 1)
+                # The others give up their part before the new consumers take their own: started first, they
+                # would add their share to a window the others already fill.
+                share = self._share(len(self._consumers) + len(new))
                 await self._reshare(underlay, callback, share)
                 await underlay.basic_qos(prefetch_count=share)
-                ok = await underlay.basic_consume(queue, callback, no_ack=False)
-                assert ok.consumer_tag is not None
-                self._consumers[queue] = ok.consumer_tag
-                self._prefetch_of[ok.consumer_tag] = share
+                for queue in new:
+                    ok = await underlay.basic_consume(queue, callback, no_ack=False)
+                    assert ok.consumer_tag is not None
+                    self._consumers[queue] = ok.consumer_tag
+                    self._prefetch_of[ok.consumer_tag] = share
                 await underlay.basic_qos(prefetch_count=self._settings.urgent_prefetch)
-                twin = await underlay.basic_consume(urgent_queue(queue), urgent, no_ack=False)
-                assert twin.consumer_tag is not None
-                self._urgent[queue] = twin.consumer_tag
+                for queue in new:
+                    twin = await underlay.basic_consume(urgent_queue(queue), urgent, no_ack=False)
+                    assert twin.consumer_tag is not None
+                    self._urgent[queue] = twin.consumer_tag
             except CHANNEL_ERRORS as exc:
                 # a channel closed before or while we asked is a broker failure like any other, not a bug
                 raise BrokerError(f"cannot consume from {queue!r}: {exc!r}") from exc

@@ -161,6 +161,8 @@ async def run(args: argparse.Namespace) -> int:
         "max_concurrency": str(args.concurrency),
         "rate_limit": "1000",
         "rate_burst": "100",
+        # job reads too: an API without limits has none on reads either (tracking's looks then take seconds)
+        "read_rate_limit": "100",
     }
     # A bulk backlog (a nightly run) wants full batches more than low latency: with 50 projects, a batch fills
     # only after 100 x 50 deliveries, longer than the default 250 ms linger at any intake rate Python reaches.

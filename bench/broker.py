@@ -137,6 +137,15 @@ class Broker:
         if queues in self.undeleted:
             self.undeleted.remove(queues)
 
+    async def delete_named(self, names: list[str]) -> None:
+        """Delete these queues (those that exist)."""
+        channel = await self._conn.channel()
+        try:
+            for name in names:
+                await channel.queue_delete(name)
+        finally:
+            await channel.close()
+
     async def publish_many(self, queue: str, messages: Iterable[Message], *, in_flight: int, timeout_s: float) -> int:
         """Publish persistent JSON messages with up to ``in_flight`` confirms outstanding; the count published."""
         exchange = self._channel.default_exchange

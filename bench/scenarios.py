@@ -18,6 +18,7 @@ from bench.broker import Broker, Message, Queues
 from bench.infra import Drive, SimProcess, drive, parse_settings_line, parse_totals, verify_drained
 from bench.procs import CpuWatch, Measured, find_pid, snapworker_env, wait_until_quiet
 from bench.report import minimum_calls
+from bench.tracked import TrackingQueues
 
 __all__ = [
     "STORE_PAIRS",
@@ -33,9 +34,13 @@ __all__ = [
 
 T = TypeVar("T")
 
-SYSTEMS = ("worker", "nostore", "noapi", "perapi")
-#: the systems that are snapworker: "nostore" is the worker with IDEMPOTENCY_STORE=off (what the store costs)
-WORKERS = frozenset({"worker", "nostore"})
+SYSTEMS = ("worker", "nostore", "notrack", "noapi", "perapi")
+#: the systems that are snapworker: "worker" as users run it (the idempotency store on, job tracking on and every
+#: completion asked for), "nostore" with IDEMPOTENCY_STORE=off, "notrack" with TRACK_JOBS=false (what each costs)
+WORKERS = frozenset({"worker", "nostore", "notrack"})
+#: the workers whose requests' completions are asked for (SNAPWORKER_COMPLETION_QUEUE set, as for a user who
+#: watches them): their CPU is also read once the last completion is published
+TRACKED = frozenset({"worker", "nostore"})
 PUBLISH_IN_FLIGHT = 1000
 #: Extra (worker, nostore) pairs per throughput run. The store's price is a small difference between two noisy
 #: figures: on 2 cores the broker's CPU for the same backlog varies up to 3x from one drain to the next, and
@@ -131,6 +136,8 @@ class Context:
         settings = {"track_jobs": "false", **(self.worker_settings if base is None else base), **overrides}
         if system == "nostore":
             settings["idempotency_store"] = "off"
+        elif system == "notrack":
+            settings["track_jobs"] = "false"
         elif system == "worker":
             # a fresh store per run (under the bench's log directory), never the user's ~/.local/state
             settings.setdefault("state_dir", str(self.log_dir / "state" / log_name))
@@ -185,10 +192,17 @@ async def measure_backlog(
     log_name: str,
     overrides: Mapping[str, str] | None = None,
     timeout_s: float,
+    wait_for_completions: bool = True,
 ) -> dict[str, Any]:
-    """Publish a backlog to fresh queues, run ``system`` on it until every result is in; everything measured."""
+    """Publish a backlog to fresh queues, run ``system`` on it until every result is in; everything measured.
+    For a system in TRACKED, then (outside the timed drain) until every completion is in, unless not
+    ``wait_for_completions``: the worker's CPU read then includes all of tracking's work."""
+    completed: dict[str, Any] = {}
     overrides = dict(overrides or {})
     queues = Queues.fresh(system)
+    tracking = TrackingQueues.of(queues) if system in TRACKED else None
+    if tracking is not None:
+        overrides |= tracking.settings()
     await ctx.broker.declare(queues)
     try:
         started = time.perf_counter()
@@ -207,6 +221,8 @@ async def measure_backlog(
             run = await drive(proc, ctx.broker, queues, n, timeout_s, watch)
             if run.outcome == "ok":
                 run.request_queue_after = await verify_drained(queues.request)
+            if run.outcome == "ok" and tracking is not None and wait_for_completions:
+                completed = await tracking.wait_for_completions(ctx.broker, proc, n, timeout_s)
         finally:
             run.exit_code = await proc.stop()
         log = proc.log_text()
@@ -217,6 +233,8 @@ async def measure_backlog(
         run.sim = {k: sim.get(k) for k in ("calls_total", "calls_by_status", "max_calls_in_one_second", "batch_sizes")}
     finally:
         await ctx.broker.delete(queues)
+        if tracking is not None:
+            await tracking.delete(ctx.broker)
     max_batch = int(overrides.get("max_batch", ctx.worker_settings.get("max_batch", "100")))
     data = run.to_json()
     data["publish_s"] = round(publish_s, 2)
@@ -225,6 +243,8 @@ async def measure_backlog(
     data["calls_minimum"] = backlog_minimum_calls(n, projects, max_batch)
     calls = int(run.sim.get("calls_total") or 0) if run.sim else 0
     data["economy"] = data["calls_minimum"] / calls if calls else None
+    data["tracked"] = tracking is not None
+    data |= completed
     return data
 
 

@@ -147,7 +147,7 @@ def test_backlog_is_round_robin_and_orders_rotate() -> None:
     assert messages[0] == (b'{"project_id":"p000-t","desktop_ids":["d-t-0000000"]}', "0")
     assert b"p001-t" in messages[3][0]
     assert rotated(("w", "a", "b"), 1) == ["a", "b", "w"]
-    assert [rotated(SYSTEMS, i)[0] for i in range(4)] == ["worker", "nostore", "noapi", "perapi"]
+    assert [rotated(SYSTEMS, i)[0] for i in range(5)] == ["worker", "nostore", "notrack", "noapi", "perapi"]
 
 
 def test_summary_verdicts_on_synthetic_runs() -> None:
@@ -162,12 +162,19 @@ def test_summary_verdicts_on_synthetic_runs() -> None:
             "sim": {"calls_total": calls},
         }
 
-    runs = [{"worker": system(1300.0, 10), "noapi": system(1000.0, 1), "perapi": system(400.0, 1000)}]
+    runs = [{"worker": system(1600.0, 10), "noapi": system(1000.0, 1), "perapi": system(400.0, 1000)}]
     rows, medians = summarize({"throughput": runs})
     verdicts = {row.baseline.split(":")[0]: row.verdict for row in rows if row.figure.startswith("throughput")}
     assert verdicts == {"(a) no-API loop": "PASS", "(b) per-message API": "PASS"}
-    assert medians["throughput_ratio_vs_noapi"]["median"] == pytest.approx(1.3)
+    assert medians["throughput_ratio_vs_noapi"]["median"] == pytest.approx(1.6)
     assert next(r for r in rows if r.figure.startswith("API economy")).verdict == "PASS"
+
+
+def test_the_throughput_verdict_against_the_no_api_loop_fails_below_1_5x() -> None:
+    runs = [{"worker": _system(1400.0, 0.2), "noapi": _system(1000.0, 0.3)}]
+    rows, _ = summarize({"throughput": runs})
+    [row] = [r for r in rows if r.figure.startswith("throughput") and r.baseline.startswith("(a)")]
+    assert (row.ratio, row.verdict) == ("1.40x", "FAIL")
 
 
 def _system(rate: float, cpu_per_1k: float) -> dict[str, object]:

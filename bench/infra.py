@@ -91,6 +91,7 @@ class Drive:
     expected: int
     seconds: float | None = None  # spawn -> every result in the result and error queues
     consuming_after_s: float | None = None  # spawn -> first poll that saw its consumer on the request queue
+    first_result_s: float | None = None  # spawn -> first poll that saw a result: start-up, claims, first batch
     results: int = 0
     cpu_s: float | None = None  # utime + stime at completion (start-up included)
     cpu_at_consuming_s: float | None = None  # utime + stime when the consumer was first seen: start-up
@@ -116,8 +117,16 @@ class Drive:
             return None
         return self.expected / (self.seconds - self.consuming_after_s)
 
+    @property
+    def sustained_per_s(self) -> float | None:
+        """Throughput from the first result to the last: the drain once running, without start-up."""
+        if self.seconds is None or self.first_result_s is None or self.seconds <= self.first_result_s:
+            return None
+        return self.expected / (self.seconds - self.first_result_s)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        data["requests_per_s_after_first_result"] = self.sustained_per_s
         data["requests_per_s"] = self.per_s
         data["requests_per_s_after_consuming"] = self.steady_per_s
         data["cpu_s_per_1k"] = self.cpu_s / self.expected * 1000 if self.cpu_s is not None else None
@@ -153,6 +162,8 @@ async def drive(
         if run.consuming_after_s is None and consumers > 0:
             run.consuming_after_s = time.perf_counter() - proc.started
             run.cpu_at_consuming_s = proc.cpu_s()
+        if run.first_result_s is None and run.results > 0:
+            run.first_result_s = time.perf_counter() - proc.started
         if run.results >= expected:
             run.seconds = time.perf_counter() - proc.started
             break

@@ -66,6 +66,10 @@ def _throughput(runs: Runs, medians: dict[str, Any]) -> list[Row]:
         medians["throughput_after_consuming_requests_per_s"] = {s: v.to_json() for s, v in steady.items()}
         base_text = " / ".join(f"{s}: {steady[s].show()}" for s in systems if s != "worker")
         rows.append(Row("  same, from first consume (req/s)", steady["worker"].show(), base_text, "", "", "info"))
+        drain = {s: spread(_get(r, s, "requests_per_s_after_first_result") for r in runs) for s in systems}
+        medians["throughput_after_first_result_requests_per_s"] = {s: v.to_json() for s, v in drain.items()}
+        base_text = " / ".join(f"{s}: {drain[s].show()}" for s in systems if s != "worker")
+        rows.append(Row("  same, from first result (req/s)", drain["worker"].show(), base_text, "", "", "info"))
         cpu = {s: spread(_get(r, s, "cpu_s_per_1k_after_start") for r in runs) for s in systems}
         gross = {s: spread(_get(r, s, "cpu_s_per_1k") for r in runs) for s in systems}
         medians["cpu_s_per_1k_requests_with_start_up"] = {s: v.to_json() for s, v in gross.items()}

@@ -34,7 +34,13 @@ class TrackingQueues:
 
     def settings(self) -> dict[str, str]:
         """As SNAPWORKER_* settings (without the prefix): tracking on, every completion asked for."""
-        return {"track_jobs": "true", "tracking_queue": self.tracking, "completion_queue": self.completions}
+        return {
+            "track_jobs": "true",
+            "tracking_queue": self.tracking,
+            "completion_queue": self.completions,
+            # unbounded, so that the bench can count every completion (the default bound keeps the last 100,000)
+            "completion_queue_max_length": "0",
+        }
 
     def names(self) -> list[str]:
         return tracking_queues(Settings(tracking_queue=self.tracking, completion_queue=self.completions))

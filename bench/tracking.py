@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 from bench.broker import Queues
@@ -70,6 +71,12 @@ async def _phase(ctx: Context, name: str, track: bool) -> dict[str, Any]:
                 await asyncio.sleep(0.2)
             out["completions"] = (await _counts(ctx, [completion_queue]))[0]
             out["all_completed_s"] = round(time.perf_counter() - started, 2)
+            await asyncio.sleep(2.0)  # a duplicate would come after the last first one: give it time to show
+            got = await ctx.broker.collect([completion_queue])
+            # a completion carries its request's correlation_id: exactly one per request is DESKTOPS distinct ones
+            out["completions_collected"] = len(got)
+            out["requests_with_a_completion"] = len({correlation for correlation, _ in got})
+            out["completion_statuses"] = dict(Counter(status for _, status in got))
         stats = await sim.stats()
         out["batch_create_calls"] = stats.get("calls_total")
         out["max_calls_in_any_60_s"] = stats.get("max_calls_in_any_60_s")
@@ -116,7 +123,9 @@ async def tracking(ctx: Context, run_index: int) -> dict[str, Any]:
 def brief(data: dict[str, Any]) -> str:
     on, off = data["on"], data["off"]
     return (
-        f"tracking: {on.get('jobs')} jobs, {on.get('completions')} completions in {on.get('all_completed_s')} s; "
+        f"tracking: {on.get('jobs')} jobs, {on.get('completions_collected')} completions for "
+        f"{on.get('requests_with_a_completion')} requests ({on.get('completion_statuses')}) in "
+        f"{on.get('all_completed_s')} s; "
         f"GET calls {on.get('get_calls')} (minimum {on.get('get_minimum')}); batch-create drain "
         f"{on.get('drain_s')} s on vs {off.get('drain_s')} s off, most calls in 60 s "
         f"{on.get('max_calls_in_any_60_s')} vs {off.get('max_calls_in_any_60_s')}"

@@ -165,15 +165,17 @@ def _rfc3339(value: datetime) -> str:
 
 
 class DesktopCompletion(BaseModel):
-    """How one desktop's snapshot ended, as its job's sub-job told."""
+    """How one desktop's snapshot ended, as its job's sub-job told (or, for a desktop answered from the idempotency
+    record, ``job_id`` ``reconciled:<snapshot_id>``, as the snapshot listing told)."""
 
     model_config = _FROZEN
 
     desktop_id: str
     job_id: str
     outcome: DesktopOutcome = Field(
-        description="succeeded / failed: the sub-job ended so (SUCCESS or COMPLETE / FAIL or FAILED); unknown: "
-        "no final status within TRACK_DEADLINE_S, or the API no longer knows the job. Never a guess."
+        description="succeeded / failed: the sub-job ended so (SUCCESS or COMPLETE / FAIL or FAILED), or, for a "
+        "reconciled desktop, its snapshot is listed create_success / create_failed; unknown: no final status within "
+        "TRACK_DEADLINE_S, the API no longer knows the job, or the snapshot is not listed. Never a guess."
     )
     sub_job_status: str | None = Field(description="The sub-job's status as the API last gave it (None: not seen).")
     error_code: str | None = None

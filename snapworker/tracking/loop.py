@@ -49,13 +49,7 @@ from snapworker.errors import BrokerError
 from snapworker.settings import Settings
 from snapworker.tracking.backlog import Backlog
 from snapworker.tracking.look import look
-from snapworker.tracking.publisher import (
-    TRACKING_TYPE,
-    TrackingPublisher,
-    Unroutable,
-    completion_message,
-    tracking_message,
-)
+from snapworker.tracking.publisher import TRACKING_TYPE, TrackingPublisher, commit_look, tracking_message
 from snapworker.tracking.state import TrackingUnit, completion_queue_of, start_unit
 from snapworker.tracking.stats import TrackingStats
 from snapworker.tracking.topology import declare_tracking_topology, schedule_of, tracking_queues, wait_queue
@@ -288,42 +282,14 @@ class Tracker:
     # -- publishing
     async def _commit(self, unit: TrackingUnit, done: list[tuple[SnapshotCompletion, str | None]]) -> int:
         """Publish the completions in ``done`` and, if any request is left, ``unit`` as the next tracking message,
-        in one confirmed write; how many completions were delivered. Raises BrokerError if anything that must
-        be kept was not confirmed (the look is then not committed and is done again).
-
-        A completion whose reply_to queue is gone goes to COMPLETION_QUEUE if set (a second write), else it is
-        dropped with a warning (not delivered). A completion addressed to COMPLETION_QUEUE itself that is
-        returned, or any message refused, fails the commit."""
+        in one confirmed write (:func:`~snapworker.tracking.publisher.commit_look`); how many completions were
+        delivered. Raises BrokerError if anything that must be kept was not confirmed (the look is then not
+        committed and is done again)."""
+        next_message = self._next_message(unit) if unit.requests else None
         fallback = self._settings.completion_queue
-        sent = [(c, q) for c, reply_to in done if (q := completion_queue_of(reply_to, fallback)) is not None]
-        # (None: forget_unaddressed took such requests out of the unit)
-        messages = [completion_message(c, queue, unit.unit_id) for c, queue in sent]
-        if unit.requests:
-            messages.append(self._next_message(unit))
-        outcomes = await self._publisher().publish(messages)
-        if unit.requests and outcomes[-1] is not None:
-            raise outcomes[-1]  # the unit's next state was not kept
-        detours: list[Outgoing] = []
-        dropped = 0
-        for (completion, queue), outcome in zip(sent, outcomes, strict=False):
-            if outcome is None:
-                continue
-            if not isinstance(outcome, Unroutable) or queue == fallback:
-                raise outcome  # refused, or the completion queue itself is gone: looked at again
-            if not fallback:
-                dropped += 1
-                log.warning("reply_to queue %r does not exist and SNAPWORKER_COMPLETION_QUEUE is not set: the "
-                            "completion of request %s is dropped", queue, completion.request_id)  # fmt: skip
-                continue
-            log.warning("reply_to queue %r does not exist: the completion goes to the completion queue", queue)
-            detours.append(completion_message(completion, fallback, unit.unit_id, undeliverable_reply_to=queue))
-        for outcome in await self._publisher().publish(detours):
-            if outcome is not None:
-                raise outcome
-        # without a fallback a returned completion was dropped; with one it went there (else we raised above)
-        delivered = [c for (c, _), outcome in zip(sent, outcomes, strict=False) if outcome is None or fallback]
+        delivered = await commit_look(self._publisher(), unit.unit_id, done, next_message, fallback)
         self.stats.count_published(delivered, unit.created_at, datetime.now(UTC))
-        return len(sent) - dropped
+        return len(delivered)
 
     def _next_message(self, unit: TrackingUnit) -> Outgoing:
         delay = self._schedule.delay(unit, datetime.now(UTC), self._rng)

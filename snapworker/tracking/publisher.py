@@ -12,6 +12,7 @@ for that message alone; the loop decides what that means (a completion falls bac
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import aiormq
@@ -22,9 +23,18 @@ from snapworker.amqp.errors import CONNECTION_ERRORS
 from snapworker.amqp.publish import Outgoing, publish_confirmed
 from snapworker.contract.models import COMPLETION_TYPE, SnapshotCompletion
 from snapworker.errors import BrokerError, UnroutableResult
-from snapworker.tracking.state import TrackingUnit
+from snapworker.tracking.state import TrackingUnit, completion_queue_of
 
-__all__ = ["TRACKING_TYPE", "TrackingPublisher", "Unroutable", "completion_message", "tracking_message"]
+__all__ = [
+    "TRACKING_TYPE",
+    "TrackingPublisher",
+    "Unroutable",
+    "commit_look",
+    "completion_message",
+    "tracking_message",
+]
+
+log = logging.getLogger("snapworker.tracking")
 
 #: AMQP ``type`` of a tracking message.
 TRACKING_TYPE = "snapworker.tracking"
@@ -94,3 +104,45 @@ class TrackingPublisher:
             else:  # the channel closed under the publish
                 raise BrokerError(f"publishing to {message.queue!r} failed: {outcome!r}") from outcome
         return translated
+
+
+async def commit_look(
+    publisher: TrackingPublisher,
+    unit_id: str,
+    done: Sequence[tuple[SnapshotCompletion, str | None]],
+    next_message: Outgoing | None,
+    completion_queue: str,
+) -> list[SnapshotCompletion]:
+    """Publish the completions of ``done`` (each with its request's reply_to) and ``next_message`` in one write;
+    the completions delivered. Raises the BrokerError of anything that must be kept and was not confirmed: the
+    next tracking message, a completion the broker refused, or one returned from COMPLETION_QUEUE itself.
+
+    A completion whose reply_to queue is gone goes to ``completion_queue`` if set (a second write, with the
+    queue it missed in a header), else it is dropped with a warning (not delivered). A request with neither is
+    not in ``done`` (the unit forgot it)."""
+    sent = [(c, q) for c, reply_to in done if (q := completion_queue_of(reply_to, completion_queue)) is not None]
+    messages = [completion_message(c, queue, unit_id) for c, queue in sent]
+    if next_message is not None:
+        messages.append(next_message)
+    outcomes = await publisher.publish(messages)
+    if next_message is not None and outcomes[-1] is not None:
+        raise outcomes[-1]  # the unit's next state was not kept
+    delivered: list[SnapshotCompletion] = []
+    detours: list[Outgoing] = []
+    for (completion, queue), outcome in zip(sent, outcomes, strict=False):
+        if outcome is None:
+            delivered.append(completion)
+            continue
+        if not isinstance(outcome, Unroutable) or queue == completion_queue:
+            raise outcome  # refused, or the completion queue itself is gone: looked at again
+        if not completion_queue:
+            log.warning("reply_to queue %r does not exist and SNAPWORKER_COMPLETION_QUEUE is not set: the "
+                        "completion of request %s is dropped", queue, completion.request_id)  # fmt: skip
+            continue
+        log.warning("reply_to queue %r does not exist: the completion goes to the completion queue", queue)
+        detours.append(completion_message(completion, completion_queue, unit_id, undeliverable_reply_to=queue))
+        delivered.append(completion)
+    for outcome in await publisher.publish(detours):
+        if outcome is not None:
+            raise outcome
+    return delivered

@@ -201,16 +201,23 @@ class SharedListings:
         ListingUnreadable, or the budget's refusal)."""
         if not desktop_ids:
             return {}
+        answers = self.ask(project_id, dict.fromkeys(desktop_ids, since))
+        try:
+            return {desktop_id: await answer for desktop_id, answer in answers.items()}
+        finally:
+            for answer in answers.values():  # failed or cancelled: nobody waits for the rest any more
+                if not answer.done():
+                    answer.cancel()
+
+    def ask(self, project_id: str, since_of: Mapping[str, float]) -> dict[str, asyncio.Future[list[SnapshotView]]]:
+        """Queue each desktop of ``since_of`` (with the POSIX time its listing starts from) for the project's next
+        listings; the future of each: its snapshots, or what its listing raised. Cancel the futures nobody waits
+        for any more, so that no listing is spent on them."""
         loop = asyncio.get_running_loop()
-        asks = [_Ask(d, since, loop.create_future()) for d in dict.fromkeys(desktop_ids)]
+        asks = [_Ask(d, since, loop.create_future()) for d, since in since_of.items()]
         self._queues.setdefault(project_id, deque()).extend(asks)
         self._start(project_id)
-        try:
-            return {ask.desktop_id: await ask.answer for ask in asks}
-        finally:
-            for ask in asks:  # failed or cancelled: nobody waits for the rest any more
-                if not ask.answer.done():
-                    ask.answer.cancel()
+        return {ask.desktop_id: ask.answer for ask in asks}
 
     def _start(self, project_id: str) -> None:
         while self._listing.get(project_id, 0) < min(self._parallel, len(self._queues.get(project_id, ()))):

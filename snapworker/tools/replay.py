@@ -24,6 +24,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from snapworker.amqp.copying import copy_of
 from snapworker.amqp.session import REASON_HEADER
 from snapworker.client import BROKER_ERRORS, open_connection
 from snapworker.errors import BrokerError
@@ -111,22 +112,7 @@ def _describe(message: AbstractIncomingMessage) -> DeadLetter:
 def _copy(message: AbstractIncomingMessage, dead: DeadLetter) -> aio_pika.Message:
     headers = {k: v for k, v in (message.headers or {}).items() if k != REASON_HEADER}
     headers[REPLAYED_HEADER] = dead.replayed + 1
-    return aio_pika.Message(
-        message.body,
-        headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=message.delivery_mode or aio_pika.DeliveryMode.PERSISTENT,
-        priority=message.priority,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        expiration=message.expiration,
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        # no user_id: the broker refuses one other than the replaying connection's own user
-        app_id=message.app_id,
-    )
+    return copy_of(message, headers=headers)
 
 
 async def _queue_depth(channel: AbstractChannel, name: str, what: str) -> int:

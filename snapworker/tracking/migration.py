@@ -21,7 +21,9 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel
+
+from snapworker.amqp.copying import copy_of
 
 __all__ = ["move_messages", "replace_when_idle"]
 
@@ -76,7 +78,7 @@ async def move_messages(channel: AbstractChannel, source: str, target: str) -> b
     moved = 0
     while (message := await found.get(no_ack=False, fail=False)) is not None:
         try:
-            await channel.default_exchange.publish(_copy(message), routing_key=target, mandatory=True)
+            await channel.default_exchange.publish(copy_of(message), routing_key=target, mandatory=True)
         except (aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPError) as exc:
             log.warning("moving a message from %r to %r failed (%r); it stays in %r", source, target, exc, source)
             with contextlib.suppress(aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPError):
@@ -99,22 +101,3 @@ async def _delete(channel: AbstractChannel, queue: str, *, if_unused: bool) -> b
     except aiormq.exceptions.ChannelNotFoundEntity:
         await channel.reopen()
     return True
-
-
-def _copy(message: AbstractIncomingMessage) -> aio_pika.Message:
-    # user_id is left out: the broker refuses one that is not this connection's user
-    return aio_pika.Message(
-        message.body,
-        headers=dict(message.headers or {}),
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=message.delivery_mode or aio_pika.DeliveryMode.PERSISTENT,
-        priority=message.priority,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        expiration=message.expiration,
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id,
-    )

@@ -30,25 +30,26 @@ QUEUES = [partition_queue("snapworker.requests", p) for p in range(PARTITIONS)]
 class FakeConsumeChannel:
     """The consume channel's aiormq underlay: each consumer keeps the prefetch count it was started under."""
 
+    number = 1
+
     def __init__(self) -> None:
         self.is_closed = False
         self.consumers: dict[str, Callable[[DeliveredMessage], Coroutine[Any, Any, None]]] = {}
         self.prefetch_of: dict[str, tuple[str, int]] = {}  # consumer tag -> (queue, its prefetch count)
         self.cancelled_last_of: list[str] = []  # queues left without a consumer of ours by a cancel
         self._qos = 0
-        self._next = 0
+        # what amqp/inline.py hooks into (no delivery comes here)
+        self._Channel__get_content_header = self._read_content = None
 
     async def basic_qos(self, *, prefetch_count: int) -> None:
         self._qos = prefetch_count
 
-    async def basic_consume(
-        self, queue: str, callback: Callable[[DeliveredMessage], Coroutine[Any, Any, None]], no_ack: bool = False
-    ) -> spec.Basic.ConsumeOk:
-        self._next += 1
-        tag = f"ctag{self._next}"
-        self.consumers[tag] = callback
-        self.prefetch_of[tag] = (queue, self._qos)
-        return spec.Basic.ConsumeOk(consumer_tag=tag)
+    async def rpc(self, frame: spec.Basic.Consume) -> None:
+        # amqp/inline.py consumes without waiting for the consume-ok, its consumer registered first
+        assert isinstance(frame, spec.Basic.Consume)
+        assert frame.nowait
+        assert frame.consumer_tag in self.consumers
+        self.prefetch_of[frame.consumer_tag] = (frame.queue, self._qos)
 
     async def basic_cancel(self, tag: str) -> None:
         queue, _ = self.prefetch_of.pop(tag)

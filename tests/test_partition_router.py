@@ -17,6 +17,7 @@ from snapworker.amqp.partitioning import ROUTER_MADE_ID, partition_of, partition
 from snapworker.amqp.partitions import Partitions
 from snapworker.amqp.publish import Outgoing
 from snapworker.amqp.session import AmqpSession
+from snapworker.amqp.settler import Settler
 from snapworker.errors import BrokerError
 from snapworker.settings import Settings
 
@@ -24,23 +25,30 @@ Callback = Callable[[DeliveredMessage], Coroutine[Any, Any, None]]
 
 
 class FakeRouterChannel:
-    """The router's channel: records its consumers (each tagged with its queue's name, started under the prefetch
-    count set last) and the settlements sent on it."""
+    """The router's channel: records its consumers (by queue, each started under the prefetch count set last) and
+    the settlements sent on it. Consumes come as aiormq frames (amqp/inline.py sends them without waiting)."""
+
+    number = 1
 
     def __init__(self) -> None:
         self.is_closed = False
         self.consumers: dict[str, Callback] = {}
+        self.tag_of: dict[str, str] = {}  # queue -> consumer tag
         self.prefetch_of: dict[str, int] = {}
         self.settled: list[tuple[str, int, bool]] = []
         self._qos = 0
+        # what amqp/inline.py hooks into (never called here: deliver() below calls the consumer's callback)
+        self._Channel__get_content_header = self._read_content = None
 
     async def basic_qos(self, *, prefetch_count: int) -> None:
         self._qos = prefetch_count
 
-    async def basic_consume(self, queue: str, callback: Callback, no_ack: bool = False) -> spec.Basic.ConsumeOk:
-        self.consumers[queue] = callback
-        self.prefetch_of[queue] = self._qos
-        return spec.Basic.ConsumeOk(consumer_tag=queue)
+    async def rpc(self, frame: spec.Basic.Consume) -> None:
+        assert isinstance(frame, spec.Basic.Consume)
+        assert frame.nowait
+        assert frame.consumer_tag in self.consumers  # registered before the frame goes out
+        self.tag_of[frame.queue] = frame.consumer_tag
+        self.prefetch_of[frame.queue] = self._qos
 
     async def basic_cancel(self, tag: str) -> None:
         self.consumers.pop(tag, None)
@@ -52,7 +60,8 @@ class FakeRouterChannel:
         self.settled.append(("nack", tag, multiple))
 
     async def deliver(self, message: DeliveredMessage, queue: str = "snapworker.requests") -> None:
-        await self.consumers[queue](message)
+        inline = self._snapworker_inline_callbacks  # type: ignore[attr-defined]
+        inline[self.tag_of[queue]](message)
 
     async def queue_declare(self, queue: str, *, passive: bool = False) -> spec.Queue.DeclareOk:
         # the claimer's count: every partition is another worker's, so the router's own claim step claims none
@@ -69,6 +78,7 @@ class FakeSession:
     def __init__(self) -> None:
         self.lost = asyncio.Event()
         self.lost_reason = ""
+        self.prefetch = Settings().prefetch  # the window
         self.consumer_lock = asyncio.Lock()
         self.router = FakeRouterChannel()
         self.forwarded: list[list[Outgoing]] = []
@@ -78,6 +88,19 @@ class FakeSession:
 
     def attached(self) -> frozenset[str]:
         return frozenset()  # no partition of this worker's
+
+    def consumes(self, queue: str) -> bool:
+        return False
+
+    def router_settler(self, channel: FakeRouterChannel, on_room: Callable[[], None]) -> Settler:
+        return Settler(lambda: cast(Any, channel), self.lost, lambda exc: None)
+
+    def takes_from_router(self, partition_queue: str) -> bool:
+        return False
+
+    @property
+    def taken_from_router(self) -> int:
+        return 0
 
     async def forward(self, messages: Sequence[Outgoing]) -> list[BrokerError | None]:
         for message in messages:
@@ -95,9 +118,11 @@ def session() -> FakeSession:
 
 @pytest.fixture
 async def router(session: FakeSession) -> AsyncIterator[Partitions]:
-    # the claimer's first step (at start) claims nothing, and its next one is an hour away
-    partitions = Partitions(cast(AmqpSession, session), Settings(partitions=4), claim_interval_s=3600.0)
+    # the claimer's first step claims nothing (every partition has another consumer); until it, the router holds
+    # what it receives, waiting to know which partitions are this worker's
+    partitions = Partitions(cast(AmqpSession, session), Settings(partitions=4), claim_interval_s=0.01)
     await partitions.start()
+    await asyncio.sleep(0.05)
     yield partitions
     await partitions.stop(timeout_s=1.0)
 
@@ -210,7 +235,8 @@ async def test_the_router_consumes_the_urgent_queue_with_the_urgent_prefetch(
 ) -> None:
     settings = Settings()
     assert session.router.prefetch_of == {
-        "snapworker.requests": settings.prefetch,
+        # what it takes for this worker stays unacked on its channel: PREFETCH_MAX on top, see partitions.py
+        "snapworker.requests": 2 * settings.prefetch_max + settings.prefetch,
         "snapworker.requests.urgent": settings.urgent_prefetch,
     }
 
@@ -280,5 +306,5 @@ async def test_the_router_is_not_attached_once_the_broker_cancels_its_urgent_con
     session: FakeSession, router: Partitions
 ) -> None:
     assert router.attached()
-    del session.router.consumers["snapworker.requests.urgent"]
+    del session.router.consumers[session.router.tag_of["snapworker.requests.urgent"]]
     assert not router.attached()

@@ -16,9 +16,9 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 import aio_pika
 import aiormq
@@ -27,6 +27,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
 from snapworker.amqp.errors import CHANNEL_ERRORS, connect_error
+from snapworker.amqp.inline import InlineCallback, consume_inline
 from snapworker.amqp.partitioning import ROUTER_MADE_ID, urgent_queue
 from snapworker.amqp.publish import Outgoing, publish_confirmed
 from snapworker.amqp.settler import Settler
@@ -52,8 +53,6 @@ def connection_name(role: str) -> str:
     return f"snapworker-{role} pid {os.getpid()} on {socket.gethostname()}"
 
 
-_Callback = Callable[[DeliveredMessage], Coroutine[Any, Any, None]]
-
 # a publish fails with these when the channel, or the connection under it, breaks
 _PUBLISH_ERRORS: tuple[type[BaseException], ...] = (*CHANNEL_ERRORS, ConnectionError)
 
@@ -78,6 +77,8 @@ class Delivery:
     reply_to: str | None
     tag: int
     session: AmqpSession = field(repr=False)
+    #: the settler of the channel it came on: the consume channel's (None: the session's), or the router's
+    settler: Settler | None = field(default=None, repr=False)
     settled: bool = False
 
 
@@ -105,8 +106,8 @@ class AmqpSession:
         self._urgent: dict[str, str] = {}
         self._consumer_lock = asyncio.Lock()
         self._consuming = False
-        self._on_message: _Callback | None = None
-        self._on_urgent: _Callback | None = None
+        self._on_message: InlineCallback | None = None
+        self._on_urgent: InlineCallback | None = None
         self.prefetch = settings.prefetch
         self._underlay: aiormq.Channel | None = None
         self._publish_underlay: aiormq.Channel | None = None
@@ -115,6 +116,11 @@ class AmqpSession:
         self.on_settled: Callable[[Delivery], object] | None = None
         # deliveries in delivery-tag order, for multiple acks; settled ones leave from the front
         self._settler = Settler(lambda: self._underlay, self.lost, lambda exc: self._on_close(self, exc))
+        # the router's channel's (see router_settler), and how many requests taken from the router are held
+        self._other_settlers: list[Settler] = []
+        self._held_elsewhere = 0
+        self._on_room: Callable[[], None] | None = None
+        self._on_delivery: Callable[[Delivery], None] | None = None
         for conn in (consume_conn, publish_conn):
             conn.close_callbacks.add(self._on_close)
         for channel in (consume_channel, publish_channel):
@@ -179,28 +185,13 @@ class AmqpSession:
         reach the core in the order the broker sent them.
         """
 
-        def callback_for(from_urgent_queue: bool) -> _Callback:
-            async def callback(message: DeliveredMessage) -> None:
-                props = message.header.properties
-                delivery = Delivery(
-                    envelope=Envelope(
-                        body=message.body,
-                        content_type=props.content_type,
-                        # a message_id the partition router made up is no key: the request came without one
-                        message_id=None if (props.headers or {}).get(ROUTER_MADE_ID) else props.message_id,
-                        correlation_id=props.correlation_id,
-                        priority=props.priority,
-                        from_urgent_queue=from_urgent_queue,
-                    ),
-                    reply_to=props.reply_to or None,
-                    tag=message.delivery_tag or 0,
-                    session=self,
-                )
-                self._settler.hold(delivery)
-                on_delivery(delivery)
+        def callback_for(from_urgent_queue: bool) -> InlineCallback:
+            def callback(message: DeliveredMessage) -> None:
+                self._deliver(message, self._settler, from_urgent_queue=from_urgent_queue)
 
             return callback
 
+        self._on_delivery = on_delivery
         self._on_message, self._on_urgent = callback_for(False), callback_for(True)
         try:
             self._underlay = cast(aiormq.Channel, await self._consume_channel.get_underlay_channel())
@@ -209,6 +200,61 @@ class AmqpSession:
         self._consuming = True
         for queue in [self._settings.request_queue] if queues is None else queues:
             await self.attach(queue)
+
+    def _deliver(self, message: DeliveredMessage, settler: Settler, *, from_urgent_queue: bool) -> None:
+        """Hold ``message`` (settled through ``settler``, the one of the channel it came on) and hand it on."""
+        props = message.header.properties
+        delivery = Delivery(
+            envelope=Envelope(
+                body=message.body,
+                content_type=props.content_type,
+                # a message_id the partition router made up is no key: the request came without one
+                message_id=None if (props.headers or {}).get(ROUTER_MADE_ID) else props.message_id,
+                correlation_id=props.correlation_id,
+                priority=props.priority,
+                from_urgent_queue=from_urgent_queue,
+            ),
+            reply_to=props.reply_to or None,
+            tag=message.delivery_tag or 0,
+            session=self,
+            settler=settler,
+        )
+        settler.hold(delivery)
+        if settler is not self._settler:
+            self._held_elsewhere += 1
+        assert self._on_delivery is not None
+        self._on_delivery(delivery)
+
+    # -- requests taken straight from the router (see partitions.py: no hop through a partition)
+    def router_settler(self, channel: aiormq.Channel, on_room: Callable[[], None]) -> Settler:
+        """The settler of the partition router's ``channel``: the router acks what it forwarded through it, and
+        requests it hands over with :meth:`take_from_router` are settled through it like any other.
+        ``on_room`` is called whenever requests of this session are settled (its window may have room)."""
+        settler = Settler(lambda: channel, self.lost, lambda exc: self._on_close(self, exc))
+        self._other_settlers.append(settler)
+        self._on_room = on_room
+        return settler
+
+    def takes_from_router(self, partition_queue: str) -> bool:
+        """Whether the router may hand this session a request of ``partition_queue`` instead of forwarding it:
+        the session consumes that partition, and holds fewer requests than its window. (Past the window the
+        router forwards, so that the backlog waits in the partitions, where an urgent request overtakes it.)"""
+        return (
+            self._consuming
+            and not self.lost.is_set()
+            and partition_queue in self._consumers
+            and len(self._settler) + self._held_elsewhere < self.prefetch
+        )
+
+    @property
+    def taken_from_router(self) -> int:
+        """How many requests taken from the router this session holds unsettled."""
+        return self._held_elsewhere
+
+    def take_from_router(self, message: DeliveredMessage, settler: Settler) -> None:
+        """Take a request the router received, as if it had come from its partition; settled on the router's
+        channel through ``settler`` (that of :meth:`router_settler`)."""
+        self._deliver(message, settler, from_urgent_queue=False)
 
     async def attach(self, queue: str) -> None:
         """Consume ``queue`` and its urgent twin too (see :meth:`attach_many`)."""
@@ -240,15 +286,11 @@ class AmqpSession:
                 await self._reshare(underlay, callback, share)
                 await underlay.basic_qos(prefetch_count=share)
                 for queue in new:
-                    ok = await underlay.basic_consume(queue, callback, no_ack=False)
-                    assert ok.consumer_tag is not None
-                    self._consumers[queue] = ok.consumer_tag
-                    self._prefetch_of[ok.consumer_tag] = share
+                    tag = self._consumers[queue] = await consume_inline(underlay, queue, callback)
+                    self._prefetch_of[tag] = share
                 await underlay.basic_qos(prefetch_count=self._settings.urgent_prefetch)
                 for queue in new:
-                    twin = await underlay.basic_consume(urgent_queue(queue), urgent, no_ack=False)
-                    assert twin.consumer_tag is not None
-                    self._urgent[queue] = twin.consumer_tag
+                    self._urgent[queue] = await consume_inline(underlay, urgent_queue(queue), urgent)
             except CHANNEL_ERRORS as exc:
                 # a channel closed before or while we asked is a broker failure like any other, not a bug
                 raise BrokerError(f"cannot consume from {queue!r}: {exc!r}") from exc
@@ -287,7 +329,7 @@ class AmqpSession:
             share = max(share, min(2 * self._settings.max_batch, self._settings.prefetch_max // consumers))
         return max(1, share)
 
-    async def _reshare(self, underlay: aiormq.Channel, callback: _Callback, share: int) -> None:
+    async def _reshare(self, underlay: aiormq.Channel, callback: InlineCallback, share: int) -> None:
         """Give every consumer whose prefetch count is not ``share`` a successor with it (under the consumer lock).
         The urgent twins' consumers are not among them: their count is URGENT_PREFETCH, whatever the window.
 
@@ -303,11 +345,11 @@ class AmqpSession:
             return
         await underlay.basic_qos(prefetch_count=share)
         for queue, old in stale:
-            ok = await underlay.basic_consume(queue, callback, no_ack=False)
-            assert ok.consumer_tag is not None
-            self._consumers[queue] = ok.consumer_tag
-            self._prefetch_of[ok.consumer_tag] = share
+            tag = self._consumers[queue] = await consume_inline(underlay, queue, callback)
+            self._prefetch_of[tag] = share
             del self._prefetch_of[old]
+            # Waited for: deliveries to the old tag may still be on their way, and the cancel-ok comes after them
+            # (a nowait cancel forgets the tag's callback at once, and they would arrive to nobody).
             await underlay.basic_cancel(old)
 
     async def widen(self, prefetch: int) -> None:
@@ -355,6 +397,10 @@ class AmqpSession:
         briefly shows two consumers of ours on a queue)."""
         return self._consumer_lock
 
+    def consumes(self, queue: str) -> bool:
+        """Whether this session consumes ``queue`` (cheaper than ``queue in attached()``)."""
+        return queue in self._consumers
+
     def attached(self) -> frozenset[str]:
         """The queues this session consumes (the request queue or partitions; their urgent twins go with them)."""
         return frozenset(self._consumers)
@@ -379,8 +425,11 @@ class AmqpSession:
         return int(declared.declaration_result.consumer_count or 0)
 
     def held(self) -> list[Delivery]:
-        """Deliveries of this session not yet settled."""
-        return cast(list[Delivery], self._settler.unsettled())
+        """Deliveries of this session not yet settled (those taken from the router too)."""
+        held = cast(list[Delivery], self._settler.unsettled())
+        for settler in self._other_settlers:
+            held += [d for d in settler.unsettled() if isinstance(d, Delivery)]
+        return held
 
     @property
     def consuming(self) -> bool:
@@ -393,14 +442,23 @@ class AmqpSession:
         session are skipped: the broker has requeued them already. ``on_settled``, if set, sees each delivery
         settled here, once (the runtime's request lifecycle)."""
         fresh = [d for d in deliveries if d.session is self and not d.settled]
+        if self._held_elsewhere:
+            elsewhere = [d for d in fresh if d.settler is not None and d.settler is not self._settler]
+            self._held_elsewhere -= len(elsewhere)
+            for settler in self._other_settlers:
+                settler.decide([d for d in elsewhere if d.settler is settler], how)
+        # (those decided above are settled now, and skipped here)
         self._settler.decide(fresh, how)
+        if fresh and self._on_room is not None:
+            self._on_room()
         if self.on_settled is not None:
             for delivery in fresh:
                 self.on_settled(delivery)
 
     async def settlements_sent(self) -> None:
         """Wait until every settlement decided so far has reached the broker (call it before :meth:`close`)."""
-        await self._settler.sent(self.prefetch)
+        for settler in (self._settler, *self._other_settlers):
+            await settler.sent(self.prefetch)
 
     # -- publishing
     async def publish_many(self, messages: Sequence[Message]) -> list[BrokerError | None]:

@@ -50,8 +50,13 @@ class Settler:
         self._task: asyncio.Task[None] | None = None
 
     def hold(self, delivery: Settleable) -> None:
-        """A new delivery, in delivery order."""
+        """A new delivery, in delivery order; or another object for one held already (same tag), which keeps its
+        place in that order."""
         self._unsettled[delivery.tag] = delivery
+
+    def __len__(self) -> int:
+        """How many deliveries are held and not decided yet."""
+        return len(self._unsettled)
 
     def unsettled(self) -> list[Settleable]:
         """The deliveries held and not decided yet, in delivery order."""

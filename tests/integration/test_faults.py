@@ -295,7 +295,12 @@ async def test_sigterm_flushes_every_open_batch_at_once_and_exits_0(
         async def all_delivered() -> bool:
             return await probe.requests_waiting() == 0
 
+        async def partitions_claimed() -> bool:
+            # until its first claim, the router holds what it received, not knowing which partitions are its own
+            return "claimed partitions" in child.log()
+
         await probe.wait_until("every request delivered to the worker", all_delivered, timeout=10)
+        await probe.wait_until("the worker's partitions claimed", partitions_claimed, timeout=10)
         await asyncio.sleep(0.5)  # held and lingering
         assert probe.received == []
         assert simulator.stats()["calls_total"] == 0

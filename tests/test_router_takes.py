@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 from aiormq.abc import DeliveredMessage
 
-from snapworker.amqp import partitions
+from snapworker.amqp import router as router_module
 from snapworker.amqp.partitioning import partition_of, partition_queue, urgent_queue
 from snapworker.amqp.partitions import Partitions
 from snapworker.amqp.session import AmqpSession
@@ -183,7 +183,7 @@ async def test_a_request_that_waited_too_long_for_the_window_is_forwarded(
 ) -> None:
     # the window stays full while the partitions hold a backlog: a request must not wait on the router's channel
     # for all of it (the broker's consumer timeout would close the channel)
-    monkeypatch.setattr(partitions, "_WAIT_MAX_S", 0.2)
+    monkeypatch.setattr(router_module, "_WAIT_MAX_S", 0.2)
     session, _ = lone
     for tag in range(1, 5):
         await session.router.deliver(request(tag))

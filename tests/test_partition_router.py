@@ -235,8 +235,8 @@ async def test_the_router_consumes_the_urgent_queue_with_the_urgent_prefetch(
 ) -> None:
     settings = Settings()
     assert session.router.prefetch_of == {
-        # what it takes for this worker stays unacked on its channel: PREFETCH_MAX on top, see partitions.py
-        "snapworker.requests": 2 * settings.prefetch_max + settings.prefetch,
+        # what it hands to its own worker and what waits for it stay unacked on its channel: see router.py
+        "snapworker.requests": 2 * settings.prefetch,
         "snapworker.requests.urgent": settings.urgent_prefetch,
     }
 

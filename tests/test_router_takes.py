@@ -68,10 +68,10 @@ class OwningSession(FakeSession):
         self.on_room()
 
 
-async def started(session: OwningSession, *, claim_interval_s: float = 0.01, **settings: Any) -> Partitions:
-    router = Partitions(
-        cast(AmqpSession, session), Settings(partitions=4, **settings), claim_interval_s=claim_interval_s
-    )
+async def started(session: OwningSession, *, claim_interval_s: float = 0.01) -> Partitions:
+    # PREFETCH twice the window: up to PREFETCH / 2 (one window) wait for it in the router
+    settings = Settings(partitions=4, prefetch=2 * session.window, max_batch=1)
+    router = Partitions(cast(AmqpSession, session), settings, claim_interval_s=claim_interval_s)
     await router.start()
     await asyncio.sleep(0.05)  # past the first claim step
     return router

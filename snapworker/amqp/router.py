@@ -7,7 +7,8 @@ Where a request goes:
   :func:`~snapworker.amqp.partitioning.route_of`): forwarded to the urgent twin of its partition, before the rest;
 - of a partition another worker consumes: forwarded to that partition;
 - of a partition this worker consumes: handed to this worker at once while its window has room (no hop through
-  the partition); else it waits here for room, one window and ``_WAIT_MAX_S`` at most, and then is forwarded.
+  the partition), up to PREFETCH of them; else it waits here for room (half of PREFETCH, ``_WAIT_MAX_S`` at
+  most), and then is forwarded.
 
 Until :meth:`Router.owners_known` (the claimer's first step), every request but urgent ones waits here. A forwarded
 request is acked on the request queue only once its copy in the partition is confirmed (at least once); one handed
@@ -91,11 +92,11 @@ class Router:
         self._settler = self._session.router_settler(router, on_room=self._room)
         queue = self._settings.request_queue
         try:
-            # The requests handed over (up to the window, which widens to PREFETCH_MAX) and those waiting for it
-            # (one more window) stay unacked on this channel: on top of them, the router keeps PREFETCH for
-            # forwarding, so that a backlog still moves to the partitions (where urgent requests overtake it)
-            # while the window is full. (65535: the most basic.qos takes.)
-            await router.basic_qos(prefetch_count=min(65535, 2 * self._settings.prefetch_max + self._settings.prefetch))
+            # Twice PREFETCH: the requests handed over (PREFETCH at most) and those waiting for the window (half
+            # of it) stay unacked on this channel, and at least half of PREFETCH is left for forwarding, so that a
+            # backlog still moves to the partitions (where urgent requests overtake it) while the window is full.
+            # (More would hold more in memory: 200,000 queued requests peaked at 163 MB with 50,000.)
+            await router.basic_qos(prefetch_count=min(65535, 2 * self._settings.prefetch))
             self._router_tags.append(await consume_inline(router, queue, self._on_request))
             await router.basic_qos(prefetch_count=self._settings.urgent_prefetch)
             self._router_tags.append(await consume_inline(router, urgent_queue(queue), self._on_urgent_request))
@@ -150,7 +151,7 @@ class Router:
             self._hold(self._waiting, message, route)  # whose it is, the first claim decides
         elif self._session.consumes(self._names[route.partition]):
             # Ours: taken at once if the window has room and nothing older waits, else as it frees (_hand_over).
-            if not self._waiting and self._session.takes_from_router(self._names[route.partition]):
+            if not self._waiting and self._takes(self._names[route.partition]):
                 assert self._settler is not None
                 self._session.take_from_router(message, self._settler)
                 return
@@ -170,11 +171,17 @@ class Router:
             self._idle.clear()
         self._wake.set()
 
+    def _takes(self, partition_queue: str) -> bool:
+        """Whether a request of ``partition_queue`` goes to our worker now: its window has room (see
+        :meth:`AmqpSession.takes_from_router`), and fewer than PREFETCH taken are held on this channel."""
+        return self._session.taken_from_router < self._settings.prefetch and self._session.takes_from_router(
+            partition_queue
+        )
+
     def _hand_over(self) -> None:
         """Requests waiting for our window go to it in arrival order while it has room; one of a partition no longer
-        ours goes to forwarding. Past one window waiting, the oldest waiting ones are forwarded too: the router
-        keeps PREFETCH of its prefetch for forwarding, so that a backlog in the request queue still moves to the
-        partitions, where an urgent request overtakes it (and memory holds at most two windows of them)."""
+        ours goes to forwarding. Past half of PREFETCH waiting, the oldest waiting ones are forwarded too, so that
+        the router's prefetch (see :meth:`start`) always leaves room for forwarding."""
         if not self._owners_known.is_set() or self._settler is None:
             return
         waiting = self._waiting
@@ -189,13 +196,13 @@ class Router:
             name = self._names[head.route.partition]
             if not self._session.consumes(name):
                 self._inbox.append(waiting.popleft())
-            elif self._session.takes_from_router(name):
+            elif self._takes(name):
                 waiting.popleft()
                 # held again under the same tag, in the same place of the settler's order
                 self._session.take_from_router(head.message, self._settler)
             else:
                 break
-        while len(waiting) > self._session.prefetch:
+        while len(waiting) > self._settings.prefetch // 2:
             # the oldest: in the partition they queue ahead of what is forwarded later, so none waits forever
             self._inbox.append(waiting.popleft())
         if self._inbox:

@@ -36,6 +36,7 @@ class FakeRouterChannel:
         self.tag_of: dict[str, str] = {}  # queue -> consumer tag
         self.prefetch_of: dict[str, int] = {}
         self.settled: list[tuple[str, int, bool]] = []
+        self.routers = 1
         self._qos = 0
         # what amqp/inline.py hooks into (never called here: deliver() below calls the consumer's callback)
         self._Channel__get_content_header = self._read_content = None
@@ -64,8 +65,10 @@ class FakeRouterChannel:
         inline[self.tag_of[queue]](message)
 
     async def queue_declare(self, queue: str, *, passive: bool = False) -> spec.Queue.DeclareOk:
-        # the claimer's count: every partition is another worker's, so the router's own claim step claims none
-        return spec.Queue.DeclareOk(queue, message_count=0, consumer_count=1)
+        # the claimer's count: every partition is another worker's, so the router's own claim step claims none;
+        # ``routers`` workers route (consume the request queue)
+        routers = self.routers if queue == "snapworker.requests" else 1
+        return spec.Queue.DeclareOk(queue, message_count=0, consumer_count=routers)
 
 
 class FakeSession:
@@ -236,7 +239,7 @@ async def test_the_router_consumes_the_urgent_queue_with_the_urgent_prefetch(
     settings = Settings()
     assert session.router.prefetch_of == {
         # what it hands to its own worker and what waits for it stay unacked on its channel: see router.py
-        "snapworker.requests": 2 * settings.prefetch,
+        "snapworker.requests": 3 * settings.prefetch,
         "snapworker.requests.urgent": settings.urgent_prefetch,
     }
 

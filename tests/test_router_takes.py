@@ -69,8 +69,8 @@ class OwningSession(FakeSession):
 
 
 async def started(session: OwningSession, *, claim_interval_s: float = 0.01) -> Partitions:
-    # PREFETCH twice the window: up to PREFETCH / 2 (one window) wait for it in the router
-    settings = Settings(partitions=4, prefetch=2 * session.window, max_batch=1)
+    # PREFETCH the window: up to PREFETCH (one window) wait for it in the router
+    settings = Settings(partitions=4, prefetch=session.window, max_batch=1)
     router = Partitions(cast(AmqpSession, session), settings, claim_interval_s=claim_interval_s)
     await router.start()
     await asyncio.sleep(0.05)  # past the first claim step
@@ -192,3 +192,27 @@ async def test_a_request_that_waited_too_long_for_the_window_is_forwarded(
     await asyncio.sleep(0.4)
     assert [t.tag for t in session.taken] == [1, 2, 3]
     assert [o.body for group in session.forwarded for o in group] == [request(4).body]
+
+
+async def test_in_a_fleet_a_request_of_an_owned_partition_is_forwarded() -> None:
+    # its partitions change hands while a fleet settles: a request taken would stay with the worker that took it
+    session = OwningSession({P1}, window=3)
+    session.router.routers = 2
+    router = await started(session)
+    await session.router.deliver(request(1))
+    await until_idle()
+    await router.stop(timeout_s=1.0)
+    assert forwarded_to(session) == [P1]
+    assert session.taken == []
+
+
+async def test_a_fleet_seen_before_the_first_claim_ends_the_wait_for_it() -> None:
+    # the router looks for other routers five times in its first interval: a fleet started at once gets its
+    # backlog into the partitions before they are claimed, not one interval later
+    session = OwningSession({P1}, window=3)
+    session.router.routers = 2
+    router = await started(session, claim_interval_s=1.0)
+    await session.router.deliver(request(1))
+    await asyncio.sleep(0.4)  # past the first look (0.15-0.25 s), before the first claim (0.75-1.25 s)
+    await router.stop(timeout_s=1.0)
+    assert forwarded_to(session) == [P1]

@@ -71,19 +71,37 @@ class Partitions:
 
     # -- claiming
     async def _claim(self, probe: aiormq.Channel) -> None:
+        await self._first_interval(probe)
         while True:
-            await asyncio.sleep(self._claim_interval_s * random.uniform(0.75, 1.25))
             try:
                 await self._claim_step(probe)
             except BrokerError as exc:
                 log.warning("partition claim failed: %s", exc)
+                self._router.fleet_size(self._router.routers_seen or 2)  # not known: forward, as in a fleet
             except CHANNEL_ERRORS as exc:
                 log.warning("cannot read the partitions' consumers (%r); the session ends", exc)
                 self._session.lost_reason = f"partition probe failed: {exc!r}"
                 self._session.lost.set()
                 return
-            finally:
-                self._router.owners_known()  # what waited for the first claim goes where it belongs now
+            await asyncio.sleep(self._claim_interval_s * random.uniform(0.75, 1.25))
+
+    async def _first_interval(self, probe: aiormq.Channel) -> None:
+        """Wait one interval before the first claim, looking every fifth of it for other routers: the router holds
+        what it receives until it knows whether it is alone (see Router.fleet_size), and a fleet started at once
+        must not wait the whole interval for it (its backlog should be in the partitions when they are claimed)."""
+        interval = self._claim_interval_s * random.uniform(0.75, 1.25)
+        fleet = False
+        for _ in range(5):
+            await asyncio.sleep(interval / 5)
+            if fleet:
+                continue
+            try:
+                routers = (await probe.queue_declare(self._settings.request_queue, passive=True)).consumer_count
+            except CHANNEL_ERRORS:
+                return  # the claim step finds the channel broken too, and ends the session
+            if (routers or 1) > 1:
+                self._router.fleet_size(routers or 1)
+                fleet = True
 
     async def _claim_step(self, probe: aiormq.Channel) -> None:
         names = [partition_queue(self._settings.request_queue, p) for p in range(self._count)]
@@ -94,6 +112,7 @@ class Partitions:
             attached = self._session.attached()
         if self._on_workers is not None:
             self._on_workers(workers or 1)
+        self._router.fleet_size(workers or 1)
         owned = frozenset(p for p, name in enumerate(names) if name in attached)
         consumers = {p: c or 0 for p, c in counts.items()}
         if (workers or 1) == 1:

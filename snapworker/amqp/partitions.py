@@ -90,10 +90,13 @@ class Partitions:
         what it receives until it knows whether it is alone (see Router.fleet_size), and a fleet started at once
         must not wait the whole interval for it (its backlog should be in the partitions when they are claimed)."""
         interval = self._claim_interval_s * random.uniform(0.75, 1.25)
+        loop = asyncio.get_running_loop()
+        # a deadline, not five sleeps: a look's round trip waits behind the deliveries the router is reading
+        deadline = loop.time() + interval
         fleet = False
-        for _ in range(5):
-            await asyncio.sleep(interval / 5)
-            if fleet:
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(interval / 5, left))
+            if fleet or loop.time() >= deadline:
                 continue
             try:
                 routers = (await probe.queue_declare(self._settings.request_queue, passive=True)).consumer_count
@@ -112,13 +115,21 @@ class Partitions:
             attached = self._session.attached()
         if self._on_workers is not None:
             self._on_workers(workers or 1)
-        self._router.fleet_size(workers or 1)
+        try:
+            await self._claim_or_release(names, attached, counts, workers or 1)
+        finally:
+            # after the claim: a lone worker's router hands over what it holds to the partitions claimed now
+            self._router.fleet_size(workers or 1)
+
+    async def _claim_or_release(
+        self, names: list[str], attached: frozenset[str], counts: dict[int, int | None], workers: int
+    ) -> None:
         owned = frozenset(p for p, name in enumerate(names) if name in attached)
         consumers = {p: c or 0 for p, c in counts.items()}
-        if (workers or 1) == 1:
+        if (workers) == 1:
             await self._claim_every_free(names, owned, consumers)
             return
-        step = next_claim_step(owned, consumers, workers or 1, self._order, random.random())
+        step = next_claim_step(owned, consumers, workers, self._order, random.random())
         if step is None:
             return
         if step.action == "claim":
@@ -131,7 +142,7 @@ class Partitions:
             "%s partition %s (%d routing workers; this worker now owns %d of %d)",
             "claimed" if step.action == "claim" else "released",
             names[step.partition],
-            workers or 1,
+            workers,
             len(owned),
             self._count,
         )

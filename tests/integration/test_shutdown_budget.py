@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from snapworker.runtime.worker import Worker
+from snapworker.settings import Settings
 from snapworker.simulator.app import Simulator
 from tests.integration.harness import BrokerProbe
 
@@ -18,12 +19,16 @@ pytestmark = pytest.mark.broker
 TIMEOUT_S = 2.0
 
 
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Tracking on in the shared settings, so that the probe declares the tracking queues and deletes them."""
+    return settings.model_copy(update={"track_jobs": True, "track_first_poll_s": 0.2, "track_max_poll_s": 0.2})
+
+
 async def test_a_stop_with_a_hung_call_and_a_hung_look_takes_one_shutdown_timeout(
     start_worker: Callable[..., Awaitable[Worker]], probe: BrokerProbe, simulator: Simulator
 ) -> None:
-    worker = await start_worker(
-        track_jobs=True, track_first_poll_s=0.2, track_max_poll_s=0.2, shutdown_timeout_s=TIMEOUT_S, read_timeout_s=30.0
-    )
+    worker = await start_worker(shutdown_timeout_s=TIMEOUT_S, read_timeout_s=30.0)
     await probe.publish({"project_id": "p1", "desktop_ids": ["d1"]})
     await probe.wait_for(1, timeout=10)  # accepted: its job is being tracked
     simulator.config.latency_s = 60.0  # from now on every answer hangs: job reads and batch-create alike
